@@ -1,0 +1,117 @@
+"""Command line: ``python -m explorer <command>``.
+
+Each command is a small function registered with :func:`command`; later capabilities add
+their own. Errors a person can act on print one sentence and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from explorer.errors import ExplorerError
+
+EXIT_USER_ERROR = 2
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
+    """Register ``handler(args) -> exit status`` as ``python -m explorer NAME``."""
+
+    def wrap(handler: Handler) -> Handler:
+        _COMMANDS[name] = (help, configure, handler)
+        return handler
+
+    return wrap
+
+
+def _emit(data: object, as_json: bool, text: str) -> None:
+    sys.stdout.write((json.dumps(data, indent=2) if as_json else text) + "\n")
+
+
+# --- inspect ----------------------------------------------------------------------------------
+
+
+def _inspect_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a chest X-ray: PNG, JPEG or DICOM")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command("inspect", "safe metadata and pixel statistics of an image", _inspect_args)
+def _inspect(args: argparse.Namespace) -> int:
+    from explorer.imaging import describe, load_image
+
+    info = describe(load_image(args.file))
+    width = max(len(k) for k in info)
+    lines = [f"{k.ljust(width)}  {_fmt(v)}" for k, v in info.items()]
+    _emit(info, args.json, "\n".join(lines))
+    return 0
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "; ".join(str(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return "  ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return "-" if value is None else str(value)
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def _models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--no-hub-check", action="store_true", help="do not probe the Hugging Face hub")
+
+
+@command("models", "registered models, their backend, and whether each can load here", _models_args)
+def _models(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    rows = [reg.status(n, check_hub=not args.no_hub_check) for n in reg.names()]
+    data = {"default": reg.default, "models": [asdict(r) for r in rows]}
+    name_w = max(len(r.name) for r in rows)
+    lines = [f"{'model'.ljust(name_w)}  {'backend':<12}  {'loads here':<10}  why"]
+    for r in rows:
+        mark = "yes" if r.available else "no"
+        star = " (default)" if r.name == reg.default else ""
+        lines.append(f"{r.name.ljust(name_w)}  {r.backend:<12}  {mark:<10}  {r.reason}{star}")
+    _emit(data, args.json, "\n".join(lines))
+    return 0
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m explorer", description="CXR Negation Explorer")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, configure, handler) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        configure(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except ExplorerError as err:
+        sys.stderr.write(f"{err}\n")
+        return EXIT_USER_ERROR

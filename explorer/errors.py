@@ -1,0 +1,62 @@
+"""Typed errors, each carrying one sentence a clinician can read.
+
+Every error the app may show to a person derives from :class:`ExplorerError`; its ``str()`` is
+the user-facing sentence (no traceback, no file name, no patient data).
+"""
+
+from __future__ import annotations
+
+
+class ExplorerError(Exception):
+    """Base class: ``str(err)`` is a complete, user-facing sentence."""
+
+
+# --- images -------------------------------------------------------------------------------
+
+
+class ImageLoadError(ExplorerError):
+    """The upload could not be turned into a chest X-ray image."""
+
+
+class EmptyFileError(ImageLoadError):
+    """The file has no content."""
+
+
+class UnsupportedFormatError(ImageLoadError):
+    """The bytes are not PNG, JPEG or DICOM (or another image format Pillow reads)."""
+
+
+class CorruptImageError(ImageLoadError):
+    """The file claims an image format but its content is damaged or truncated."""
+
+
+class ImageTooLargeError(ImageLoadError):
+    """The image's pixel count is beyond what the app accepts (decompression-bomb guard)."""
+
+
+class MissingPixelDataError(ImageLoadError):
+    """A DICOM file that holds no image (e.g. a structured report or a header-only file)."""
+
+
+class UnsupportedTransferSyntaxError(ImageLoadError):
+    """A DICOM whose pixel compression no installed (non-GPL) decoder can read."""
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+class ModelError(ExplorerError):
+    """Base class for model problems."""
+
+
+class UnknownModelError(ModelError):
+    """The name is not in the model registry."""
+
+
+class ModelUnavailableError(ModelError):
+    """A registered model cannot be loaded here (offline, missing file, missing package)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"The model '{name}' cannot be loaded here: {reason}")

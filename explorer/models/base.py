@@ -1,0 +1,188 @@
+"""The adapter protocol every model backend implements.
+
+An adapter wraps one loaded dual encoder behind a small surface, in the spirit of open_clip:
+``preprocess`` -> ``encode_image``; ``tokenize`` -> ``encode_text``; plus what attribution
+needs (a token-embedding layer, a spatial image layer and a way to read its output as a grid).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explorer.models.spec import ModelSpec, Preprocess
+
+TokenBatch = dict[str, torch.Tensor]
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else Apple MPS, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class SpatialLayer:
+    """A layer whose output can be read as a spatial grid (for GradCAM-style maps).
+
+    Attributes:
+        module: The ``nn.Module`` to hook.
+        kind: ``"vit"`` (output ``[B, N, C]`` tokens) or ``"conv"`` (output ``[B, C, H, W]``).
+        prefix_tokens: Leading non-patch tokens (class, registers) to drop for ``"vit"``.
+    """
+
+    module: nn.Module
+    kind: str
+    prefix_tokens: int = 0
+
+    def to_grid(self, output: torch.Tensor | tuple) -> torch.Tensor:
+        """Turn the hooked layer's output into ``[B, C, h, w]``."""
+        if isinstance(output, tuple):
+            output = output[0]
+        if self.kind == "conv":
+            return output
+        tokens = output[:, self.prefix_tokens :, :]
+        n = tokens.shape[1]
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"cannot reshape {n} patch tokens into a square grid")
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+
+
+def prepare_pixels(pixels: np.ndarray | torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """Grayscale ``[H, W]`` (or ``[B, H, W]``) in [0, 1] -> normalised ``[B, 3, S, S]`` float32.
+
+    Differentiable with respect to a tensor input, so attributions can flow to the pixels.
+    """
+    x = torch.as_tensor(pixels, dtype=torch.float32)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise ValueError(
+            f"expected a grayscale image [H, W] or a batch [B, H, W], got {tuple(x.shape)}"
+        )
+    x = x[:, None]  # [B, 1, H, W]
+    size = pre.image_size
+    h, w = x.shape[-2:]
+    if pre.resize_mode == "squash":
+        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    elif pre.resize_mode == "shortest":
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[..., top : top + size, left : left + size]
+    else:  # pad
+        scale = size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        top, left = (size - nh) // 2, (size - nw) // 2
+        x = F.pad(x, (left, size - nw - left, top, size - nh - top), value=0.0)
+    x = x.clamp(0.0, 1.0).expand(-1, 3, -1, -1)
+    mean = torch.tensor(pre.mean, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class VisionLanguageModel(abc.ABC):
+    """A loaded CLIP-style dual encoder behind one interface.
+
+    Subclasses set ``self.spec``, ``self.device``, ``self.preprocess_cfg`` and implement the
+    abstract members. Embeddings are returned L2-normalised unless ``normalize=False``.
+    """
+
+    spec: ModelSpec
+    device: torch.device
+    preprocess_cfg: Preprocess
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # --- images ---------------------------------------------------------------------------
+    def preprocess(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Grayscale [0, 1] image(s) -> the model's normalised input on its device."""
+        return prepare_pixels(pixels, self.preprocess_cfg).to(self.device)
+
+    @abc.abstractmethod
+    def encode_image(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """``[B, 3, S, S]`` preprocessed images -> ``[B, D]`` embeddings."""
+
+    # --- text -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        """Texts -> a dict with at least ``input_ids`` (and ``attention_mask`` where used)."""
+
+    @abc.abstractmethod
+    def encode_text(self, tokens: TokenBatch, normalize: bool = True) -> torch.Tensor:
+        """Tokenised texts -> ``[B, D]`` embeddings."""
+
+    @abc.abstractmethod
+    def token_strings(self, tokens: TokenBatch) -> list[list[str]]:
+        """Readable tokens per text (padding removed), aligned with ``input_ids`` positions."""
+
+    @property
+    @abc.abstractmethod
+    def pad_token_id(self) -> int:
+        """Token id used as the neutral baseline for text attributions."""
+
+    # --- attribution hooks ----------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def token_embedding_layer(self) -> nn.Module:
+        """The text tower's token-embedding layer (for LayerIntegratedGradients)."""
+
+    @property
+    @abc.abstractmethod
+    def spatial_layer(self) -> SpatialLayer:
+        """The image tower's last spatial layer (for GradCAM-style maps)."""
+
+    # --- scores ---------------------------------------------------------------------------
+    @property
+    @abc.abstractmethod
+    def logit_scale(self) -> float:
+        """Temperature applied to cosine similarities (exp of the learned log-scale)."""
+
+    @property
+    def logit_bias(self) -> float:
+        """Additive bias of sigmoid-loss models (SigLIP); 0 for softmax CLIP models."""
+        return 0.0
+
+    @property
+    @abc.abstractmethod
+    def module(self) -> nn.Module:
+        """The underlying ``nn.Module`` (for ``.parameters()``, ``.to()``, hooks)."""
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Convenience: tokenise and encode without gradients."""
+        with torch.no_grad():
+            return self.encode_text(self.tokenize(list(texts)))
+
+    def embed_image(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Convenience: preprocess and encode without gradients."""
+        with torch.no_grad():
+            return self.encode_image(self.preprocess(pixels))
+
+
+def as_features(output: object) -> torch.Tensor:
+    """Accept either a tensor or a transformers output with ``pooler_output``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    pooled = getattr(output, "pooler_output", None)
+    if pooled is None:
+        raise TypeError(f"cannot read features from {type(output).__name__}")
+    return pooled
+
+
+def maybe_normalize(x: torch.Tensor, normalize: bool) -> torch.Tensor:
+    return F.normalize(x, dim=-1) if normalize else x

@@ -1,0 +1,148 @@
+"""transformers adapter: CLIPModel, SiglipModel and VisionTextDualEncoderModel.
+
+Sources are hub ids (``openai/clip-vit-base-patch32``) or local folders written by
+``save_pretrained`` (config, weights and tokenizer files side by side).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from explorer.models.base import (
+    SpatialLayer,
+    TokenBatch,
+    VisionLanguageModel,
+    as_features,
+    maybe_normalize,
+)
+from explorer.models.spec import ModelSpec, Preprocess, local_path
+
+log = logging.getLogger(__name__)
+
+#: transformers ``model_type`` values this adapter accepts.
+SUPPORTED_TYPES = ("clip", "siglip", "siglip2", "vision-text-dual-encoder")
+
+
+class TransformersModel(VisionLanguageModel):
+    """Adapter around a transformers dual encoder with ``get_image/text_features``."""
+
+    def __init__(self, spec: ModelSpec, device: torch.device) -> None:
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        path = local_path(spec.source)
+        source = str(path) if path is not None else spec.source
+        config = AutoConfig.from_pretrained(source)
+        if config.model_type not in SUPPORTED_TYPES:
+            raise ValueError(
+                f"model type '{config.model_type}' is not a supported dual encoder ({', '.join(SUPPORTED_TYPES)})"
+            )
+        model = AutoModel.from_pretrained(source)
+        model.to(device).eval()
+        self.spec = spec
+        self.device = device
+        self._model = model
+        self._type = config.model_type
+        self._tokenizer = AutoTokenizer.from_pretrained(source)
+        # SigLIP was trained with fixed-length padding; others pad to the longest text.
+        self._padding = "max_length" if self._type.startswith("siglip") else "longest"
+        self._max_length = min(int(getattr(self._tokenizer, "model_max_length", 77) or 77), 512)
+        if self._type.startswith("siglip"):
+            self._max_length = int(getattr(model.config.text_config, "max_position_embeddings", 64))
+        self.preprocess_cfg = spec.preprocess or self._preprocess_from_processor(source)
+
+    @staticmethod
+    def _preprocess_from_processor(source: str) -> Preprocess:
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(source)
+        size = proc.size
+        side = size.get("shortest_edge") or size.get("height") if isinstance(size, dict) else size
+        mode = "shortest" if isinstance(size, dict) and "shortest_edge" in size else "squash"
+        return Preprocess(int(side), tuple(proc.image_mean), tuple(proc.image_std), mode)
+
+    @property
+    def module(self) -> nn.Module:
+        return self._model
+
+    def encode_image(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        feats = as_features(self._model.get_image_features(pixel_values=pixel_values))
+        return maybe_normalize(feats, normalize)
+
+    def tokenize(self, texts: Sequence[str]) -> TokenBatch:
+        enc = self._tokenizer(
+            list(texts),
+            padding=self._padding,
+            truncation=True,
+            max_length=self._max_length,
+            return_tensors="pt",
+        )
+        ids = enc["input_ids"].to(self.device)
+        mask = enc.get("attention_mask")
+        mask = mask.to(self.device) if mask is not None else (ids != self.pad_token_id).long()
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def encode_text(self, tokens: TokenBatch, normalize: bool = True) -> torch.Tensor:
+        kwargs = {"input_ids": tokens["input_ids"]}
+        if not self._type.startswith("siglip"):  # SigLIP was trained without an attention mask
+            kwargs["attention_mask"] = tokens["attention_mask"]
+        return maybe_normalize(as_features(self._model.get_text_features(**kwargs)), normalize)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self._tokenizer.pad_token_id
+        return int(pad) if pad is not None else 0
+
+    def token_strings(self, tokens: TokenBatch) -> list[list[str]]:
+        out = []
+        for row, mask in zip(
+            tokens["input_ids"].tolist(), tokens["attention_mask"].tolist(), strict=True
+        ):
+            ids = [i for i, m in zip(row, mask, strict=True) if m]
+            out.append(self._tokenizer.convert_ids_to_tokens(ids))
+        return out
+
+    @property
+    def token_embedding_layer(self) -> nn.Module:
+        return self._model.text_model.get_input_embeddings()
+
+    @property
+    def spatial_layer(self) -> SpatialLayer:
+        vision = self._model.vision_model
+        layers = _transformer_blocks(vision)
+        # CLIP/ViT vision towers prepend a class token; SigLIP has none.
+        prefix = 0 if self._type.startswith("siglip") else 1
+        return SpatialLayer(layers[-1], "vit", prefix)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self._model.logit_scale.exp().item())
+
+    @property
+    def logit_bias(self) -> float:
+        bias = getattr(self._model, "logit_bias", None)
+        return float(bias.item()) if bias is not None else 0.0
+
+
+def _transformer_blocks(module: nn.Module) -> nn.ModuleList:
+    """The main stack of transformer blocks (``encoder.layers``, ``encoder.layer`` or ``layers``).
+
+    transformers has moved this list between versions, so look for the shallowest
+    ``ModuleList`` named ``layers`` or ``layer`` instead of hard-coding one path.
+    """
+    best: tuple[int, nn.ModuleList] | None = None
+    for name, child in module.named_modules():
+        if (
+            isinstance(child, nn.ModuleList)
+            and name.split(".")[-1] in ("layers", "layer")
+            and len(child)
+        ):
+            depth = name.count(".")
+            if best is None or depth < best[0]:
+                best = (depth, child)
+    if best is None:
+        raise NotImplementedError(f"no transformer blocks found in {type(module).__name__}")
+    return best[1]

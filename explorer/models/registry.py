@@ -1,0 +1,291 @@
+"""Backend registry, spec registry and a lazy cache of loaded models.
+
+Backends register a constructor under a key (``@register_backend("open_clip")``); specs name
+their backend by that key, so adding a backend never touches dispatch code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from explorer.errors import ModelUnavailableError, UnknownModelError
+from explorer.models.base import VisionLanguageModel, default_device
+from explorer.models.spec import ModelSpec, default_model_name, load_specs, local_path
+
+log = logging.getLogger(__name__)
+
+BackendFactory = Callable[[ModelSpec, torch.device], VisionLanguageModel]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A way to build models: its factory and the Python packages it needs."""
+
+    name: str
+    factory: BackendFactory
+    requires: tuple[str, ...]
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(
+    name: str, requires: Iterable[str] = ()
+) -> Callable[[BackendFactory], BackendFactory]:
+    """Decorator: make ``factory(spec, device)`` available under ``name``."""
+
+    def wrap(factory: BackendFactory) -> BackendFactory:
+        _BACKENDS[name] = Backend(name, factory, tuple(requires))
+        return factory
+
+    return wrap
+
+
+def backends() -> tuple[str, ...]:
+    return tuple(sorted(_BACKENDS))
+
+
+@register_backend("open_clip", requires=("open_clip",))
+def _open_clip(spec: ModelSpec, device: torch.device) -> VisionLanguageModel:
+    from explorer.models.openclip_backend import OpenClipModel
+
+    return OpenClipModel(spec, device)
+
+
+@register_backend("transformers", requires=("transformers",))
+def _transformers(spec: ModelSpec, device: torch.device) -> VisionLanguageModel:
+    from explorer.models.hf_backend import TransformersModel
+
+    return TransformersModel(spec, device)
+
+
+# --- hub reachability -----------------------------------------------------------------------
+
+HUB_HOST = "huggingface.co"
+
+
+def hub_offline_by_env() -> bool:
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+@lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection (checked once per process)."""
+    if hub_offline_by_env():
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_repo(spec: ModelSpec) -> str | None:
+    if spec.is_local:
+        return None
+    src = spec.source.removeprefix("hf-hub:")
+    return None if "@" in src else src
+
+
+def _in_hub_cache(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return False
+    for filename in ("open_clip_config.json", "config.json"):
+        hit = try_to_load_from_cache(repo, filename)
+        if isinstance(hit, str):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Whether a registered model can load here, and why not."""
+
+    name: str
+    backend: str
+    source: str
+    available: bool
+    reason: str
+    local: bool
+    description: str = ""
+
+
+class ModelRegistry:
+    """Specs by name, plus a cache of loaded models (at most ``max_loaded`` at once)."""
+
+    def __init__(
+        self, specs: Iterable[ModelSpec], default: str | None = None, max_loaded: int = 3
+    ) -> None:
+        self._specs: dict[str, ModelSpec] = {}
+        for spec in specs:
+            self.add(spec)
+        self.default = default
+        self.max_loaded = max_loaded
+        self._loaded: dict[tuple[str, str], VisionLanguageModel] = {}
+        self._failed: dict[str, str] = {}  # name -> reason of the last failed load
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls) -> ModelRegistry:
+        return cls(load_specs(), default=default_model_name())
+
+    # --- specs ------------------------------------------------------------------------------
+    def add(self, spec: ModelSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"a model named '{spec.name}' is already registered")
+        self._specs[spec.name] = spec
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._specs)
+
+    def spec(self, name: str) -> ModelSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            known = ", ".join(self._specs) or "none"
+            raise UnknownModelError(
+                f"There is no model called '{name}'. Known models: {known}."
+            ) from None
+
+    # --- availability -----------------------------------------------------------------------
+    def status(self, name: str, check_hub: bool = True) -> ModelStatus:
+        """Cheap check (no weights loaded) of whether ``name`` can load here."""
+        spec = self.spec(name)
+        ok, reason = self._availability(spec, check_hub)
+        return ModelStatus(
+            spec.name, spec.backend, spec.source, ok, reason, spec.is_local, spec.description
+        )
+
+    def _availability(self, spec: ModelSpec, check_hub: bool) -> tuple[bool, str]:
+        if spec.name in self._failed:
+            return False, self._failed[spec.name]
+        backend = _BACKENDS.get(spec.backend)
+        if backend is None:
+            return False, f"its backend '{spec.backend}' is not one of {', '.join(backends())}"
+        missing = [p for p in backend.requires if importlib.util.find_spec(p) is None]
+        if missing:
+            return False, f"the Python package {', '.join(missing)} is not installed"
+        path = local_path(spec.source)
+        if path is not None:
+            return (
+                (True, "local files")
+                if path.exists()
+                else (False, f"its files are missing ({spec.source})")
+            )
+        repo = _hub_repo(spec)
+        if repo is not None and _in_hub_cache(repo):
+            return True, "in the local Hugging Face cache"
+        if not check_hub:
+            return True, "downloads from the Hugging Face hub on first use"
+        if hub_reachable():
+            return True, "downloads from the Hugging Face hub on first use"
+        return (
+            False,
+            "the Hugging Face hub cannot be reached from here and the weights are not cached",
+        )
+
+    # --- loading ----------------------------------------------------------------------------
+    def load(self, name: str, device: torch.device | str | None = None) -> VisionLanguageModel:
+        """Load (or return the cached) model ``name``.
+
+        Raises:
+            UnknownModelError: ``name`` is not registered.
+            ModelUnavailableError: it is registered but cannot be loaded here; the message says why.
+        """
+        spec = self.spec(name)
+        device = torch.device(device) if device is not None else default_device()
+        key = (name, str(device))
+        with self._lock:
+            if key in self._loaded:
+                return self._loaded[key]
+            ok, reason = self._availability(spec, check_hub=False)
+            if not ok:
+                raise ModelUnavailableError(name, reason)
+            if (
+                spec.is_local is False
+                and hub_offline_by_env()
+                and not _in_hub_cache(_hub_repo(spec) or "")
+            ):
+                raise ModelUnavailableError(
+                    name, "the app runs offline and the weights are not cached"
+                )
+            log.info("loading model %s (%s) on %s", name, spec.backend, device)
+            try:
+                model = _BACKENDS[spec.backend].factory(spec, device)
+            except Exception as exc:  # any backend failure becomes one typed, readable error
+                log.warning("model %s failed to load: %s", name, exc)
+                self._failed[name] = _explain(exc)
+                raise ModelUnavailableError(name, self._failed[name]) from exc
+            while len(self._loaded) >= self.max_loaded:
+                self._loaded.pop(next(iter(self._loaded)))
+            self._loaded[key] = model
+            return model
+
+    def load_or_default(
+        self, name: str | None, device: torch.device | str | None = None
+    ) -> tuple[VisionLanguageModel, str | None]:
+        """Load ``name``; if it cannot load, load the embedded default and say so.
+
+        Returns:
+            The model and a notice for the user (``None`` when ``name`` itself loaded).
+        """
+        if not name or name == self.default:
+            return self.load(self.default or name, device), None
+        try:
+            return self.load(name, device), None
+        except ModelUnavailableError as err:
+            if self.default is None:
+                raise
+            notice = f"{err} Showing the embedded default '{self.default}' instead."
+            return self.load(self.default, device), notice
+
+    def clear(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+            self._failed.clear()
+
+
+def _explain(exc: BaseException) -> str:
+    """A short, readable reason for a backend exception."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    lowered = text.lower()
+    if any(
+        w in lowered
+        for w in ("connection", "offline", "resolve", "max retries", "network", "timed out")
+    ):
+        return "its weights would have to be downloaded and the Hugging Face hub cannot be reached"
+    if isinstance(exc, (FileNotFoundError, OSError)):
+        return f"its files could not be read ({text[:200]})"
+    return text[:300]
+
+
+@lru_cache(maxsize=1)
+def default_registry() -> ModelRegistry:
+    """The registry built from ``explorer/configs/models.json`` (created on first use)."""
+    return ModelRegistry.from_config()
+
+
+__all__ = [
+    "Backend",
+    "ModelRegistry",
+    "ModelStatus",
+    "backends",
+    "default_registry",
+    "hub_reachable",
+    "local_path",
+    "register_backend",
+]

@@ -1,0 +1,70 @@
+"""``python -m explorer``: inspect and models, as a script user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from explorer.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_inspect_json_on_real_dicom(samples_dir, capsys):
+    assert (
+        main(["inspect", str(samples_dir / "siim-pneumothorax-sample-monochrome1.dcm"), "--json"])
+        == 0
+    )
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "DICOM"
+    assert info["photometric"] == "MONOCHROME1"
+    assert (info["width"], info["height"]) == (1024, 1024)
+    assert 0.0 <= info["pixel_stats"]["min"] < info["pixel_stats"]["max"] <= 1.0
+
+
+def test_inspect_table_on_png(samples_dir, capsys):
+    assert main(["inspect", str(samples_dir / "00000001_000.png")]) == 0
+    out = capsys.readouterr().out
+    assert "PNG" in out and "512" in out
+
+
+def test_inspect_bad_file_prints_sentence_and_exits_2(tmp_path, capsys):
+    bad = tmp_path / "notes.dcm"
+    bad.write_text("this is a text file, not an image\n")
+    assert main(["inspect", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert err.endswith(".") and "Traceback" not in err and len(err.splitlines()) == 1
+    assert "notes.dcm" not in err  # never echo the file name
+
+
+def test_models_json_lists_registry(capsys):
+    assert main(["models", "--json", "--no-hub-check"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    names = [m["name"] for m in data["models"]]
+    assert data["default"] in names and "biomedclip" in names
+    biomed = next(m for m in data["models"] if m["name"] == "biomedclip")
+    assert biomed["backend"] == "open_clip" and isinstance(biomed["available"], bool)
+
+
+def test_module_entry_point_runs():
+    proc = subprocess.run(
+        [sys.executable, "-m", "explorer", "models", "--no-hub-check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "phantom-negaware" in proc.stdout and "loads here" in proc.stdout
+
+
+def test_unknown_command_is_a_usage_error():
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
