@@ -74,7 +74,9 @@ def prepare_pixels(pixels: np.ndarray | torch.Tensor, pre: Preprocess) -> torch.
     x = x[:, None]  # [B, 1, H, W]
     size = pre.image_size
     h, w = x.shape[-2:]
-    if pre.resize_mode == "squash":
+    if h == w == size:
+        pass  # already the model's size: nothing to resample
+    elif pre.resize_mode == "squash":
         x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
     elif pre.resize_mode == "shortest":
         scale = size / min(h, w)

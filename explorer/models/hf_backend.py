@@ -40,7 +40,8 @@ class TransformersModel(VisionLanguageModel):
             raise ValueError(
                 f"model type '{config.model_type}' is not a supported dual encoder ({', '.join(SUPPORTED_TYPES)})"
             )
-        model = AutoModel.from_pretrained(source)
+        # Checkpoints may be stored in half precision; compute in float32 (CPU-safe).
+        model = AutoModel.from_pretrained(source, dtype=torch.float32)
         model.to(device).eval()
         self.spec = spec
         self.device = device
