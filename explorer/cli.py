@@ -90,6 +90,50 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train ----------------------------------------------------------------------------------
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", required=True, help="training config JSON (see explorer/configs/train/)"
+    )
+    p.add_argument("--steps", type=int, default=None, help="override the number of steps")
+    p.add_argument("--out", default=None, help="override the output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@command("train", "train a phantom dual encoder (works under torchrun)", _train_args)
+def _train(args: argparse.Namespace) -> int:
+    from explorer.training.trainer import TrainConfig, train
+
+    cfg = TrainConfig.from_file(args.config, steps=args.steps, out_dir=args.out)
+    out = train(cfg, progress=not args.no_progress)
+    sys.stdout.write(f"saved {cfg.name} to {out}\n")
+    return 0
+
+
+# --- benchmark --------------------------------------------------------------------------------
+
+
+def _benchmark_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", action="append", required=True, help="registered model name (repeatable)"
+    )
+    p.add_argument("--images", type=int, default=None, help="held-out phantoms (default 2000)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command("benchmark", "negation benchmark (CXR-Align style) on held-out phantoms", _benchmark_args)
+def _benchmark(args: argparse.Namespace) -> int:
+    from explorer.benchmark import HELDOUT_IMAGES, format_table, run_benchmark
+    from explorer.models import load_model
+
+    n = args.images or HELDOUT_IMAGES
+    results = [run_benchmark(load_model(name), images=n) for name in args.model]
+    _emit([r.as_dict() for r in results], args.json, format_table(results))
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 

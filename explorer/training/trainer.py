@@ -1,0 +1,299 @@
+"""Training loop: seeded, resumable, CPU or GPU, single process or ``torchrun`` (DDP).
+
+``python -m explorer train --config explorer/configs/train/phantom-negaware.json``
+
+Under ``torchrun --nproc_per_node N`` each process draws its own batches (seeded by rank and
+step), gradients are averaged by DistributedDataParallel (gloo on CPU, NCCL on GPU) and the
+contrastive loss is computed within each process's batch. Checkpoints (``train_state.pt``)
+are written by rank 0 every ``checkpoint_every`` steps; a rerun with the same config resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from explorer.models.base import default_device
+from explorer.models.spec import PROJECT_ROOT, Preprocess, prepare_pixels
+from explorer.soft_labels import clinical_similarity
+from explorer.training import losses
+from explorer.training.data import TRAIN_SEED, build_phantom_set, sample_view
+from explorer.training.model import EncoderConfig, TrainingWrapper, build_dual_encoder, export
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (read from JSON)."""
+
+    name: str
+    loss: str = "negaware"  # one of losses.LOSSES
+    out_dir: str = "assets/models/phantom-negaware"
+    steps: int = 600
+    batch_size: int = 64
+    train_images: int = 20000
+    seed: int = 0
+    lr_vision: float = 5e-4
+    lr_text: float = 5e-5
+    lr_head: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 40
+    grad_clip: float = 1.0
+    p_full_report: float = 0.5
+    soft_mix: float = 0.5
+    soft_temperature: float = 0.1
+    checkpoint_every: int = 50
+    log_every: int = 10
+    threads: int = 0  # 0 = torch default
+    pretrained_text: bool = True
+    work_dir: str = ".cache/train"
+    model: EncoderConfig = field(default_factory=EncoderConfig)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides) -> TrainConfig:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        model = data.pop("model", {})
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+        if data.get("loss", "negaware") not in losses.LOSSES:
+            raise ValueError(f"loss must be one of {losses.LOSSES}")
+        enc = EncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
+        return cls(**data, model=enc)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        m = self.model
+        return Preprocess(m.image_size, m.mean, m.std, "squash")
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _dist_setup() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device(rank: int) -> torch.device:
+    dev = default_device()
+    if dev.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu") if dev.type == "mps" and dist.is_initialized() else dev
+
+
+def _param_groups(model, cfg: TrainConfig) -> list[dict]:
+    groups = {"vision": [], "text": [], "head": []}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = (
+            "vision"
+            if name.startswith("vision_model.")
+            else "text"
+            if name.startswith("text_model.")
+            else "head"
+        )
+        groups[key].append(p)
+    lrs = {"vision": cfg.lr_vision, "text": cfg.lr_text, "head": cfg.lr_head}
+    return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
+
+
+def _schedule(cfg: TrainConfig):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def batch_loss(
+    wrapper, tokenizer, data, index, rng, cfg: TrainConfig, device
+) -> tuple[torch.Tensor, dict]:
+    """Build one batch from ``data`` rows ``index`` and return (loss, stats)."""
+    with_neg = cfg.loss == "negaware"
+    views = [sample_view(data.reports[i], rng, cfg.p_full_report, with_neg) for i in index]
+    pixels = prepare_pixels(data.pixels(index), cfg.preprocess).to(device)
+    enc = tokenizer(
+        [v.text for v in views],
+        padding=True,
+        truncation=True,
+        max_length=cfg.model.text_max_length,
+        return_tensors="pt",
+    ).to(device)
+    neg_ids = neg_mask = None
+    has_neg = torch.tensor([v.negated is not None for v in views], device=device)
+    if with_neg:
+        neg_texts = [v.negated if v.negated is not None else v.text for v in views]
+        neg = tokenizer(
+            neg_texts,
+            padding=True,
+            truncation=True,
+            max_length=cfg.model.text_max_length,
+            return_tensors="pt",
+        ).to(device)
+        neg_ids, neg_mask = neg["input_ids"], neg["attention_mask"]
+    img, txt, negf, scale = wrapper(
+        pixels, enc["input_ids"], enc["attention_mask"], neg_ids, neg_mask
+    )
+    sim = clinical_similarity(data.truth[index], np.stack([v.claims for v in views])).to(device)
+    if cfg.loss == "infonce":
+        loss = losses.info_nce(img, txt, scale)
+    elif cfg.loss == "soft":
+        loss = losses.soft_label_loss(img, txt, scale, sim, cfg.soft_mix, cfg.soft_temperature)
+    else:
+        loss = losses.negation_aware_loss(
+            img, txt, negf, has_neg, scale, sim, cfg.soft_mix, cfg.soft_temperature
+        )
+    stats = {"loss": float(loss.detach()), "logit_scale": float(scale.detach())}
+    with torch.no_grad():
+        stats["i2t_acc"] = float(
+            (img @ txt.T).argmax(1).eq(torch.arange(len(index), device=device)).float().mean()
+        )
+        if negf is not None and bool(has_neg.any()):
+            ok = ((img * txt).sum(-1) > (img * negf).sum(-1))[has_neg]
+            stats["neg_acc"] = float(ok.float().mean())
+    return loss, stats
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Run (or resume) training; rank 0 exports the model to ``cfg.out_dir``. Returns that path."""
+    rank, world = _dist_setup()
+    device = _device(rank)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model, tokenizer = build_dual_encoder(cfg.model, pretrained_text=cfg.pretrained_text)
+    model.to(device).train()
+    wrapper = TrainingWrapper(model)
+    if world > 1:
+        wrapper = torch.nn.parallel.DistributedDataParallel(
+            wrapper, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+
+    work = _resolve(cfg.work_dir) / cfg.name
+    out = _resolve(cfg.out_dir)
+    state_path = work / "train_state.pt"
+    log_path = work / "train_log.jsonl"
+    start = 0
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        log.info("resuming %s from step %d", cfg.name, start)
+
+    if rank == 0:
+        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size)
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size)
+
+    work.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=cfg.name, unit="step")
+    t0 = time.time()
+    for step in range(start, cfg.steps):
+        rng = np.random.default_rng([cfg.seed, rank, step])
+        index = rng.choice(len(data), size=cfg.batch_size, replace=False)
+        loss, stats = batch_loss(wrapper, tokenizer, data, index, rng, cfg, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip
+        )
+        optimizer.step()
+        scheduler.step()
+        if rank == 0:
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['i2t_acc']:.2f}")
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                row = {
+                    "step": step + 1,
+                    "elapsed_s": round(time.time() - t0, 1),
+                    **{k: round(v, 4) for k, v in stats.items()},
+                }
+                with log_path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+                _save_state(state_path, model, optimizer, scheduler, step + 1)
+    if bar is not None:
+        bar.close()
+    checksums = replica_checksums(model, world)
+    if rank == 0:
+        export(model, tokenizer, cfg.model, out)
+        meta = {
+            "config": asdict(cfg),
+            "world_size": world,
+            "device": str(device),
+            "train_seconds": round(time.time() - t0, 1),
+            "replica_checksums": checksums,
+        }
+        (out / "training_config.json").write_text(json.dumps(meta, indent=2, default=str))
+        if log_path.exists():
+            (out / "train_log.jsonl").write_text(log_path.read_text())
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def replica_checksums(model: torch.nn.Module, world: int) -> list[float]:
+    """A float64 checksum of the weights of every replica (one entry per process)."""
+    local = torch.tensor(
+        [
+            sum(
+                float(p.detach().double().mul(i + 1).sum())
+                for i, p in enumerate(model.parameters())
+            )
+        ],
+        dtype=torch.float64,
+    )
+    if world == 1:
+        return [float(local)]
+    gathered = [torch.zeros_like(local) for _ in range(world)]
+    dist.all_gather(gathered, local)
+    return [float(g) for g in gathered]
+
+
+def _save_state(path: Path, model, optimizer, scheduler, step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+        },
+        tmp,
+    )
+    tmp.replace(path)
