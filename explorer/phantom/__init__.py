@@ -1,0 +1,54 @@
+"""Phantom world: seeded synthetic chest radiographs with ground-truth findings and reports.
+
+The project cannot download a pretrained medical CLIP model, so it trains its own default
+model on this controlled world: every phantom image has the findings it shows (with
+laterality, severity and a pixel mask) and a radiology-style report.
+
+Public API:
+
+* :func:`render_phantom` - render a seeded :class:`Phantom` (image, findings, masks, labels).
+* :class:`FindingSpec` - force a finding (optionally its laterality/severity) into a phantom.
+* :func:`generate_report` - write a :class:`Report` (FINDINGS / IMPRESSION sentences with
+  per-sentence finding status and CheXpert labels) for a phantom.
+* :data:`PHANTOM_FINDINGS` and :data:`CHEXPERT_MAPPING` - vocabulary and label mapping.
+* :func:`benchmark` - render-time table (``python -m explorer.phantom``); contact sheets with
+  ``python -m explorer.phantom.sheet OUT.png``.
+
+Laterality is the patient's side: the patient's right is on the left of the displayed image.
+"""
+
+from explorer.phantom.records import (
+    CHEXPERT_MAPPING,
+    DEVICE_KINDS,
+    LATERALITIES,
+    OPACITY_FINDINGS,
+    PATHOLOGY_FINDINGS,
+    PHANTOM_FINDINGS,
+    SEVERITIES,
+    FindingInstance,
+    FindingSpec,
+    Phantom,
+    PhantomParams,
+)
+from explorer.phantom.renderer import benchmark, render_phantom, sample_findings
+from explorer.phantom.reports import Report, ReportSentence, generate_report
+
+__all__ = [
+    "CHEXPERT_MAPPING",
+    "DEVICE_KINDS",
+    "LATERALITIES",
+    "OPACITY_FINDINGS",
+    "PATHOLOGY_FINDINGS",
+    "PHANTOM_FINDINGS",
+    "SEVERITIES",
+    "FindingInstance",
+    "FindingSpec",
+    "Phantom",
+    "PhantomParams",
+    "Report",
+    "ReportSentence",
+    "benchmark",
+    "generate_report",
+    "render_phantom",
+    "sample_findings",
+]
