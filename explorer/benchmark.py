@@ -33,7 +33,7 @@ from explorer.training.data import (
 log = logging.getLogger(__name__)
 
 HELDOUT_IMAGES = 2000
-RENDER_SIZE = 192
+RENDER_SIZE = 160
 #: How a phantom finding is phrased in zero-shot prompts (default: its own name).
 ZERO_SHOT_PHRASES = {"nodule/mass": "lung nodule or mass"}
 

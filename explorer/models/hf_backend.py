@@ -113,6 +113,9 @@ class TransformersModel(VisionLanguageModel):
     @property
     def spatial_layer(self) -> SpatialLayer:
         vision = self._model.vision_model
+        stages = getattr(getattr(vision, "encoder", None), "stages", None)
+        if stages is not None:  # convolutional tower (ConvNeXt, ResNet): last stage's feature map
+            return SpatialLayer(stages[-1], "conv")
         layers = _transformer_blocks(vision)
         # CLIP/ViT vision towers prepend a class token; SigLIP has none.
         prefix = 0 if self._type.startswith("siglip") else 1

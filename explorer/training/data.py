@@ -19,13 +19,13 @@ import os
 import pickle
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from explorer.phantom import PHANTOM_FINDINGS, generate_report, render_phantom
-from explorer.phantom.reports import Report, ReportSentence
+from explorer.phantom import PHANTOM_FINDINGS, render_phantom
+from explorer.phantom.reports import Report, ReportSentence, generate_report
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +173,7 @@ def flip_finding(
                 text = negate(s.text)
             except NegationError:
                 return None
-            status = 0 if s.status in (1, -1) else 1
-            s = ReportSentence(text=text, section=s.section, findings=s.findings, status=status)
+            s = replace(s, text=text, status=0 if s.status in (1, -1) else 1)
         out.append(s)
     return tuple(out)
 

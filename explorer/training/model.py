@@ -35,8 +35,11 @@ def minilm_path() -> Path:
 class EncoderConfig:
     """Architecture of the phantom dual encoder (a training config's ``model`` section)."""
 
+    vision_arch: str = "convnext"  # "convnext" (small CNN) or "vit"
     image_size: int = 192
     patch_size: int = 16
+    convnext_widths: tuple[int, ...] = (32, 64, 128, 256)
+    convnext_depths: tuple[int, ...] = (1, 1, 2, 1)
     vision_width: int = 192
     vision_layers: int = 6
     vision_heads: int = 3
@@ -62,6 +65,8 @@ def build_dual_encoder(cfg: EncoderConfig, pretrained_text: bool = True):
         AutoTokenizer,
         BertConfig,
         BertModel,
+        ConvNextConfig,
+        ConvNextModel,
         VisionTextDualEncoderConfig,
         VisionTextDualEncoderModel,
         ViTConfig,
@@ -73,17 +78,31 @@ def build_dual_encoder(cfg: EncoderConfig, pretrained_text: bool = True):
         text = BertModel.from_pretrained(path, dtype=torch.float32)
     else:
         text = BertModel(BertConfig.from_pretrained(path))
-    vision = ViTModel(
-        ViTConfig(
-            image_size=cfg.image_size,
-            patch_size=cfg.patch_size,
-            hidden_size=cfg.vision_width,
-            intermediate_size=4 * cfg.vision_width,
-            num_hidden_layers=cfg.vision_layers,
-            num_attention_heads=cfg.vision_heads,
+    if cfg.vision_arch == "convnext":
+        vcfg = ConvNextConfig(
             num_channels=3,
+            patch_size=4,
+            image_size=cfg.image_size,
+            hidden_sizes=list(cfg.convnext_widths),
+            depths=list(cfg.convnext_depths),
         )
-    )
+        # VisionTextDualEncoderModel sizes its projection from ``hidden_size``.
+        vcfg.hidden_size = cfg.convnext_widths[-1]
+        vision = ConvNextModel(vcfg)
+    elif cfg.vision_arch == "vit":
+        vision = ViTModel(
+            ViTConfig(
+                image_size=cfg.image_size,
+                patch_size=cfg.patch_size,
+                hidden_size=cfg.vision_width,
+                intermediate_size=4 * cfg.vision_width,
+                num_hidden_layers=cfg.vision_layers,
+                num_attention_heads=cfg.vision_heads,
+                num_channels=3,
+            )
+        )
+    else:
+        raise ValueError(f"vision_arch must be 'convnext' or 'vit', got {cfg.vision_arch!r}")
     config = VisionTextDualEncoderConfig.from_vision_text_configs(
         vision.config,
         text.config,

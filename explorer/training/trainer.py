@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from explorer.models.base import default_device
-from explorer.models.spec import PROJECT_ROOT, Preprocess, prepare_pixels
+from explorer.models.base import default_device, prepare_pixels
+from explorer.models.spec import PROJECT_ROOT, Preprocess
 from explorer.soft_labels import clinical_similarity
 from explorer.training import losses
 from explorer.training.data import TRAIN_SEED, build_phantom_set, sample_view
@@ -53,6 +53,7 @@ class TrainConfig:
     soft_mix: float = 0.5
     soft_temperature: float = 0.1
     checkpoint_every: int = 50
+    max_minutes: float = 0.0  # > 0: stop and export when this much wall time has passed
     log_every: int = 10
     threads: int = 0  # 0 = torch default
     pretrained_text: bool = True
@@ -247,6 +248,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                     fh.write(json.dumps(row) + "\n")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 _save_state(state_path, model, optimizer, scheduler, step + 1)
+        if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes:
+            log.warning("%s: time budget of %.0f min reached at step %d", cfg.name, cfg.max_minutes, step + 1)
+            break
     if bar is not None:
         bar.close()
     checksums = replica_checksums(model, world)
