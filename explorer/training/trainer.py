@@ -249,7 +249,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
                 _save_state(state_path, model, optimizer, scheduler, step + 1)
         if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes:
-            log.warning("%s: time budget of %.0f min reached at step %d", cfg.name, cfg.max_minutes, step + 1)
+            log.warning(
+                "%s: time budget of %.0f min reached at step %d",
+                cfg.name,
+                cfg.max_minutes,
+                step + 1,
+            )
             break
     if bar is not None:
         bar.close()

@@ -12,53 +12,101 @@ DISCLAIMER = (
     "Uploads are decoded in memory and not stored; burned-in text in the pixels is not removed."
 )
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"]
+FINDINGS_HELP = (
+    "For each finding the image is compared with an affirmed prompt (*there is X*) and its "
+    "negation (*there is no X*). The bar shows the softmax over that pair: right of the middle "
+    "the model prefers the affirmed sentence, left of it the negated one. Grey rows marked ⚠ "
+    "are **negation-blind**: the model barely separates the two sentences there."
+)
+
+
+def _model_choices() -> tuple[list[str], str | None]:
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    return list(reg.names()), reg.default
+
+
+def _template_choices() -> list[str]:
+    from explorer.findings import prompt_templates
+
+    return [t.id for t in prompt_templates()]
 
 
 def build_demo() -> gr.Blocks:
     """Build the app. Nothing heavy happens here: models load on first use."""
+    names, default = _model_choices()
+    template_ids = _template_choices()
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(
             f"# {TITLE}\nHow do medical vision-language models weigh *“there is X”* against *“no X”*?"
         )
         gr.Markdown(f"*{DISCLAIMER}*")
-        with gr.Tab("Image"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(
+                    label="Chest X-ray (PNG, JPEG or DICOM)",
+                    file_types=UPLOAD_TYPES,
+                    type="filepath",
+                )
+            with gr.Column(scale=1):
+                shown = gr.Image(
+                    label="As the models see it", type="numpy", image_mode="L", interactive=False
+                )
+            with (
+                gr.Column(scale=1),
+                gr.Accordion("Safe metadata (no patient identifiers)", open=False),
+            ):
+                meta = gr.Dataframe(headers=["field", "value"], interactive=False)
+        upload.change(
+            handlers.inspect_upload, inputs=upload, outputs=[shown, meta], api_name="inspect"
+        )
+
+        with gr.Tab("Findings"):
+            gr.Markdown(FINDINGS_HELP)
             with gr.Row():
-                with gr.Column(scale=1):
-                    upload = gr.File(
-                        label="Chest X-ray (PNG, JPEG or DICOM)",
-                        file_types=UPLOAD_TYPES,
-                        type="filepath",
-                    )
-                    gr.Markdown(
-                        "The image is converted to grayscale the way the models will see it: DICOM "
-                        "rescale then window (VOI LUT), MONOCHROME1 inverted so bone is white."
-                    )
-                with gr.Column(scale=1):
-                    shown = gr.Image(
-                        label="As the models see it",
-                        type="numpy",
-                        image_mode="L",
-                        interactive=False,
-                    )
-                with gr.Column(scale=1):
-                    meta = gr.Dataframe(
-                        headers=["field", "value"],
-                        label="Safe metadata (no patient identifiers)",
-                        interactive=False,
-                    )
-            upload.change(
-                handlers.inspect_upload, inputs=upload, outputs=[shown, meta], api_name="inspect"
+                model = gr.Dropdown(names, value=default, label="Model")
+                compare = gr.Dropdown([""] + names, value="", label="Compare with (optional)")
+            with gr.Accordion("Prompts", open=False):
+                templates = gr.CheckboxGroup(
+                    template_ids, value=template_ids, label="Templates averaged"
+                )
+                custom = gr.Textbox(
+                    label="Extra findings, one per line (negated automatically)", lines=2
+                )
+                negations = gr.Textbox(
+                    label="Your own negations, one per line: finding => negated sentence", lines=2
+                )
+            run = gr.Button("Score findings", variant="primary")
+            notice = gr.Markdown()
+            with gr.Row():
+                with gr.Column():
+                    card = gr.Markdown()
+                    plot = gr.Plot(label="Affirmed vs negated")
+                    table = gr.Dataframe(label="Scores", interactive=False)
+                    csv = gr.File(label="Download CSV")
+                with gr.Column():
+                    card2 = gr.Markdown()
+                    plot2 = gr.Plot(label="Second model")
+                    table2 = gr.Dataframe(label="Scores (second model)", interactive=False)
+                    csv2 = gr.File(label="Download CSV (second model)")
+            run.click(
+                handlers.score_image,
+                inputs=[upload, model, compare, custom, templates, negations],
+                outputs=[plot, table, csv, card, plot2, table2, csv2, card2, notice],
+                api_name="findings",
+                concurrency_limit=2,
             )
         with gr.Tab("Models"):
             gr.Markdown(
                 "Registered models and whether each can load on this machine (hub models need a connection)."
             )
-            table = gr.Dataframe(
+            models_table = gr.Dataframe(
                 headers=["model", "backend", "loads here", "why", "description"],
                 label="Model registry",
                 interactive=False,
             )
             refresh = gr.Button("Refresh")
-            refresh.click(handlers.model_rows, outputs=table, api_name="models")
-            demo.load(handlers.model_rows, outputs=table, api_name=False)
+            refresh.click(handlers.model_rows, outputs=models_table, api_name="models")
+            demo.load(handlers.model_rows, outputs=models_table, api_name=False)
     return demo

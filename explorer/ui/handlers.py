@@ -52,3 +52,140 @@ def _cell(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return "; ".join(str(v) for v in value) or "-"
     return "-" if value is None else str(value)
+
+
+# --- findings view ----------------------------------------------------------------------------
+
+MAX_CUSTOM_FINDINGS = 10
+MAX_PROMPT_CHARS = 200
+
+
+def _pixels(path: str | None) -> np.ndarray:
+    from explorer.imaging import load_image
+
+    if not path:
+        raise gr.Error(
+            "Please upload a chest X-ray (PNG, JPEG or DICOM) first.", print_exception=False
+        )
+    try:
+        return load_image(path).pixels
+    except ExplorerError as err:
+        raise user_error(err) from None
+
+
+def _model(name: str | None):
+    from explorer.models import default_registry
+
+    try:
+        return default_registry().load_or_default(name or None)
+    except ExplorerError as err:
+        raise user_error(err) from None
+
+
+def parse_custom_findings(text: str | None) -> list[str]:
+    """One free-text finding per line (blank lines ignored); bounded in count and length."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    if len(lines) > MAX_CUSTOM_FINDINGS:
+        raise gr.Error(
+            f"Please type at most {MAX_CUSTOM_FINDINGS} extra findings, one per line.",
+            print_exception=False,
+        )
+    for ln in lines:
+        if len(ln) > MAX_PROMPT_CHARS or any(ord(c) < 32 for c in ln):
+            raise gr.Error(
+                f"Each extra finding must be plain text of at most {MAX_PROMPT_CHARS} characters.",
+                print_exception=False,
+            )
+    return lines
+
+
+def parse_negations(text: str | None) -> dict[str, str]:
+    """Lines of ``finding => negated prompt`` (the user's own negation of a finding)."""
+    out = {}
+    for ln in (text or "").splitlines():
+        if not ln.strip():
+            continue
+        if "=>" not in ln:
+            raise gr.Error(
+                'Write each negation as "finding => negated sentence".', print_exception=False
+            )
+        finding, negated = (part.strip() for part in ln.split("=>", 1))
+        if not finding or not negated or len(negated) > MAX_PROMPT_CHARS:
+            raise gr.Error(
+                'Write each negation as "finding => negated sentence".', print_exception=False
+            )
+        out[finding] = negated
+    return out
+
+
+def model_card(name: str | None) -> str:
+    """Markdown: what the model is, what it was trained on, what it is not for."""
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    try:
+        spec = reg.spec(name or reg.default)
+    except ExplorerError as err:
+        return str(err)
+    return f"**{spec.name}** ({spec.backend})  \n{spec.description}\n\n{spec.card}"
+
+
+def _csv(frame, stem: str) -> str:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", prefix=f"{stem}-", delete=False) as handle:
+        frame.to_csv(handle, index=False)
+    return handle.name
+
+
+def score_image(
+    path: str | None,
+    model_name: str | None,
+    compare_name: str | None,
+    custom_text: str | None,
+    templates: list[str] | None,
+    negation_text: str | None,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
+):
+    """Findings view: scores, figures, tables and CSV for one model (and an optional second)."""
+    from explorer.findings import CHEXPERT_FINDINGS
+    from explorer.plots import findings_figure
+    from explorer.scoring import score_findings
+
+    pixels = _pixels(path)
+    custom = parse_custom_findings(custom_text)
+    negations = parse_negations(negation_text)
+    if templates is not None and len(templates) == 0:
+        raise gr.Error("Choose at least one prompt template.", print_exception=False)
+    outputs, notices = [], []
+    names = [model_name] + ([compare_name] if compare_name else [])
+    for k, name in enumerate(names):
+        progress((k, len(names)), desc=f"Scoring with {name or 'the default model'}")
+        model, notice = _model(name)
+        if notice:
+            notices.append(notice)
+        try:
+            result = score_findings(
+                model,
+                pixels,
+                CHEXPERT_FINDINGS,
+                custom=custom,
+                templates=templates or None,
+                negations=negations,
+            )
+        except ExplorerError as err:
+            raise user_error(err) from None
+        frame = result.to_frame()
+        outputs.append(
+            (
+                findings_figure(result),
+                frame,
+                _csv(frame, f"findings-{model.name}"),
+                model_card(model.name),
+            )
+        )
+    if len(outputs) == 1:
+        outputs.append((None, None, None, ""))
+    (fig, frame, csv, card), (fig2, frame2, csv2, card2) = outputs
+    notice = "\n\n".join(f"⚠️ {n}" for n in notices)
+    return fig, frame, csv, card, fig2, frame2, csv2, card2, notice

@@ -1,0 +1,226 @@
+"""Affirmed vs negated findings: how an image's embedding weighs "there is X" against "no X".
+
+For each finding and prompt template the image is compared with the affirmed and the negated
+prompt; the softmax over that pair (scaled by the model's logit scale, as in CheXzero,
+Tiu et al. 2022) gives the model's probability that the affirmed statement is the true one.
+Results are averaged over the chosen templates.
+
+A row is flagged **negation-blind** when the model barely separates the two statements:
+its pair probability is within ``blind_margin`` of 0.5, or the two prompts' text embeddings
+are nearly the same vector (cosine >= ``blind_text_cosine``), so whatever the image shows, the
+model cannot say which statement it supports.
+
+Text embeddings of prompts are cached per model, so scoring a new image costs one image
+forward pass once the prompts have been seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from explorer.findings import CHEXPERT_FINDINGS, PromptPair, PromptTemplate, prompt_pairs
+from explorer.models.base import VisionLanguageModel
+
+log = logging.getLogger(__name__)
+
+BLIND_MARGIN = 0.05
+BLIND_TEXT_COSINE = 0.98
+
+
+@dataclass(frozen=True)
+class FindingScore:
+    """One finding on one image.
+
+    Attributes:
+        finding: CheXpert name or the user's free text.
+        affirmed: The affirmed prompts used (one per template).
+        negated: The negated prompts used, aligned with ``affirmed``.
+        sim_affirmed: Mean cosine similarity of the image with the affirmed prompts.
+        sim_negated: Mean cosine similarity with the negated prompts.
+        prob_affirmed: Mean softmax probability of the affirmed prompt within each pair.
+        margin: ``sim_affirmed - sim_negated``.
+        text_cosine: Mean cosine between each affirmed prompt and its negation (1 = the model
+            sees no difference between the two sentences).
+        negation_blind: The model barely separates the two (see the module docstring).
+        custom: The finding was typed by the user rather than one of the 14 CheXpert labels.
+    """
+
+    finding: str
+    affirmed: tuple[str, ...]
+    negated: tuple[str, ...]
+    sim_affirmed: float
+    sim_negated: float
+    prob_affirmed: float
+    margin: float
+    text_cosine: float
+    negation_blind: bool
+    custom: bool = False
+
+
+@dataclass(frozen=True)
+class FindingsResult:
+    """All findings for one image and one model."""
+
+    model: str
+    scores: tuple[FindingScore, ...]
+    templates: tuple[str, ...]
+    logit_scale: float
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per finding (prompts joined with ' | ')."""
+        import pandas as pd
+
+        rows = [
+            {
+                "finding": s.finding,
+                "P(affirmed)": round(s.prob_affirmed, 4),
+                "sim affirmed": round(s.sim_affirmed, 4),
+                "sim negated": round(s.sim_negated, 4),
+                "margin": round(s.margin, 4),
+                "text cosine": round(s.text_cosine, 4),
+                "negation-blind": s.negation_blind,
+                "affirmed prompts": " | ".join(s.affirmed),
+                "negated prompts": " | ".join(s.negated),
+                "custom": s.custom,
+            }
+            for s in self.scores
+        ]
+        return pd.DataFrame(rows)
+
+    def score(self, finding: str) -> FindingScore:
+        for s in self.scores:
+            if s.finding == finding:
+                return s
+        raise KeyError(finding)
+
+
+class TextEmbeddingCache:
+    """Normalised text embeddings per (model, text), least recently used evicted first."""
+
+    def __init__(self, max_items: int = 20000) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[tuple[int, str], torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def embed(
+        self, model: VisionLanguageModel, texts: Sequence[str], batch: int = 64
+    ) -> torch.Tensor:
+        key_model = id(model)
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if (key_model, t) not in self._items))
+        for k in range(0, len(missing), batch):
+            chunk = missing[k : k + batch]
+            emb = model.embed_texts(chunk).float().cpu()
+            with self._lock:
+                for t, e in zip(chunk, emb, strict=True):
+                    self._items[(key_model, t)] = e
+        with self._lock:
+            out = []
+            for t in texts:
+                self._items.move_to_end((key_model, t))
+                out.append(self._items[(key_model, t)])
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+        return torch.stack(out) if out else torch.empty(0)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+#: Process-wide cache used by :func:`score_findings` unless another is given.
+TEXT_CACHE = TextEmbeddingCache()
+
+
+def build_pairs(
+    findings: Iterable[str],
+    templates: Sequence[str | PromptTemplate] | None = None,
+    negations: Mapping[str, str] | None = None,
+) -> dict[str, tuple[PromptPair, ...]]:
+    """Prompt pairs per finding; ``negations`` overrides the negated prompt of a finding.
+
+    An override is one sentence the user wrote; it replaces the negated prompt of every
+    template for that finding (the affirmed prompts stay as the templates make them).
+    """
+    out = {}
+    for finding in findings:
+        pairs = prompt_pairs(finding, templates)
+        override = (negations or {}).get(finding)
+        if override and override.strip():
+            pairs = tuple(
+                PromptPair(p.finding, p.affirmed, override.strip(), p.template_id) for p in pairs
+            )
+        out[finding] = pairs
+    return out
+
+
+def score_findings(
+    model: VisionLanguageModel,
+    pixels: np.ndarray | torch.Tensor,
+    findings: Sequence[str] = CHEXPERT_FINDINGS,
+    custom: Sequence[str] = (),
+    templates: Sequence[str | PromptTemplate] | None = None,
+    negations: Mapping[str, str] | None = None,
+    blind_margin: float = BLIND_MARGIN,
+    blind_text_cosine: float = BLIND_TEXT_COSINE,
+    cache: TextEmbeddingCache | None = None,
+    image_embedding: torch.Tensor | None = None,
+) -> FindingsResult:
+    """Score every finding's affirmed vs negated prompts against one image.
+
+    Args:
+        model: A loaded model.
+        pixels: Grayscale image ``[H, W]`` in [0, 1] (ignored if ``image_embedding`` given).
+        findings: CheXpert findings to score (default: all 14).
+        custom: Free-text findings typed by the user (negated by the negation engine).
+        templates: Template ids or templates to average over (default: all).
+        negations: Optional user-edited negated prompt per finding.
+        blind_margin: Flag a row when ``|P(affirmed) - 0.5| < blind_margin``.
+        blind_text_cosine: ...or when the two prompts' embeddings have at least this cosine.
+        cache: Text-embedding cache (default: the process-wide one).
+        image_embedding: A precomputed normalised image embedding ``[1, D]`` or ``[D]``.
+
+    Raises:
+        explorer.findings.NegationError: a custom finding cannot be negated automatically.
+    """
+    cache = TEXT_CACHE if cache is None else cache
+    all_findings = list(dict.fromkeys([*findings, *custom]))
+    pairs = build_pairs(all_findings, templates, negations)
+    if image_embedding is None:
+        image_embedding = model.embed_image(pixels)
+    img = image_embedding.float().cpu().reshape(-1)
+    scale = model.logit_scale
+    texts = [t for ps in pairs.values() for p in ps for t in (p.affirmed, p.negated)]
+    emb = cache.embed(model, texts)
+    scores, k = [], 0
+    for finding, ps in pairs.items():
+        n = len(ps)
+        block = emb[k : k + 2 * n].reshape(n, 2, -1)
+        k += 2 * n
+        sims = block @ img  # [n, 2]
+        probs = torch.softmax(scale * sims, dim=-1)[:, 0]
+        text_cos = (block[:, 0] * block[:, 1]).sum(-1)
+        p = float(probs.mean())
+        tc = float(text_cos.mean())
+        scores.append(
+            FindingScore(
+                finding=finding,
+                affirmed=tuple(x.affirmed for x in ps),
+                negated=tuple(x.negated for x in ps),
+                sim_affirmed=float(sims[:, 0].mean()),
+                sim_negated=float(sims[:, 1].mean()),
+                prob_affirmed=p,
+                margin=float((sims[:, 0] - sims[:, 1]).mean()),
+                text_cosine=tc,
+                negation_blind=abs(p - 0.5) < blind_margin or tc >= blind_text_cosine,
+                custom=finding not in findings,
+            )
+        )
+    used = tuple(dict.fromkeys(p.template_id for ps in pairs.values() for p in ps))
+    return FindingsResult(model=model.name, scores=tuple(scores), templates=used, logit_scale=scale)
