@@ -90,6 +90,42 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- score ----------------------------------------------------------------------------------
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="a chest X-ray: PNG, JPEG or DICOM")
+    p.add_argument("--model", default=None, help="registered model (default: the embedded default)")
+    p.add_argument(
+        "--finding", action="append", default=[], help="extra free-text finding (repeatable)"
+    )
+    p.add_argument(
+        "--template", action="append", default=None, help="prompt template id (repeatable)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command("score", "affirmed vs negated prompts for the 14 findings (and any extra)", _score_args)
+def _score(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from explorer.findings import CHEXPERT_FINDINGS
+    from explorer.imaging import load_image
+    from explorer.models import load_model
+    from explorer.scoring import score_findings
+
+    pixels = load_image(args.image).pixels
+    model = load_model(args.model)
+    result = score_findings(
+        model, pixels, CHEXPERT_FINDINGS, custom=args.finding, templates=args.template
+    )
+    frame = result.to_frame()[
+        ["finding", "P(affirmed)", "sim affirmed", "sim negated", "negation-blind"]
+    ]
+    _emit(asdict(result), args.json, f"model: {result.model}\n" + frame.to_string(index=False))
+    return 0
+
+
 # --- train ----------------------------------------------------------------------------------
 
 

@@ -206,6 +206,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
         log.info("resuming %s from step %d", cfg.name, start)
 
@@ -302,6 +304,7 @@ def _save_state(path: Path, model, optimizer, scheduler, step: int) -> None:
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "step": step,
+            "torch_rng": torch.get_rng_state(),
         },
         tmp,
     )
