@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from explorer.ui import handlers
@@ -11,6 +13,7 @@ DISCLAIMER = (
     "Research and teaching tool. Not a medical device and not for diagnosis. "
     "Uploads are decoded in memory and not stored; burned-in text in the pixels is not removed."
 )
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"]
 FINDINGS_HELP = (
     "For each finding the image is compared with an affirmed prompt (*there is X*) and its "
