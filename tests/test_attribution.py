@@ -1,0 +1,483 @@
+"""Attribution wrappers: contracts on every tiny backend, and known answers on toy models."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explorer.attribution import (
+    IMAGE_METHODS,
+    AttributionError,
+    attribute_image,
+    attribute_pair,
+    attribute_text,
+    image_similarity_forward,
+    integrated_gradients,
+    model_input,
+    occlusion,
+    pointing_hit,
+    to_image_space,
+)
+from explorer.models import ModelRegistry, ModelSpec, Preprocess
+from explorer.models.base import SpatialLayer, VisionLanguageModel
+from explorer.models.tiny import TINY_BUILDERS, TINY_PREPROCESS, build_tiny_specs
+from explorer.phantom import FindingSpec, render_phantom
+
+CONV_NAME = "tiny-convnext-dual"
+NAMES = (*TINY_BUILDERS, CONV_NAME)
+PROMPT = "there is a large left pleural effusion"
+#: IG completeness: |sum(attr) - (f(x) - f(b))| <= REL * |f(x) - f(b)| + ABS.
+REL_TOL, ABS_TOL = 0.05, 1e-4
+#: Integration points in the completeness tests. Along the black -> phantom path the random
+#: tiny towers have sharp bumps: tiny-clip's residual is ~2% of f(x) - f(b) at 64 points and
+#: ~1e-4 at 128; the tiny ConvNeXt's pooled features nearly cancel near alpha = 0.75, where
+#: its final LayerNorm (eps 1e-12) turns the similarity into a narrow spike that needs ~512.
+IG_STEPS = {CONV_NAME: 512}
+DEFAULT_IG_STEPS = 128
+
+
+def _build_tiny_convnext(folder):
+    """A transformers VisionTextDualEncoderModel with a ConvNeXt tower (the default's shape)."""
+    from transformers import (
+        BertConfig,
+        ConvNextConfig,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+    )
+
+    from explorer.models.tiny import _vocab_size, _word_tokenizer
+
+    torch.manual_seed(0)
+    vision = ConvNextConfig(
+        num_channels=3,
+        patch_size=4,
+        image_size=64,
+        num_stages=2,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+    )
+    vision.hidden_size = 16  # the dual encoder sizes its projection from this
+    text = BertConfig(
+        vocab_size=_vocab_size(),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        pad_token_id=0,
+    )
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=8)
+    VisionTextDualEncoderModel(config=config).save_pretrained(folder)
+    _word_tokenizer(folder)
+    return ModelSpec(
+        name=CONV_NAME,
+        backend="transformers",
+        source=str(folder.resolve()),
+        preprocess=Preprocess(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "squash"),
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine they lose a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    specs = (*build_tiny_specs(root), _build_tiny_convnext(root / CONV_NAME))
+    return ModelRegistry(specs, max_loaded=len(specs))
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return render_phantom(
+        0, findings=[FindingSpec("pleural effusion", laterality="left", severity="large")], size=160
+    )
+
+
+@pytest.fixture(scope="module")
+def image(phantom):
+    """A non-square crop, so that a map that is not resampled to the caller's shape shows."""
+    return np.ascontiguousarray(phantom.image[:, 16:144])
+
+
+def _param_grads(model):
+    return [p for p in model.module.parameters() if p.grad is not None]
+
+
+# --- every backend ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("method", IMAGE_METHODS)
+def test_image_maps_contract(registry, image, name, method):
+    model = registry.load(name, "cpu")
+    steps = IG_STEPS.get(name, DEFAULT_IG_STEPS)
+    result = attribute_image(model, image, PROMPT, method, steps=steps, internal_batch_size=64)
+    size = model.preprocess_cfg.image_size
+    assert result.method == method and result.prompt == PROMPT
+    assert result.attribution.shape == image.shape and result.attribution.dtype == np.float32
+    assert result.model_attribution.shape == (size, size)
+    assert np.isfinite(result.attribution).all() and np.abs(result.attribution).max() > 0
+    assert not result.attribution.flags.writeable
+    # the explained score is the model's ordinary cosine similarity for this image and prompt
+    with torch.no_grad():
+        expected = (model.embed_image(image) * model.encode_text(model.tokenize([PROMPT]))).sum()
+    assert result.score == pytest.approx(float(expected), abs=1e-5)
+    assert not _param_grads(model)
+    if method == "ig":
+        gap = result.score - result.baseline_score
+        assert result.signed and result.params["baseline"].startswith("black")
+        assert abs(result.model_attribution.sum() - gap) <= REL_TOL * abs(gap) + ABS_TOL
+        assert abs(result.convergence_delta) <= REL_TOL * abs(gap) + ABS_TOL
+    elif method == "gradcam":
+        assert not result.signed and result.baseline_score is None
+        assert result.attribution.min() >= 0.0
+        assert result.params["layer_kind"] == ("conv" if name == CONV_NAME else "vit")
+    else:
+        assert result.params["window"] == size // 8 and result.params["stride"] == size // 16
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_occlusion_follows_the_image(registry, image, name):
+    model = registry.load(name, "cpu")
+    first = attribute_image(model, image, PROMPT, "occlusion")
+    second = attribute_image(model, image[::-1].copy(), PROMPT, "occlusion")
+    assert not np.allclose(first.attribution, second.attribution)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_text_attribution(registry, image, name):
+    model = registry.load(name, "cpu")
+    prompt = "there is no pleural effusion"
+    result = attribute_text(model, image, prompt, steps=64)
+    assert result.tokens == tuple(model.token_strings(model.tokenize([prompt]))[0])
+    assert len(result.scores) == len(result.tokens) == len(result.special)
+    assert np.isfinite(result.scores).all()
+    assert result.special[0] and result.special[-1] and not any(result.special[1:-1])
+    assert all(s == 0.0 for s, sp in zip(result.scores, result.special, strict=True) if sp)
+    gap = result.score - result.baseline_score
+    assert abs(sum(result.scores) - gap) <= REL_TOL * abs(gap) + ABS_TOL
+    with torch.no_grad():
+        expected = (model.embed_image(image) * model.embed_texts([prompt])).sum()
+    assert result.score == pytest.approx(float(expected), abs=1e-5)
+    assert result.params["special_tokens"] == "tokenizer special ids"
+    assert not _param_grads(model)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_attribution_leaves_the_model_as_found(registry, image, name):
+    model = registry.load(name, "cpu")
+    before = model.embed_image(image).clone()
+    text_before = model.embed_texts([PROMPT]).clone()
+    flags = [p.requires_grad for p in model.module.parameters()]
+    for method in IMAGE_METHODS:
+        attribute_image(model, image, PROMPT, method, steps=8)
+    attribute_text(model, image, PROMPT, steps=8)
+    assert not _param_grads(model)
+    assert [p.requires_grad for p in model.module.parameters()] == flags
+    assert not model.module.training
+    torch.testing.assert_close(model.embed_image(image), before, atol=0, rtol=0)
+    torch.testing.assert_close(model.embed_texts([PROMPT]), text_before, atol=0, rtol=0)
+
+
+def test_forward_matches_preprocessing(registry, image):
+    """The attributed forward normalises exactly like ``prepare_pixels``."""
+    model = registry.load("tiny-clip", "cpu")
+    text = model.embed_texts([PROMPT])
+    forward = image_similarity_forward(model, text)
+    with torch.no_grad():
+        ours = forward(model_input(model, image))
+        reference = (model.encode_image(model.preprocess(image)) * text).sum(-1)
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
+
+
+def test_pair_difference_and_progress(registry, image):
+    model = registry.load("tiny-siglip", "cpu")
+    seen = []
+    aff, neg, diff = attribute_pair(
+        model,
+        image,
+        "there is pleural effusion",
+        "there is no pleural effusion",
+        "ig",
+        steps=16,
+        internal_batch_size=4,
+        progress=lambda frac, msg: seen.append((frac, msg)),
+    )
+    assert aff.prompt != neg.prompt
+    np.testing.assert_array_equal(diff, aff.attribution - neg.attribution)
+    fractions = [f for f, _ in seen]
+    assert len(fractions) > 4 and fractions == sorted(fractions)
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and all(0 <= f <= 1 for f in fractions)
+
+
+def test_ig_baselines(registry, image):
+    model = registry.load("tiny-dual-encoder", "cpu")
+    for baseline in ("mean", "blur", 0.5, np.full(image.shape, 0.25, np.float32)):
+        result = attribute_image(model, image, PROMPT, "ig", baseline=baseline, steps=64)
+        gap = result.score - result.baseline_score
+        assert abs(result.model_attribution.sum() - gap) <= REL_TOL * abs(gap) + ABS_TOL
+    with pytest.raises(ValueError, match="baseline"):
+        attribute_image(model, image, PROMPT, "ig", baseline="white")
+
+
+def test_bad_arguments(registry, image):
+    model = registry.load("tiny-clip", "cpu")
+    with pytest.raises(ValueError, match="method"):
+        attribute_image(model, image, PROMPT, "lime")
+    with pytest.raises(ValueError, match="prompt"):
+        attribute_image(model, image, "  ", "ig")
+    with pytest.raises(ValueError, match="grayscale"):
+        attribute_image(model, np.stack([image, image]), PROMPT, "ig")
+    with pytest.raises(ValueError, match="window"):
+        attribute_image(model, image, PROMPT, "occlusion", window=1000)
+
+
+@pytest.mark.parametrize("mode", ["squash", "shortest", "pad"])
+def test_maps_return_to_the_right_place(mode):
+    """A map read off the model input lands on the caller's pixel it came from."""
+    pre = Preprocess(32, TINY_PREPROCESS.mean, TINY_PREPROCESS.std, mode)
+    model = ToyModel(pre)
+    img = np.zeros((60, 90), np.float32)
+    img[38:44, 40:46] = 1.0  # a bright dot, inside the centre crop
+    back = to_image_space(model_input(model, img)[0, 0], pre, img.shape)
+    assert back.shape == img.shape
+    row, col = np.unravel_index(np.argmax(back), back.shape)
+    assert 36 <= row <= 46 and 38 <= col <= 48
+    if mode == "shortest":  # the sides the crop cut away were never seen: zero
+        assert np.abs(back[:, :8]).max() == 0 and np.abs(back[:, -8:]).max() == 0
+
+
+# --- the pointing game ---------------------------------------------------------------------------
+
+
+def test_pointing_hit_on_hand_made_arrays():
+    mask = np.zeros((20, 20), bool)
+    mask[5:9, 5:9] = True
+    attr = np.zeros((20, 20), np.float32)
+    attr[6, 7] = 1.0
+    assert pointing_hit(attr, mask)
+    miss = np.zeros_like(attr)
+    miss[15, 15] = 1.0
+    assert not pointing_hit(miss, mask)
+    near = np.zeros_like(attr)
+    near[10, 6] = 1.0  # two pixels below the mask
+    assert not pointing_hit(near, mask, dilate_px=0)
+    assert not pointing_hit(near, mask, dilate_px=1)
+    assert pointing_hit(near, mask, dilate_px=2)
+    assert not pointing_hit(np.zeros_like(attr), mask), "a constant map points nowhere"
+    assert not pointing_hit(attr, np.zeros_like(mask))
+    signed = -np.ones_like(attr)
+    signed[7, 7] = 0.5  # the most positive value counts, not the largest magnitude
+    signed[15, 15] = -3.0
+    assert pointing_hit(signed, mask)
+    with pytest.raises(ValueError):
+        pointing_hit(attr, mask[:10])
+
+
+# --- known answers ---------------------------------------------------------------------------
+
+
+def test_ig_and_occlusion_on_a_known_linear_function():
+    """f(x) = <w, x> with w nonzero only in one block: all attribution lies in that block."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 16, 16, generator=gen)
+    w = torch.zeros(1, 1, 16, 16)
+    w[..., 4:8, 10:14] = torch.rand(1, 1, 4, 4, generator=gen) + 0.5
+
+    def forward(batch):
+        return (batch * w).flatten(1).sum(1)
+
+    attr, delta = integrated_gradients(forward, x, 0.0, steps=8, internal_batch_size=3)
+    torch.testing.assert_close(attr, w * x, atol=1e-6, rtol=1e-5)  # IG of a linear map is exact
+    assert abs(delta) < 1e-4
+    occ = occlusion(forward, x, window=2, stride=2, batch_size=5)
+    inside = torch.zeros_like(w, dtype=torch.bool)
+    inside[..., 4:8, 10:14] = True
+    assert occ[~inside].abs().max() == 0 and (occ[inside] > 0).all()
+    # non-overlapping windows: each pixel carries its window's whole drop
+    torch.testing.assert_close(occ.sum() / 4, forward(x)[0], atol=1e-5, rtol=1e-5)
+
+
+class _ToyImageTower(nn.Module):
+    """Channel 0 = brightness above mid-gray, channel 1 = darkness below it, pooled over a
+    region; embedding ``[0.1, bright, dark]``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.mix = nn.Conv2d(3, 2, 1, bias=False)
+        with torch.no_grad():
+            self.mix.weight.copy_(torch.tensor([[1 / 3] * 3, [-1 / 3] * 3]).view(2, 3, 1, 1))
+        self.act = nn.ReLU()
+        self.register_buffer("region", torch.ones(size, size))
+
+    def forward(self, pixel_values):
+        feats = self.act(self.mix(pixel_values))  # normalised 4x - 2: >0 above mid-gray
+        pooled = (feats * self.region).sum((2, 3)) / self.region.sum()
+        return torch.cat([torch.full_like(pooled[:, :1], 0.1), pooled], dim=1)
+
+
+class ToyModel(VisionLanguageModel):
+    """A hand-built adapter whose answers are known: 'bright' and 'dark' words align with the
+    image tower's two channels; every other word is a small random vector."""
+
+    VOCAB = ("[PAD]", "[CLS]", "[SEP]", "bright", "dark", "there", "is", "a", "region")
+
+    def __init__(self, pre: Preprocess, region: np.ndarray | None = None) -> None:
+        self.spec = ModelSpec(name="toy", backend="toy", source="toy")
+        self.device = torch.device("cpu")
+        self.preprocess_cfg = pre
+        self.tower = _ToyImageTower(pre.image_size)
+        if region is not None:
+            self.tower.region.copy_(torch.as_tensor(region, dtype=torch.float32))
+        self.embedding = nn.Embedding(len(self.VOCAB), 3)
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            self.embedding.weight.copy_(0.05 * torch.randn(len(self.VOCAB), 3, generator=gen))
+            self.embedding.weight[0] = torch.tensor([0.2, 0.0, 0.0])
+            self.embedding.weight[3] = torch.tensor([0.0, 1.0, 0.0])
+            self.embedding.weight[4] = torch.tensor([0.0, 0.0, 1.0])
+        self._module = nn.ModuleDict({"tower": self.tower, "embedding": self.embedding}).eval()
+
+    def encode_image(self, pixel_values, normalize=True):
+        out = self.tower(pixel_values)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def tokenize(self, texts):
+        rows = [[1, *(self.VOCAB.index(w) for w in t.lower().split()), 2] for t in texts]
+        length = max(len(r) for r in rows) + 2  # some padding
+        ids = torch.tensor([r + [0] * (length - len(r)) for r in rows])
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+    def encode_text(self, tokens, normalize=True):
+        mask = tokens["attention_mask"].unsqueeze(-1).float()
+        out = (self.embedding(tokens["input_ids"]) * mask).sum(1) / mask.sum(1)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    def token_strings(self, tokens):
+        return [
+            [self.VOCAB[i] for i, m in zip(row, mask, strict=True) if m]
+            for row, mask in zip(
+                tokens["input_ids"].tolist(), tokens["attention_mask"].tolist(), strict=True
+            )
+        ]
+
+    @property
+    def pad_token_id(self):
+        return 0
+
+    @property
+    def token_embedding_layer(self):
+        return self.embedding
+
+    @property
+    def spatial_layer(self):
+        return SpatialLayer(self.tower.act, "conv")
+
+    @property
+    def logit_scale(self):
+        return 10.0
+
+    @property
+    def module(self):
+        return self._module
+
+
+def _squares(size: int = 96):
+    """Mid-gray image with a bright square (top left) and a dark square (bottom right)."""
+    img = np.full((size, size), 0.5, np.float32)
+    bright, dark = np.zeros((size, size), bool), np.zeros((size, size), bool)
+    bright[10:30, 12:32] = True
+    dark[60:80, 58:78] = True
+    img[bright], img[dark] = 0.95, 0.05
+    return img, bright, dark
+
+
+def test_gradcam_follows_the_channel_the_prompt_reads():
+    img, bright, dark = _squares()
+    model = ToyModel(Preprocess(32, (0.5,) * 3, (0.25,) * 3, "squash"))
+    cam_bright = attribute_image(model, img, "bright", "gradcam").attribution
+    cam_dark = attribute_image(model, img, "dark", "gradcam").attribution
+    assert pointing_hit(cam_bright, bright) and not pointing_hit(cam_bright, dark)
+    assert pointing_hit(cam_dark, dark) and not pointing_hit(cam_dark, bright)
+    assert cam_bright[dark].max() == 0  # the dark square only lowers 'bright': ReLU'd away
+
+
+def test_maps_point_at_the_only_region_the_model_reads(phantom):
+    """A model that pools its 'bright' feature over the lesion mask only: IG and occlusion must
+    point inside the lesion, and put (nearly) all their mass there."""
+    size = 64
+    mask = phantom.findings[0].mask
+    pooled = F.interpolate(torch.tensor(mask, dtype=torch.float32)[None, None], size, mode="area")
+    region = (pooled[0, 0] >= 0.5).float().numpy()
+    model = ToyModel(Preprocess(size, (0.5,) * 3, (0.25,) * 3, "squash"), region=region)
+    for method in ("ig", "occlusion"):
+        result = attribute_image(model, phantom.image, "there is a bright region", method)
+        assert pointing_hit(result.attribution, mask, dilate_px=3), method
+        mass = np.abs(result.model_attribution)
+        if method == "ig":  # the gradient is exactly zero outside the pooled region
+            assert mass[region == 0].max() == 0 and mass.sum() > 0
+        else:  # windows reach a few pixels beyond the region, no further
+            near = F.max_pool2d(torch.tensor(region)[None, None], 17, 1, 8)[0, 0].numpy()
+            assert mass[near == 0].max() == 0
+
+
+def test_text_attribution_finds_the_word_the_image_matches():
+    img = np.full((96, 96), 0.9, np.float32)  # bright all over: the image embedding is 'bright'
+    model = ToyModel(Preprocess(32, (0.5,) * 3, (0.25,) * 3, "squash"))
+    result = attribute_text(model, img, "there is a bright region", steps=64)
+    assert result.tokens == ("[CLS]", "there", "is", "a", "bright", "region", "[SEP]")
+    assert result.params["special_tokens"] == "first and last real positions"
+    scores = np.array(result.scores)
+    assert np.argmax(scores) == 4 and scores[4] > 0.5 * np.abs(scores).sum()
+    gap = result.score - result.baseline_score
+    assert abs(scores.sum() - gap) <= REL_TOL * abs(gap) + ABS_TOL
+    # 'dark' is the wrong word for a bright image
+    dark = attribute_text(model, img, "there is a dark region", steps=64)
+    assert dark.scores[4] < result.scores[4]
+
+
+class _PadIsEndToy(ToyModel):
+    """Like OpenAI CLIP's tokenizer: padding, unknown and end-of-text share one id."""
+
+    _tokenizer = SimpleNamespace(
+        all_special_ids=[0, 1, 2], unk_token_id=2, eos_token_id=2, pad_token_id=2
+    )
+
+    @property
+    def pad_token_id(self):
+        return 2
+
+
+def test_text_baseline_never_reuses_a_special_token():
+    img = np.full((96, 96), 0.9, np.float32)
+    model = _PadIsEndToy(Preprocess(32, (0.5,) * 3, (0.25,) * 3, "squash"))
+    result = attribute_text(model, img, "there is a bright region", steps=32)
+    assert result.params["special_tokens"] == "tokenizer special ids"
+    assert result.special == (True, False, False, False, False, False, True)
+    assert result.params["baseline_token_id"] == 0  # not the end-of-text id 2
+    assert result.relative_delta < REL_TOL
+
+
+def test_train_mode_is_restored_and_nans_are_refused():
+    img, _, _ = _squares()
+    model = ToyModel(Preprocess(32, (0.5,) * 3, (0.25,) * 3, "squash"))
+    model.module.train()
+    attribute_image(model, img, "bright", "ig", steps=4)
+    assert model.module.training
+    model.module.eval()
+    with torch.no_grad():
+        model.tower.region.fill_(float("nan"))
+    with pytest.raises(AttributionError):
+        attribute_image(model, img, "bright", "gradcam")
