@@ -10,8 +10,11 @@ Notation for a batch of ``B`` pairs: L2-normalised image embeddings ``u_i``, tex
 
 (b) **Dynamic soft labels** (Ko & Park 2025, sec. "dynamic soft labels"): the targets of each
 batch are softened by the clinical similarity ``S`` of the pairs' label vectors
-(:func:`explorer.soft_labels.clinical_similarity`: image ``i``'s ground-truth findings against
-text ``j``'s affirmed / denied / hedged findings; uncertain = +0.5, blank = 0):
+(:func:`explorer.soft_labels.clinical_similarity`: the labels of image ``i``'s own full report
+against the labels of text ``j``; affirmed +1, denied -1, uncertain +0.5, blank 0). Both sides
+are *report* labels: comparing text ``j`` with the image's complete ground truth instead would
+reward texts that list many absent findings (every image lacks most findings) over the true,
+shorter report, and pull abnormal images towards normal reports.
 
     Y = (1 - mix) I + mix * softmax_row(S / tau_s)
     L_soft = 1/2 * [ 1/B sum_i H(Y_i., softmax_j z_ij) + 1/B sum_j H(Y'_.j, softmax_i z_ij) ]

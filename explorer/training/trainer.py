@@ -26,7 +26,7 @@ from explorer.models.base import default_device, prepare_pixels
 from explorer.models.spec import PROJECT_ROOT, Preprocess
 from explorer.soft_labels import clinical_similarity
 from explorer.training import losses
-from explorer.training.data import TRAIN_SEED, build_phantom_set, sample_view
+from explorer.training.data import TRAIN_SEED, build_phantom_set, claims_vector, sample_view
 from explorer.training.model import EncoderConfig, TrainingWrapper, build_dual_encoder, export
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ def batch_loss(
     img, txt, negf, scale = wrapper(
         pixels, enc["input_ids"], enc["attention_mask"], neg_ids, neg_mask
     )
-    sim = clinical_similarity(data.truth[index], np.stack([v.claims for v in views])).to(device)
+    report_claims = np.stack([claims_vector(data.reports[i].sentences) for i in index])
+    sim = clinical_similarity(report_claims, np.stack([v.claims for v in views])).to(device)
     if cfg.loss == "infonce":
         loss = losses.info_nce(img, txt, scale)
     elif cfg.loss == "soft":
