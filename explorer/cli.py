@@ -156,17 +156,33 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
         "--model", action="append", required=True, help="registered model name (repeatable)"
     )
     p.add_argument("--images", type=int, default=None, help="held-out phantoms (default 2000)")
+    p.add_argument(
+        "--pointing", type=int, default=0, help="also run the pointing game on N phantoms"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 @command("benchmark", "negation benchmark (CXR-Align style) on held-out phantoms", _benchmark_args)
 def _benchmark(args: argparse.Namespace) -> int:
-    from explorer.benchmark import HELDOUT_IMAGES, format_table, run_benchmark
+    from explorer.benchmark import (
+        HELDOUT_IMAGES,
+        format_pointing,
+        format_table,
+        run_benchmark,
+        run_pointing_game,
+    )
     from explorer.models import load_model
 
     n = args.images or HELDOUT_IMAGES
-    results = [run_benchmark(load_model(name), images=n) for name in args.model]
-    _emit([r.as_dict() for r in results], args.json, format_table(results))
+    models = [load_model(name) for name in args.model]
+    results = [run_benchmark(m, images=n) for m in models]
+    data: dict = {"benchmark": [r.as_dict() for r in results]}
+    text = format_table(results)
+    if args.pointing:
+        pointing = [run_pointing_game(m, images=args.pointing) for m in models]
+        data["pointing"] = [p.as_dict() for p in pointing]
+        text += "\n\n" + format_pointing(pointing)
+    _emit(data, args.json, text)
     return 0
 
 

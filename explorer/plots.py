@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import plotly.graph_objects as go
 
 from explorer.scoring import FindingsResult
@@ -61,3 +64,41 @@ def findings_figure(result: FindingsResult, sort: bool = True) -> go.Figure:
         showlegend=False,
     )
     return fig
+
+
+def overlay(
+    pixels: np.ndarray, attribution: np.ndarray, opacity: float = 0.5, signed: bool = True
+) -> np.ndarray:
+    """Blend a saliency map over a grayscale image -> RGB uint8 ``[H, W, 3]``.
+
+    Signed maps use red for evidence *for* the prompt and blue for evidence *against* it,
+    scaled by the largest absolute value; unsigned maps use red only. ``opacity`` scales the
+    colour's weight where the map is strongest.
+    """
+    gray = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
+    att = np.nan_to_num(np.asarray(attribution, dtype=np.float32))
+    peak = float(np.abs(att).max()) or 1.0
+    a = att / peak
+    pos, neg = np.clip(a, 0, 1), (np.clip(-a, 0, 1) if signed else np.zeros_like(a))
+    colour = np.stack([pos, np.zeros_like(a), neg], axis=-1)
+    weight = (opacity * np.maximum(pos, neg))[..., None]
+    rgb = (1.0 - weight) * gray[..., None] + weight * colour
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+
+
+def mask_outline(
+    rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 255, 0)
+) -> np.ndarray:
+    """Draw the outline of a boolean mask onto an RGB image (returns a copy)."""
+    from scipy.ndimage import binary_erosion
+
+    edge = mask & ~binary_erosion(mask)
+    out = rgb.copy()
+    out[edge] = colour
+    return out
+
+
+def token_highlights(tokens: Sequence[str], scores: Sequence[float]) -> list[tuple[str, float]]:
+    """(token, score scaled to [-1, 1]) pairs for a highlighted-text view."""
+    peak = max((abs(s) for s in scores), default=0.0) or 1.0
+    return [(t, float(s) / peak) for t, s in zip(tokens, scores, strict=True)]

@@ -61,3 +61,62 @@ def test_models_endpoint_lists_registry(client):
     table = client.predict(api_name="/models")
     data = table["data"] if isinstance(table, dict) else table
     assert any(row[0].startswith("phantom-negaware") for row in data)
+
+
+def _default_model_ready() -> bool:
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    return reg.status(reg.default, check_hub=False).available
+
+
+needs_default = pytest.mark.skipif(
+    not _default_model_ready(), reason="embedded default model not built"
+)
+
+
+@needs_default
+def test_findings_on_real_png_and_dicom(client, samples_dir):
+    for name in ("00000001_000.png", "siim-pneumothorax-sample-monochrome1.dcm"):
+        out = client.predict(
+            handle_file(str(samples_dir / name)),
+            "phantom-negaware",
+            "phantom-infonce",
+            "left lower lobe collapse",
+            ["there_is", "bare"],
+            "",
+            api_name="/findings",
+        )
+        table = out[1]["data"] if isinstance(out[1], dict) else out[1]
+        assert len(table) == 15  # 14 CheXpert findings + the typed one
+        probs = [float(row[1]) for row in table]
+        assert all(0.0 <= p <= 1.0 for p in probs)
+        second = out[5]["data"] if isinstance(out[5], dict) else out[5]
+        assert len(second) == 15
+        assert "phantom-negaware" in out[3] and "not for diagnosis" in out[3]
+
+
+@needs_default
+@pytest.mark.parametrize("method", ["gradcam", "occlusion", "ig"])
+def test_attribution_methods_on_phantom_example(client, method):
+    from explorer.ui.app import EXAMPLES_DIR
+
+    path = EXAMPLES_DIR / "phantom-left-effusion.png"
+    a, n, d, tok_a, tok_n, info = client.predict(
+        handle_file(str(path)),
+        "phantom-negaware",
+        "Pleural Effusion",
+        method,
+        0.6,
+        True,
+        api_name="/attribute",
+    )
+    assert a and n and d
+    assert method in info and "similarity" in info
+    words = [item["token"] for item in (tok_n["value"] if isinstance(tok_n, dict) else tok_n)]
+    assert "no" in words
+
+
+def test_findings_without_image_is_a_clear_error(client):
+    with pytest.raises(Exception, match="upload a chest X-ray"):
+        client.predict(None, "phantom-negaware", "", "", ["there_is"], "", api_name="/findings")

@@ -15,6 +15,13 @@ DISCLAIMER = (
 )
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"]
+ATTRIBUTION_HELP = (
+    "Which pixels and which words drive the similarity? Red marks evidence *for* the prompt, "
+    "blue evidence *against* it (integrated gradients and occlusion are signed; Grad-CAM shows "
+    "positive evidence only). The third map is the affirmed map minus the negated one: where "
+    "the image speaks for *there is X* rather than *there is no X*. For the phantom examples the "
+    "green outline is the true lesion."
+)
 FINDINGS_HELP = (
     "For each finding the image is compared with an affirmed prompt (*there is X*) and its "
     "negation (*there is no X*). The bar shows the softmax over that pair: right of the middle "
@@ -28,6 +35,15 @@ def _model_choices() -> tuple[list[str], str | None]:
 
     reg = default_registry()
     return list(reg.names()), reg.default
+
+
+def _chexpert() -> tuple[str, ...]:
+    from explorer.findings import CHEXPERT_FINDINGS
+
+    return CHEXPERT_FINDINGS
+
+
+CHEXPERT_CHOICES = _chexpert()
 
 
 def _template_choices() -> list[str]:
@@ -99,6 +115,40 @@ def build_demo() -> gr.Blocks:
                 outputs=[plot, table, csv, card, plot2, table2, csv2, card2, notice],
                 api_name="findings",
                 concurrency_limit=2,
+            )
+        with gr.Tab("Attribution"):
+            gr.Markdown(ATTRIBUTION_HELP)
+            with gr.Row():
+                att_model = gr.Dropdown(names, value=default, label="Model")
+                att_finding = gr.Dropdown(
+                    list(CHEXPERT_CHOICES),
+                    value="Pleural Effusion",
+                    allow_custom_value=True,
+                    label="Finding",
+                )
+                method = gr.Radio(["ig", "gradcam", "occlusion"], value="gradcam", label="Method")
+            with gr.Row():
+                opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Overlay opacity")
+                show_mask = gr.Checkbox(
+                    value=True, label="Show ground-truth lesion mask (phantom examples)"
+                )
+                explain_btn = gr.Button("Explain", variant="primary")
+            att_info = gr.Markdown()
+            with gr.Row():
+                map_a = gr.Image(label="Affirmed prompt", type="numpy", interactive=False)
+                map_n = gr.Image(label="Negated prompt", type="numpy", interactive=False)
+                map_d = gr.Image(
+                    label="Difference (affirmed − negated)", type="numpy", interactive=False
+                )
+            with gr.Row():
+                tok_a = gr.HighlightedText(label="Words: affirmed prompt", color_map=None)
+                tok_n = gr.HighlightedText(label="Words: negated prompt", color_map=None)
+            explain_btn.click(
+                handlers.explain,
+                inputs=[upload, att_model, att_finding, method, opacity, show_mask],
+                outputs=[map_a, map_n, map_d, tok_a, tok_n, att_info],
+                api_name="attribute",
+                concurrency_limit=1,
             )
         with gr.Tab("Models"):
             gr.Markdown(

@@ -189,3 +189,101 @@ def score_image(
     (fig, frame, csv, card), (fig2, frame2, csv2, card2) = outputs
     notice = "\n\n".join(f"⚠️ {n}" for n in notices)
     return fig, frame, csv, card, fig2, frame2, csv2, card2, notice
+
+
+# --- attribution view -----------------------------------------------------------------------
+
+
+def _phantom_mask(path: str, finding: str | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """Ground-truth mask of a shipped phantom example (re-rendered from its seed), if any."""
+    import json
+    from pathlib import Path
+
+    meta_file = Path(__file__).resolve().parents[2] / "assets" / "examples" / "phantoms.json"
+    if not meta_file.exists():
+        return None
+    entry = json.loads(meta_file.read_text()).get(Path(path).name)
+    if not entry:
+        return None
+    from explorer.phantom import FindingSpec, render_phantom
+
+    specs = [FindingSpec(f["name"], f["laterality"], f["severity"]) for f in entry["findings"]]
+    ph = render_phantom(entry["seed"], findings=specs, size=entry["size"])
+    masks = [f.mask for f in ph.findings if finding is None or f.name in finding.lower()]
+    if not masks or masks[0].shape != shape:
+        return None
+    return np.any(masks, axis=0)
+
+
+def explain(
+    path: str | None,
+    model_name: str | None,
+    finding: str | None,
+    method: str,
+    opacity: float,
+    show_mask: bool,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
+):
+    """Attribution view: maps for the affirmed and negated prompt, their difference, token weights."""
+    from explorer.attribution import attribute_pair, attribute_text
+    from explorer.findings import prompt_pair
+    from explorer.plots import mask_outline, overlay, token_highlights
+
+    pixels = _pixels(path)
+    if not finding or not finding.strip():
+        raise gr.Error("Type or pick a finding to explain.", print_exception=False)
+    if len(finding) > MAX_PROMPT_CHARS:
+        raise gr.Error(
+            f"The finding must be at most {MAX_PROMPT_CHARS} characters.", print_exception=False
+        )
+    model, notice = _model(model_name)
+    try:
+        pair = prompt_pair(finding.strip(), "there_is")
+        first, second, diff = attribute_pair(
+            model,
+            pixels,
+            pair.affirmed,
+            pair.negated,
+            method,
+            progress=lambda f, m: progress(f * 0.8, desc=m),
+        )
+        progress(0.85, desc="Token attributions")
+        tokens_a = attribute_text(model, pixels, pair.affirmed)
+        tokens_n = attribute_text(model, pixels, pair.negated)
+    except ExplorerError as err:
+        raise user_error(err) from None
+    images = [
+        overlay(pixels, a, opacity, signed)
+        for a, signed in (
+            (first.attribution, first.signed),
+            (second.attribution, second.signed),
+            (diff, True),
+        )
+    ]
+    mask = _phantom_mask(path, pair.finding, pixels.shape) if show_mask else None
+    if mask is not None:
+        images = [mask_outline(im, mask) for im in images]
+    params = ", ".join(f"{k}={v}" for k, v in first.params.items())
+    delta = (
+        f"; IG completeness gap {first.relative_delta:.1%}"
+        if first.relative_delta is not None
+        else ""
+    )
+    info = (
+        f"**{model.name}**, method **{method}** ({params}){delta}.  \n"
+        f"similarity: “{pair.affirmed}” {first.score:.4f} · “{pair.negated}” {second.score:.4f}"
+        + (f"  \n⚠️ {notice}" if notice else "")
+        + (
+            ""
+            if mask is not None or not show_mask
+            else "  \n(no ground-truth mask: not a shipped phantom)"
+        )
+    )
+    return (
+        images[0],
+        images[1],
+        images[2],
+        token_highlights(tokens_a.tokens, tokens_a.scores),
+        token_highlights(tokens_n.tokens, tokens_n.scores),
+        info,
+    )

@@ -1,0 +1,66 @@
+"""Benchmark metrics by hand, and a full benchmark run on a tiny model and a tiny held-out set."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from explorer.benchmark import auc_score, format_table, hard_negative_texts, run_benchmark
+from explorer.models import ModelRegistry
+from explorer.models.tiny import build_tiny_specs
+from explorer.phantom import PHANTOM_FINDINGS
+from explorer.training import data as data_mod
+
+
+def test_auc_by_hand():
+    assert auc_score(np.array([1, 1, 0, 0]), np.array([0.9, 0.8, 0.1, 0.2])) == 1.0
+    assert auc_score(np.array([1, 1, 0, 0]), np.array([0.1, 0.2, 0.9, 0.8])) == 0.0
+    # one tie between a positive and a negative counts one half: (1 + 0.5) / 2
+    assert auc_score(np.array([1, 0, 1, 0]), np.array([0.5, 0.5, 0.9, 0.1])) == pytest.approx(0.875)
+    assert math.isnan(auc_score(np.array([1, 1]), np.array([0.1, 0.2])))
+
+
+@pytest.fixture(scope="module")
+def tiny_heldout(tmp_path_factory):
+    old = data_mod.CACHE_DIR
+    data_mod.CACHE_DIR = tmp_path_factory.mktemp("cache")
+    yield
+    data_mod.CACHE_DIR = old
+
+
+def test_hard_negatives_flip_a_present_finding(tiny_heldout):
+    data = data_mod.build_phantom_set(12, data_mod.HELDOUT_SEED, 64, workers=1)
+    true, negated, omitted = hard_negative_texts(data)
+    assert len(true) == len(negated) == 12
+    for k, neg in enumerate(negated):
+        if (data.truth[k] > 0).any():
+            assert neg is not None and neg != true[k] and omitted[k] != true[k]
+        else:
+            assert neg is None
+
+
+def test_run_benchmark_on_tiny_model(tiny_heldout, tmp_path):
+    spec = build_tiny_specs(tmp_path)[1]  # tiny transformers CLIP
+    model = ModelRegistry([spec]).load(spec.name, "cpu")
+    result = run_benchmark(model, images=24, size=64)
+    assert result.images == 24 and 0 < result.task_a_n <= 24
+    assert 0.0 <= result.task_b <= result.task_a <= 1.0
+    assert set(result.auc) == set(PHANTOM_FINDINGS)
+    assert result.recall["R@1"] <= result.recall["R@5"] <= result.recall["R@10"] <= 1.0
+    table = format_table([result])
+    assert "task A" in table and spec.name in table
+
+
+def test_pointing_game_on_tiny_model(tiny_heldout, tmp_path):
+    from explorer.benchmark import format_pointing, run_pointing_game
+
+    spec = build_tiny_specs(tmp_path)[1]
+    model = ModelRegistry([spec]).load(spec.name, "cpu")
+    result = run_pointing_game(model, images=6, size=64, methods=("gradcam", "ig"), steps=4)
+    assert result.findings > 0
+    assert 0.0 <= result.hits["gradcam"] <= 1.0 and 0.0 <= result.hits["ig"] <= 1.0
+    assert set(result.per_finding["gradcam"]) <= set(PHANTOM_FINDINGS)
+    assert result.params["ig"]["steps"] == 4
+    assert "gradcam" in format_pointing([result])
