@@ -68,3 +68,37 @@ def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+def _default_ready() -> bool:
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    return reg.status(reg.default, check_hub=False).available
+
+
+@pytest.mark.skipif(not _default_ready(), reason="embedded default model not built")
+def test_score_and_attribute_on_real_image(samples_dir, tmp_path, capsys):
+    image = str(samples_dir / "00027426_000.png")
+    assert main(["score", image, "--json", "--template", "there_is"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["scores"]) == 14 and data["templates"] == ["there_is"]
+    out = tmp_path / "map.png"
+    assert (
+        main(
+            [
+                "attribute",
+                image,
+                "--prompt",
+                "there is pleural effusion",
+                "--method",
+                "gradcam",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    info = json.loads(capsys.readouterr().out)
+    assert out.stat().st_size > 1000 and info["method"] == "gradcam"
