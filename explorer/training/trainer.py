@@ -211,6 +211,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
         log.info("resuming %s from step %d", cfg.name, start)
+        if rank == 0 and log_path.exists():  # drop rows logged after the checkpoint
+            rows = log_path.read_text().splitlines()
+            kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= start]
+            log_path.write_text("".join(r + "\n" for r in kept))
 
     if rank == 0:
         data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size)
