@@ -102,3 +102,149 @@ def token_highlights(tokens: Sequence[str], scores: Sequence[float]) -> list[tup
     """(token, score scaled to [-1, 1]) pairs for a highlighted-text view."""
     peak = max((abs(s) for s in scores), default=0.0) or 1.0
     return [(t, float(s) / peak) for t, s in zip(tokens, scores, strict=True)]
+
+
+# --- report map -------------------------------------------------------------------------------
+
+#: Colours by cluster / status (colour-blind-safe Okabe-Ito order, then greys).
+CATEGORY_COLOURS = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#F0E442",
+    "#000000",
+    "#999999",
+    "#6b4c9a",
+    "#8c564b",
+    "#17becf",
+)
+STATUS_NAMES = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
+
+
+def map_categories(report_map, colour_by: str) -> tuple[list[str], np.ndarray]:
+    """Category names and one category index per report for a map colouring.
+
+    ``colour_by`` is ``"cluster"``, a CheXpert finding name (its status in each report), or
+    ``"disagreement"`` (labeler positives vs the reference labels, e.g. IU MeSH).
+    """
+    from explorer.findings import CHEXPERT_FINDINGS
+
+    if colour_by == "cluster":
+        return [c.name for c in report_map.clusters], np.asarray(report_map.assignment)
+    if colour_by == "disagreement":
+        if report_map.reference is None:
+            raise ValueError("this corpus has no reference labels to disagree with")
+        lab = report_map.labels == 1
+        ref = report_map.reference == 1
+        extra = (lab & ~ref).any(axis=1)
+        missed = (ref & ~lab).any(axis=1)
+        cat = np.where(extra & missed, 3, np.where(missed, 2, np.where(extra, 1, 0)))
+        return ["agree", "labeler only", "reference only", "both ways"], cat
+    j = CHEXPERT_FINDINGS.index(colour_by)
+    col = report_map.labels[:, j]
+    cat = np.full(len(col), 3)
+    for k, code in enumerate(STATUS_NAMES):
+        cat[col == code] = k
+    return [*STATUS_NAMES.values(), "not mentioned"], cat
+
+
+def _hover(report_map, idx: np.ndarray, width: int) -> list[str]:
+    from explorer.findings import CHEXPERT_FINDINGS
+
+    out = []
+    for i in idx:
+        text = report_map.texts[i] if width else ""
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        pos = [f for f, v in zip(CHEXPERT_FINDINGS, report_map.labels[i], strict=True) if v == 1]
+        unc = [f for f, v in zip(CHEXPERT_FINDINGS, report_map.labels[i], strict=True) if v == -1]
+        wrapped = "<br>".join(text[s : s + 60] for s in range(0, len(text), 60))
+        out.append(
+            f"<b>{report_map.ids[i]}</b> · {report_map.clusters[report_map.assignment[i]].name}"
+            f"<br>positive: {', '.join(pos) or '-'}"
+            + (f"<br>uncertain: {', '.join(unc)}" if unc else "")
+            + (f"<br>{wrapped}" if wrapped else "")
+        )
+    return out
+
+
+def map_figure(
+    report_map,
+    colour_by: str = "cluster",
+    image_xy: tuple[float, float] | None = None,
+    neighbour_idx: Sequence[int] = (),
+    title: str | None = None,
+    hover_chars: int = 220,
+) -> go.Figure:
+    """WebGL scatter of the map, one trace per category, optional image marker and neighbours.
+
+    Every report point carries its row index as ``customdata`` so a browser selection maps back
+    to reports. ``hover_chars`` of report text appear on hover (0: labels only, for big maps).
+    """
+    names, cat = map_categories(report_map, colour_by)
+    fig = go.Figure()
+    for k, name in enumerate(names):
+        idx = np.flatnonzero(cat == k)
+        if idx.size == 0:
+            continue
+        fig.add_trace(
+            go.Scattergl(
+                x=report_map.xy[idx, 0],
+                y=report_map.xy[idx, 1],
+                mode="markers",
+                name=f"{name} ({idx.size:,})",
+                marker={
+                    "size": 5,
+                    "opacity": 0.75,
+                    "color": CATEGORY_COLOURS[k % len(CATEGORY_COLOURS)],
+                },
+                customdata=idx,
+                hovertext=_hover(report_map, idx, hover_chars),
+                hoverinfo="text",
+            )
+        )
+    if len(neighbour_idx):
+        nb = np.asarray(neighbour_idx, dtype=int)
+        fig.add_trace(
+            go.Scattergl(
+                x=report_map.xy[nb, 0],
+                y=report_map.xy[nb, 1],
+                mode="markers",
+                name="nearest reports",
+                marker={"size": 11, "symbol": "circle-open", "color": "#000", "line": {"width": 2}},
+                customdata=nb,
+                hovertext=_hover(report_map, nb, max(hover_chars, 220)),
+                hoverinfo="text",
+            )
+        )
+    if image_xy is not None:
+        fig.add_trace(
+            go.Scattergl(
+                x=[image_xy[0]],
+                y=[image_xy[1]],
+                mode="markers",
+                name="your image",
+                marker={
+                    "size": 20,
+                    "symbol": "star",
+                    "color": "#d62728",
+                    "line": {"width": 1.5, "color": "#fff"},
+                },
+                hovertext=["your image (UMAP transform of its embedding)"],
+                hoverinfo="text",
+            )
+        )
+    fig.update_layout(
+        title=title
+        or f"{report_map.corpus}: {len(report_map):,} reports, {report_map.model} text embeddings (UMAP)",
+        dragmode="lasso",
+        height=620,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        legend={"itemsizing": "constant"},
+        template="plotly_white",
+    )
+    return fig

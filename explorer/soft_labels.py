@@ -36,6 +36,15 @@ def label_vector(labels: Mapping[str, int | None], findings: Sequence[str]) -> n
     return np.array([LABEL_VALUE.get(labels.get(f), 0.0) for f in findings], dtype=np.float32)
 
 
+def label_vectors(labels: np.ndarray) -> np.ndarray:
+    """A label-code matrix ``[n, k]`` (1 / 0 / -1, NaN = not mentioned) -> vectors ``[n, k]``."""
+    labels = np.asarray(labels, dtype=np.float32)
+    out = np.zeros(labels.shape, dtype=np.float32)
+    for code, value in LABEL_VALUE.items():
+        out[labels == code] = value
+    return out
+
+
 def clinical_similarity(
     a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray | None = None
 ) -> torch.Tensor:

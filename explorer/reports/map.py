@@ -1,0 +1,362 @@
+"""The report map: a corpus's text embeddings laid out by UMAP, coloured by soft-label cluster.
+
+:func:`build_map` runs five resumable stages and keeps each on disk under
+``$EXPLORER_CACHE/maps/<model>/<corpus>-<key>/`` (the key hashes the corpus content, the model's
+weights and the build settings, so a changed corpus or a retrained model gets a new map):
+
+1. ``labels.npy``: CheXpert labels (from the corpus, else :mod:`explorer.reports.labeler`);
+2. ``emb-XXXXX.npy``: text embeddings in chunks of :data:`CHUNK` reports (an interrupted build
+   restarts at the first missing chunk);
+3. ``clusters.npy``: soft-label clusters (:mod:`explorer.reports.clusters`);
+4. ``xy.npy`` + ``umap.pkl``: a seeded 2-D UMAP (cosine metric) and the fitted reducer, which
+   places a new image's embedding in the same plane (``transform``);
+5. ``map.json``: cluster names, the alignment figure and stage timings, written last, so a map
+   with ``map.json`` is complete and :func:`open_map` loads it without recomputing anything.
+
+Images and texts share the embedding space of a CLIP-style model, so an uploaded image is
+placed by UMAP's ``transform`` of its image embedding and its nearest reports are the ones with
+the highest cosine similarity (image-to-report retrieval).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from explorer.findings import CHEXPERT_FINDINGS
+from explorer.reports.clusters import (
+    DEFAULT_CLUSTERS,
+    Alignment,
+    Cluster,
+    alignment,
+    soft_label_clusters,
+)
+from explorer.reports.corpus import Corpus
+
+log = logging.getLogger(__name__)
+
+#: Reports per embedding chunk on disk (the unit of resumption).
+CHUNK = 2048
+#: Reports per forward pass.
+BATCH = 64
+#: Characters of report text kept for hover labels.
+EXCERPT_CHARS = 220
+FORMAT_VERSION = 1
+_ROOT = Path(__file__).resolve().parents[2]
+
+Progress = Callable[[str, float], None]
+
+
+def maps_dir() -> Path:
+    """Where built maps live (``$EXPLORER_CACHE/maps``, default ``.cache/maps`` in the repo)."""
+    return Path(os.environ.get("EXPLORER_CACHE", _ROOT / ".cache")) / "maps"
+
+
+@dataclass(frozen=True)
+class MapSettings:
+    """Build settings that change the result (part of the cache key)."""
+
+    clusters: int = DEFAULT_CLUSTERS
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A report near an image: its row in the map, id, cosine similarity and text."""
+
+    index: int
+    id: str
+    similarity: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Placement:
+    """An image placed in a map: its 2-D position and its nearest reports."""
+
+    xy: tuple[float, float]
+    neighbours: tuple[Neighbour, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class ReportMap:
+    """A built map (arrays are read-only views of the files on disk)."""
+
+    corpus: str
+    model: str
+    folder: Path
+    ids: tuple[str, ...]
+    texts: tuple[str, ...]
+    labels: np.ndarray
+    reference: np.ndarray | None
+    label_source: str
+    licence: str
+    assignment: np.ndarray
+    clusters: tuple[Cluster, ...]
+    xy: np.ndarray
+    embeddings: np.ndarray
+    alignment: Alignment
+    timings: dict
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def neighbours(self, embedding: np.ndarray, k: int = 10) -> tuple[Neighbour, ...]:
+        """The ``k`` reports most similar (cosine) to an embedding from the same model."""
+        e = np.asarray(embedding, dtype=np.float32).reshape(-1)
+        e = e / max(float(np.linalg.norm(e)), 1e-8)
+        sims = self.embeddings @ e
+        k = min(k, len(sims))
+        top = np.argpartition(-sims, k - 1)[:k]
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return tuple(
+            Neighbour(int(i), self.ids[i], round(float(sims[i]), 4), self.texts[i]) for i in top
+        )
+
+    def place(self, embedding: np.ndarray, k: int = 10) -> Placement:
+        """Project an embedding (e.g. an image's) into the map and list its nearest reports."""
+        reducer = self._reducer()
+        e = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
+        e = e / max(float(np.linalg.norm(e)), 1e-8)
+        xy = reducer.transform(e)[0]
+        return Placement((float(xy[0]), float(xy[1])), self.neighbours(e[0], k))
+
+    def _reducer(self):
+        cache = self.__dict__.setdefault("_reducer_cache", [])
+        if not cache:
+            with open(self.folder / "umap.pkl", "rb") as fh:
+                cache.append(pickle.load(fh))  # our own file, written by build_map
+        return cache[0]
+
+    def selection(self, indices: Sequence[int]):
+        """Selected reports as a table (id, cluster, labels, text) and per-finding counts."""
+        import pandas as pd
+
+        idx = np.array(sorted({int(i) for i in indices if 0 <= int(i) < len(self)}), dtype=int)
+        status = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
+        rows = []
+        for i in idx:
+            row = {
+                "id": self.ids[i],
+                "cluster": self.clusters[self.assignment[i]].name,
+                "positive": ", ".join(
+                    f for f, v in zip(CHEXPERT_FINDINGS, self.labels[i], strict=True) if v == 1
+                ),
+                "report": self.texts[i],
+            }
+            rows.append(row)
+        table = pd.DataFrame(rows, columns=["id", "cluster", "positive", "report"])
+        sub = self.labels[idx]
+        counts = pd.DataFrame(
+            {
+                "finding": CHEXPERT_FINDINGS,
+                **{
+                    name: [int((sub[:, j] == code).sum()) for j in range(len(CHEXPERT_FINDINGS))]
+                    for code, name in status.items()
+                },
+            }
+        )
+        return table, counts
+
+
+# --- building ------------------------------------------------------------------------------
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of a loaded model's weights (changes when it is retrained)."""
+    import torch
+
+    h = hashlib.sha256(model.name.encode())
+    with torch.no_grad():
+        for name, p in model.module.named_parameters():
+            h.update(name.encode())
+            h.update(str(tuple(p.shape)).encode())
+            h.update(np.float64(p.detach().double().sum().item()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def map_folder(
+    corpus: Corpus,
+    model_name: str,
+    fingerprint: str,
+    settings: MapSettings,
+    root: Path | None = None,
+) -> Path:
+    key = hashlib.sha256(
+        f"{corpus.content_hash}|{fingerprint}|{json.dumps(asdict(settings), sort_keys=True)}|"
+        f"{FORMAT_VERSION}".encode()
+    ).hexdigest()[:12]
+    return (root or maps_dir()) / model_name / f"{corpus.name}-{key}"
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, arr)
+    tmp.replace(path)
+
+
+def _labels(corpus: Corpus) -> np.ndarray:
+    if corpus.labels is not None:
+        return corpus.labels
+    from explorer.reports.corpus import labels_to_matrix
+    from explorer.reports.labeler import label_reports
+
+    return labels_to_matrix(label_reports(corpus.texts))
+
+
+def embed_corpus(
+    model, texts: Sequence[str], folder: Path, progress: Progress | None = None
+) -> np.ndarray:
+    """Text embeddings (L2-normalised, float32 ``[n, d]``) in resumable chunks under ``folder``."""
+    import torch
+
+    n = len(texts)
+    chunks = range(0, n, CHUNK)
+    for c, start in enumerate(chunks):
+        path = folder / f"emb-{c:05d}.npy"
+        if path.exists():
+            continue
+        part = list(texts[start : start + CHUNK])
+        order = np.argsort([len(t) for t in part], kind="stable")  # less padding per batch
+        rows = []
+        with torch.inference_mode():
+            for b in range(0, len(part), BATCH):
+                batch = [part[i] for i in order[b : b + BATCH]]
+                rows.append(model.embed_texts(batch).float().cpu().numpy())
+        out = np.empty_like(np.concatenate(rows))
+        out[order] = np.concatenate(rows)
+        _save(path, out.astype(np.float32))
+        if progress:
+            progress("embedding reports", min(1.0, (start + len(part)) / n))
+    return np.concatenate([np.load(folder / f"emb-{c:05d}.npy") for c in range(len(chunks))])
+
+
+def build_map(
+    corpus: Corpus,
+    model,
+    settings: MapSettings | None = None,
+    progress: Progress | None = None,
+    root: Path | None = None,
+) -> ReportMap:
+    """Build (or finish building) the map of ``corpus`` for a loaded ``model``; see module doc.
+
+    ``root`` overrides :func:`maps_dir` (the app builds maps of uploaded tables in a temporary
+    folder it deletes, so nothing derived from an upload outlives the session).
+    """
+    settings = settings or MapSettings()
+    folder = map_folder(corpus, model.name, model_fingerprint(model), settings, root)
+    if (folder / "map.json").exists():
+        return open_folder(folder, corpus)
+    folder.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda stage, frac: None)
+    timings: dict[str, float] = {}
+    done = folder / "timings.json"
+    if done.exists():
+        timings.update(json.loads(done.read_text()))
+
+    def stage(name: str, path: Path, fn):
+        if path.exists():
+            return np.load(path, allow_pickle=False)
+        t0 = time.perf_counter()
+        say(name, 0.0)
+        value = fn()
+        _save(path, value)
+        timings[name] = round(time.perf_counter() - t0, 2)
+        done.write_text(json.dumps(timings))
+        say(name, 1.0)
+        return value
+
+    labels = stage("labelling", folder / "labels.npy", lambda: _labels(corpus))
+    t0 = time.perf_counter()
+    embeddings = embed_corpus(model, corpus.texts, folder, say)
+    if "embedding" not in timings:
+        timings["embedding"] = round(time.perf_counter() - t0, 2)
+        done.write_text(json.dumps(timings))
+    assignment, clusters = soft_label_clusters(labels, settings.clusters, settings.seed)
+    _save(folder / "clusters.npy", assignment)
+
+    def layout() -> np.ndarray:
+        import umap
+
+        reducer = umap.UMAP(
+            n_neighbors=min(settings.n_neighbors, max(2, len(corpus) - 1)),
+            min_dist=settings.min_dist,
+            metric="cosine",
+            random_state=settings.seed,
+            n_components=2,
+            n_jobs=1,  # a seeded UMAP is single-threaded anyway; say so to silence the warning
+        )
+        xy = reducer.fit_transform(embeddings).astype(np.float32)
+        with open(folder / "umap.pkl", "wb") as fh:
+            pickle.dump(reducer, fh)
+        return xy
+
+    if not (folder / "umap.pkl").exists():
+        (folder / "xy.npy").unlink(missing_ok=True)
+    stage("layout (UMAP)", folder / "xy.npy", layout)
+    say("alignment", 0.0)
+    align = alignment(embeddings, labels, assignment, seed=settings.seed)
+    meta = {
+        "format": FORMAT_VERSION,
+        "corpus": corpus.name,
+        "model": model.name,
+        "n": len(corpus),
+        "label_source": corpus.label_source,
+        "clusters": [asdict(c) for c in clusters],
+        "alignment": asdict(align),
+        "timings": timings,
+        "settings": asdict(settings),
+    }
+    (folder / "map.json").write_text(json.dumps(meta, indent=1))
+    say("done", 1.0)
+    return open_folder(folder, corpus)
+
+
+def open_folder(folder: Path, corpus: Corpus) -> ReportMap:
+    """Load a complete map folder written by :func:`build_map` for ``corpus``."""
+    meta = json.loads((folder / "map.json").read_text())
+    n = meta["n"]
+    chunks = (n + CHUNK - 1) // CHUNK
+    emb = np.concatenate(
+        [np.load(folder / f"emb-{c:05d}.npy", mmap_mode="r") for c in range(chunks)]
+    )
+    return ReportMap(
+        corpus=meta["corpus"],
+        model=meta["model"],
+        folder=folder,
+        ids=corpus.ids,
+        texts=corpus.texts,
+        labels=np.load(folder / "labels.npy"),
+        reference=corpus.reference,
+        label_source=meta["label_source"],
+        licence=corpus.licence,
+        assignment=np.load(folder / "clusters.npy"),
+        clusters=tuple(
+            Cluster(**{**c, "positive_share": tuple(c["positive_share"])}) for c in meta["clusters"]
+        ),
+        xy=np.load(folder / "xy.npy"),
+        embeddings=emb,
+        alignment=Alignment(**meta["alignment"]),
+        timings=meta["timings"],
+    )
+
+
+def find_map(
+    corpus: Corpus, model, settings: MapSettings | None = None, root: Path | None = None
+) -> ReportMap | None:
+    """The complete map of ``corpus`` for ``model`` if it was built before, else ``None``."""
+    folder = map_folder(
+        corpus, model.name, model_fingerprint(model), settings or MapSettings(), root
+    )
+    return open_folder(folder, corpus) if (folder / "map.json").exists() else None

@@ -1,0 +1,220 @@
+"""Report map library: corpora, soft-label clusters, alignment, resumable map builds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from explorer.findings import CHEXPERT_FINDINGS
+from explorer.models import ModelRegistry
+from explorer.models.tiny import build_tiny_specs
+from explorer.reports import map as map_mod
+from explorer.reports.clusters import UNLABELLED, alignment, soft_label_clusters
+from explorer.reports.corpus import CorpusError, load_corpus, phantom_corpus, table_corpus
+
+F = {name: j for j, name in enumerate(CHEXPERT_FINDINGS)}
+NAN = np.nan
+
+
+def _labels(rows: list[dict[str, int]]) -> np.ndarray:
+    out = np.full((len(rows), len(CHEXPERT_FINDINGS)), NAN, dtype=np.float32)
+    for i, row in enumerate(rows):
+        for name, v in row.items():
+            out[i, F[name]] = v
+    return out
+
+
+# --- corpora -------------------------------------------------------------------------------
+
+
+def test_phantom_corpus_is_deterministic_and_labelled_by_the_generator():
+    a, b = phantom_corpus(12), phantom_corpus(12)
+    assert a.ids == b.ids and a.texts == b.texts and a.content_hash == b.content_hash
+    assert np.array_equal(a.labels, b.labels, equal_nan=True)
+    assert a.label_source == "generator" and a.labels.shape == (12, 14)
+    # a report that affirms an effusion is labelled positive for it, and vice versa
+    eff = a.labels[:, F["Pleural Effusion"]]
+    for text, v in zip(a.texts, eff, strict=True):
+        if v == 1:
+            assert "effusion" in text.lower()
+    assert phantom_corpus(13).content_hash != a.content_hash
+
+
+def test_table_corpus_guesses_text_column_and_reads_label_columns(tmp_path):
+    path = tmp_path / "reports.csv"
+    pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "Report": ["Small left effusion.", "", "No pneumothorax."],
+            "pleural_effusion": [1, None, None],
+            "Pneumothorax": ["", "", "0"],
+        }
+    ).to_csv(path, index=False)
+    corpus = table_corpus(path)
+    assert corpus.ids == ("a", "c")  # the empty report is dropped
+    assert corpus.label_source == "file"
+    assert corpus.labels[0, F["Pleural Effusion"]] == 1
+    assert corpus.labels[1, F["Pneumothorax"]] == 0
+    assert np.isnan(corpus.labels[0, F["Cardiomegaly"]])
+    parquet = tmp_path / "reports.parquet"
+    pd.DataFrame({"findings": ["Heart is enlarged."]}).to_parquet(parquet)
+    p = table_corpus(parquet)
+    assert p.texts == ("Heart is enlarged.",) and p.labels is None and p.ids == ("row-1",)
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "column", "message"),
+    [
+        ("a,b\n1,2\n", "x.csv", None, "say which column"),
+        ("report\nx\n", "x.csv", "text", "no column 'text'"),
+        ("report\n\n\n", "x.csv", None, "holds no report text"),
+        ("report,Edema\nx,2\n", "x.csv", None, "must be 1, 0, -1 or blank"),
+        ("report,Edema\nx,yes\n", "x.csv", None, "must be 1, 0, -1 or blank"),
+        ("garbage", "x.parquet", None, "could not be read as Parquet"),
+        ("report\nx\n", "x.xlsx", None, "must be CSV, TSV or Parquet"),
+    ],
+)
+def test_bad_tables_get_a_sentence(tmp_path, content, name, column, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(CorpusError, match=message):
+        table_corpus(path, text_column=column)
+
+
+def test_corpus_specs():
+    assert len(load_corpus("phantom:5")) == 5
+    with pytest.raises(CorpusError, match="phantom:N"):
+        load_corpus("phantom:lots")
+    with pytest.raises(CorpusError, match="No file"):
+        load_corpus("/nonexistent/reports.csv")
+
+
+# --- clusters and alignment -----------------------------------------------------------------
+
+
+def _three_groups(n_each: int = 20) -> np.ndarray:
+    rows = (
+        [{"Pleural Effusion": 1, "Pneumothorax": 0}] * n_each
+        + [{"Cardiomegaly": 1, "Edema": -1}] * n_each
+        + [{"No Finding": 1, "Pneumothorax": 0, "Pleural Effusion": 0}] * n_each
+        + [{}] * 5
+    )
+    return _labels(rows)
+
+
+def test_clusters_recover_groups_and_are_named_by_their_findings():
+    labels = _three_groups()
+    assignment, clusters = soft_label_clusters(labels, k=3, seed=0)
+    groups = [set(assignment[i * 20 : (i + 1) * 20]) for i in range(3)]
+    assert all(len(g) == 1 for g in groups) and len(set().union(*groups)) == 3
+    names = {c.name for c in clusters}
+    assert {"Pleural Effusion", "Cardiomegaly + Edema", "No Finding", UNLABELLED} == names
+    assert clusters[-1].name == UNLABELLED and clusters[-1].size == 5
+    assert [c.size for c in clusters[:3]] == [20, 20, 20]
+    again, _ = soft_label_clusters(labels, k=3, seed=0)
+    assert np.array_equal(assignment, again)
+
+
+def test_alignment_separates_organised_from_random_embeddings():
+    labels = _three_groups()
+    assignment, _ = soft_label_clusters(labels, k=3)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16))
+    organised = centres[assignment] + 0.1 * rng.normal(size=(len(labels), 16))
+    good = alignment(organised, labels, assignment, k=5)
+    bad = alignment(rng.normal(size=(len(labels), 16)), labels, assignment, k=5)
+    assert good.cluster_agreement > 0.95 and good.lift > 2.5
+    assert bad.cluster_agreement < 0.6
+    assert good.soft_similarity > good.soft_chance
+    assert abs(good.cluster_chance - (3 * (20 / 65) ** 2 + (5 / 65) ** 2)) < 1e-3
+
+
+# --- building maps --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    specs = build_tiny_specs(tmp_path_factory.mktemp("tiny"))
+    reg = ModelRegistry(specs, default="tiny-clip")
+    return reg.load("tiny-clip", "cpu")
+
+
+def test_build_resumes_reopens_and_places(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path))
+    monkeypatch.setattr(map_mod, "CHUNK", 16)
+    corpus = phantom_corpus(40)
+    stages = []
+    built = map_mod.build_map(corpus, tiny_model, progress=lambda s, f: stages.append(s))
+    assert len(built) == 40 and built.xy.shape == (40, 2) and np.isfinite(built.xy).all()
+    assert {"labelling", "embedding reports", "layout (UMAP)"} <= set(stages)
+    folder = built.folder
+    assert sorted(p.name for p in folder.glob("emb-*.npy")) == [
+        "emb-00000.npy",
+        "emb-00001.npy",
+        "emb-00002.npy",
+    ]
+
+    # A complete map reopens without touching the model's text tower.
+    calls = []
+    original = tiny_model.embed_texts
+
+    def counting(texts):
+        calls.append(len(texts))
+        return original(texts)
+
+    monkeypatch.setattr(tiny_model, "embed_texts", counting)
+    again = map_mod.find_map(corpus, tiny_model)
+    assert again is not None and calls == []
+    assert np.array_equal(again.xy, built.xy)
+
+    # Interrupted build: the last chunk and the final stages are missing -> only they rerun.
+    (folder / "map.json").unlink()
+    (folder / "emb-00002.npy").unlink()
+    resumed = map_mod.build_map(corpus, tiny_model)
+    assert sum(calls) == 40 - 32
+    assert np.allclose(resumed.embeddings, built.embeddings, atol=1e-6)
+
+    # A report's own embedding finds itself first; an image lands inside the map's extent.
+    own = resumed.neighbours(resumed.embeddings[7], k=3)
+    assert own[0].index == 7 and own[0].similarity == pytest.approx(1.0, abs=1e-4)
+    assert [n.similarity for n in own] == sorted((n.similarity for n in own), reverse=True)
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    placement = resumed.place(tiny_model.embed_image(image).numpy()[0], k=5)
+    lo, hi = resumed.xy.min(0) - 5, resumed.xy.max(0) + 5
+    assert np.all((lo <= placement.xy) & (placement.xy <= hi)) and len(placement.neighbours) == 5
+
+
+def test_changed_corpus_gets_a_new_map(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path))
+    a = map_mod.build_map(phantom_corpus(20), tiny_model)
+    b = map_mod.build_map(phantom_corpus(21), tiny_model)
+    assert a.folder != b.folder and len(b) == 21
+
+
+def test_selection_counts_match_labels(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path))
+    built = map_mod.build_map(phantom_corpus(30), tiny_model)
+    idx = [0, 3, 5, 5, 99]  # duplicates and out-of-range rows are ignored
+    table, counts = built.selection(idx)
+    assert list(table["id"]) == [built.ids[i] for i in (0, 3, 5)]
+    col = built.labels[[0, 3, 5], F["Pleural Effusion"]]
+    row = counts.set_index("finding").loc["Pleural Effusion"]
+    assert row["positive"] == (col == 1).sum() and row["negative"] == (col == 0).sum()
+
+
+def test_map_figure_rows_round_trip(tmp_path, monkeypatch, tiny_model):
+    from explorer.plots import map_figure
+
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path))
+    built = map_mod.build_map(phantom_corpus(30), tiny_model)
+    fig = map_figure(built, "cluster", image_xy=(0.0, 0.0), neighbour_idx=[1, 2])
+    report_traces = [t for t in fig.data if t.name not in ("your image", "nearest reports")]
+    rows = np.concatenate([np.asarray(t.customdata) for t in report_traces])
+    assert sorted(rows.tolist()) == list(range(30))
+    for t in report_traces:  # each point sits at its own report's coordinates
+        assert np.allclose(np.asarray(t.x), built.xy[np.asarray(t.customdata), 0])
+    by_finding = map_figure(built, "Pleural Effusion")
+    assert any(t.name.startswith("positive") for t in by_finding.data)
+    with pytest.raises(ValueError, match="reference"):
+        map_figure(built, "disagreement")
