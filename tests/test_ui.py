@@ -120,3 +120,68 @@ def test_attribution_methods_on_phantom_example(client, method):
 def test_findings_without_image_is_a_clear_error(client):
     with pytest.raises(Exception, match="upload a chest X-ray"):
         client.predict(None, "phantom-negaware", "", "", ["there_is"], "", api_name="/findings")
+
+
+# --- report map -------------------------------------------------------------------------------
+
+IU_CHOICE = "IU / Open-i reports (3,955 real reports)"
+
+
+def _rows(table):
+    return table["data"] if isinstance(table, dict) else table
+
+
+@needs_default
+def test_report_map_on_iu_places_a_real_cxr_and_selects_a_cluster(client, samples_dir):
+    import json
+
+    pytest.importorskip("torchxrayvision")
+    fig_json, summary, clusters = client.predict(
+        IU_CHOICE, None, "", "phantom-negaware", "cluster", api_name="/map_open"
+    )
+    fig = json.loads(fig_json)
+    assert len(fig["data"]) >= 2  # several clusters
+    assert "Alignment" in summary and "phantom-negaware" in summary
+    cluster_rows = _rows(clusters)
+    assert sum(int(r[2]) for r in cluster_rows) > 3900
+
+    fig_json, neighbours = client.predict(
+        handle_file(str(samples_dir / "00000001_000.png")), "cluster", 5, api_name="/map_place"
+    )
+    names = [t.get("name") for t in json.loads(fig_json)["data"]]
+    assert "your image" in names and "nearest reports" in names
+    sims = [float(r[0]) for r in _rows(neighbours)]
+    assert len(sims) == 5 and sims == sorted(sims, reverse=True)
+    assert all(r[1] and r[2] for r in _rows(neighbours))  # ids and report texts
+
+    name, size = cluster_rows[0][1], int(cluster_rows[0][2])
+    table, counts, csv, note = client.predict(name, api_name="/map_cluster")
+    assert len(_rows(table)) == size and f"{size:,} reports" in note
+    assert csv
+
+
+@needs_default
+def test_report_map_of_an_uploaded_table_and_a_bad_one(client, tmp_path):
+    good = tmp_path / "mine.csv"
+    reports = ["Large right pleural effusion.", "No pneumothorax. Heart size is normal."] * 15
+    good.write_text("id,report\n" + "\n".join(f"r{i},{t}" for i, t in enumerate(reports)))
+    _, summary, clusters = client.predict(
+        "Your own table (CSV / Parquet upload)",
+        handle_file(str(good)),
+        "",
+        "phantom-negaware",
+        "cluster",
+        api_name="/map_open",
+    )
+    assert "30 reports" in summary and len(_rows(clusters)) >= 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(Exception, match="say which column"):
+        client.predict(
+            "Your own table (CSV / Parquet upload)",
+            handle_file(str(bad)),
+            "",
+            "phantom-negaware",
+            "cluster",
+            api_name="/map_open",
+        )

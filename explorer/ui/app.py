@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from explorer.ui import handlers
+from explorer.ui import handlers, report_map
 
 TITLE = "CXR Negation Explorer"
 DISCLAIMER = (
@@ -104,11 +104,14 @@ def build_demo() -> gr.Blocks:
                     plot = gr.Plot(label="Affirmed vs negated")
                     table = gr.Dataframe(label="Scores", interactive=False)
                     csv = gr.File(label="Download CSV")
-                with gr.Column():
+                with gr.Column(visible=False) as second:
                     card2 = gr.Markdown()
                     plot2 = gr.Plot(label="Second model")
                     table2 = gr.Dataframe(label="Scores (second model)", interactive=False)
                     csv2 = gr.File(label="Download CSV (second model)")
+            compare.change(
+                lambda name: gr.Column(visible=bool(name)), compare, second, api_name=False
+            )
             run.click(
                 handlers.score_image,
                 inputs=[upload, model, compare, custom, templates, negations],
@@ -150,6 +153,8 @@ def build_demo() -> gr.Blocks:
                 api_name="attribute",
                 concurrency_limit=1,
             )
+        with gr.Tab("Report map"):
+            report_map.build_tab(upload, names, default)
         with gr.Tab("Models"):
             gr.Markdown(
                 "Registered models and whether each can load on this machine (hub models need a connection)."

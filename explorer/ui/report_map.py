@@ -1,0 +1,416 @@
+"""Report map tab: layout and handlers (the library work is in :mod:`explorer.reports`).
+
+The scatter is drawn by plotly.js inside a ``gr.HTML`` component, because ``gr.Plot`` sends no
+selection events: the page's JavaScript turns a lasso / box selection or a click into a
+``select`` event carrying the selected rows, and :func:`select_reports` fills the table.
+plotly.js is served from the installed ``plotly`` package, so the map also works offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from explorer.errors import ExplorerError
+
+log = logging.getLogger(__name__)
+
+CORPORA = {
+    "IU / Open-i reports (3,955 real reports)": "iu",
+    "Phantom reports (2,000 synthetic)": "phantom:2000",
+    "Your own table (CSV / Parquet upload)": "upload",
+}
+DEFAULT_CORPUS = next(iter(CORPORA))
+#: Uploaded tables are embedded in the request; keep them small enough to stay interactive.
+MAX_UPLOAD_REPORTS = 20_000
+#: Beyond this many points the hover shows labels only, keeping the page light.
+HOVER_TEXT_MAX_POINTS = 20_000
+MAP_HELP = (
+    "Each dot is a report, placed by UMAP from the selected model's **text embedding** of it and "
+    "coloured by its **soft-label cluster** (reports grouped by the findings they affirm and "
+    "deny, the same clinical similarity the negation-aware training uses). If the model's text "
+    "space is organised by clinical meaning, colours form islands; if it is negation-blind, "
+    "*no effusion* sits next to *effusion*. Upload an image above and press **Place my image** "
+    "to see where it lands (★) and its nearest reports. Draw a lasso or box (or click a dot) to "
+    "list reports below. The *alignment* figure is the share of each report's 10 nearest "
+    "neighbours that belong to its own cluster, against the share expected by chance."
+)
+_PLOTLY_JS = Path(__import__("plotly").__file__).parent / "package_data" / "plotly.min.js"
+
+_JS = """
+const draw = () => {
+  const box = element.querySelector('.cxr-map');
+  if (!box || !props.value || !window.Plotly) return;
+  let fig;
+  try { fig = JSON.parse(props.value); } catch (e) { return; }
+  window.Plotly.react(box, fig.data, fig.layout, {responsive: true, displaylogo: false});
+  if (box.dataset.bound) return;
+  box.dataset.bound = '1';
+  const rows = (ev) => (ev && ev.points ? ev.points : [])
+    .filter((p) => p.customdata !== undefined && p.customdata !== null)
+    .map((p) => Number(p.customdata));
+  box.on('plotly_selected', (ev) => {
+    const idx = rows(ev);
+    if (idx.length) trigger('select', {index: idx, value: idx.length, selected: true});
+  });
+  box.on('plotly_click', (ev) => {
+    const idx = rows(ev);
+    if (idx.length) trigger('select', {index: idx, value: idx.length, selected: true});
+  });
+};
+draw();
+watch('value', draw);
+"""
+
+
+# --- open maps, kept in memory -------------------------------------------------------------
+
+
+class _MapStore:
+    """Opened maps by key (at most a few; a map of an upload lives in a temp folder)."""
+
+    def __init__(self, capacity: int = 3) -> None:
+        self.capacity = capacity
+        self._maps: OrderedDict[str, tuple[object, str | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str):
+        with self._lock:
+            item = self._maps.get(key)
+            if item is not None:
+                self._maps.move_to_end(key)
+                return item[0]
+            return None
+
+    def put(self, key: str, report_map, temp_dir: str | None) -> None:
+        with self._lock:
+            self._maps[key] = (report_map, temp_dir)
+            self._maps.move_to_end(key)
+            while len(self._maps) > self.capacity:
+                _, (_, tmp) = self._maps.popitem(last=False)
+                if tmp:
+                    shutil.rmtree(tmp, ignore_errors=True)
+
+
+STORE = _MapStore()
+_corpus_lock = threading.Lock()
+_corpora: dict[str, object] = {}
+
+
+def _corpus(spec: str):
+    from explorer.reports.corpus import load_corpus
+
+    with _corpus_lock:
+        if spec not in _corpora:
+            _corpora[spec] = load_corpus(spec)
+        return _corpora[spec]
+
+
+def _user_error(err: Exception) -> gr.Error:
+    return gr.Error(str(err), print_exception=False)
+
+
+def _load_model(name: str | None):
+    from explorer.models import default_registry
+
+    try:
+        return default_registry().load_or_default(name or None)
+    except ExplorerError as err:
+        raise _user_error(err) from None
+
+
+def _figure_json(report_map, colour_by: str, placement=None) -> str:
+    from explorer.plots import map_figure
+
+    fig = map_figure(
+        report_map,
+        colour_by=colour_by or "cluster",
+        image_xy=placement.xy if placement else None,
+        neighbour_idx=[n.index for n in placement.neighbours] if placement else (),
+        hover_chars=220 if len(report_map) <= HOVER_TEXT_MAX_POINTS else 0,
+    )
+    return fig.to_json()
+
+
+def _summary(report_map, notice: str | None) -> str:
+    a = report_map.alignment
+    t = report_map.timings
+    lines = [
+        f"**{report_map.corpus}**, {len(report_map):,} reports, labels from "
+        f"{report_map.label_source}; model **{report_map.model}**.",
+        f"**Alignment** (k={a.k}): {a.cluster_agreement:.1%} of neighbours share the report's "
+        f"soft-label cluster (chance {a.cluster_chance:.1%}, lift ×{a.lift:.2f}); mean clinical "
+        f"similarity to neighbours {a.soft_similarity:.2f} (random {a.soft_chance:.2f}).",
+    ]
+    if t:
+        lines.append("Built in " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + ".")
+    if report_map.licence:
+        lines.append(f"*{report_map.licence}*")
+    if notice:
+        lines.insert(0, f"⚠ {notice}")
+    return "\n\n".join(lines)
+
+
+def _cluster_rows(report_map) -> list[list]:
+    return [[c.id, c.name, c.size] for c in report_map.clusters]
+
+
+def open_map(
+    corpus_choice: str,
+    table_path: str | None,
+    text_column: str | None,
+    model_name: str | None,
+    colour_by: str | None,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
+):
+    """Open (building once if needed) a map; returns figure JSON, summary, clusters, key."""
+    from explorer.reports.map import build_map
+
+    spec = CORPORA.get(corpus_choice, corpus_choice)
+    model, notice = _load_model(model_name)
+    temp_dir = None
+    try:
+        if spec == "upload":
+            if not table_path:
+                raise gr.Error(
+                    "Upload a CSV or Parquet file of reports first.", print_exception=False
+                )
+            from explorer.reports.corpus import table_corpus
+
+            corpus = table_corpus(
+                Path(table_path),
+                text_column=(text_column or "").strip() or None,
+                filename=Path(table_path).name,
+            )
+            if len(corpus) > MAX_UPLOAD_REPORTS:
+                raise gr.Error(
+                    f"The app maps at most {MAX_UPLOAD_REPORTS:,} uploaded reports "
+                    f"(this file has {len(corpus):,}); build bigger maps with "
+                    "`python -m explorer map build`.",
+                    print_exception=False,
+                )
+            key = f"upload:{corpus.content_hash}:{model.name}"
+        else:
+            corpus = _corpus(spec)
+            key = f"{spec}:{model.name}"
+        report_map = STORE.get(key)
+        if report_map is None:
+            if spec == "upload":
+                temp_dir = tempfile.mkdtemp(prefix="cxr-map-")
+            report_map = build_map(
+                corpus,
+                model,
+                progress=lambda stage, frac: progress(frac, desc=stage),
+                root=Path(temp_dir) if temp_dir else None,
+            )
+            STORE.put(key, report_map, temp_dir)
+    except ExplorerError as err:
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        raise _user_error(err) from None
+    return (
+        _figure_json(report_map, colour_by or "cluster"),
+        _summary(report_map, notice),
+        _cluster_rows(report_map),
+        key,
+    )
+
+
+def prebuild_default() -> threading.Thread:
+    """Build the default map (IU reports, default model) in a background thread.
+
+    ``app.py`` calls this on a Space or when ``EXPLORER_PREBUILD_MAP=1``, so the first
+    visitor opens the map instantly; the built map is cached on disk either way.
+    """
+
+    def work() -> None:
+        from explorer.models import default_registry
+        from explorer.reports.map import build_map
+
+        try:
+            reg = default_registry()
+            model = reg.load(reg.default)
+            spec = CORPORA[DEFAULT_CORPUS]
+            STORE.put(f"{spec}:{model.name}", build_map(_corpus(spec), model), None)
+            log.info("default report map ready")
+        except Exception:  # a failed warm-up must not stop the app; "Open map" retries
+            log.exception("building the default report map failed")
+
+    thread = threading.Thread(target=work, name="prebuild-map", daemon=True)
+    thread.start()
+    return thread
+
+
+def _opened(key: str | None):
+    report_map = STORE.get(key) if key else None
+    if report_map is None:
+        raise gr.Error("Open a map first (press **Open map**).", print_exception=False)
+    return report_map
+
+
+def recolour(key: str | None, colour_by: str | None) -> str:
+    """Redraw the open map with another colouring (nothing to do before a map is open)."""
+    if not key or STORE.get(key) is None:
+        return gr.skip()
+    report_map = _opened(key)
+    try:
+        return _figure_json(report_map, colour_by or "cluster")
+    except ValueError as err:
+        raise gr.Error(f"Cannot colour by '{colour_by}': {err}.", print_exception=False) from None
+
+
+def place_image(key: str | None, image_path: str | None, colour_by: str | None, k: float = 10):
+    """Place the uploaded image in the open map; figure JSON and its nearest reports."""
+    from explorer.imaging import load_image
+
+    report_map = _opened(key)
+    if not image_path:
+        raise gr.Error(
+            "Please upload a chest X-ray (PNG, JPEG or DICOM) first.", print_exception=False
+        )
+    try:
+        pixels = load_image(image_path).pixels
+    except ExplorerError as err:
+        raise _user_error(err) from None
+    model, _ = _load_model(report_map.model)
+    emb = model.embed_image(pixels).float().cpu().numpy()[0]
+    placement = report_map.place(emb, int(k or 10))
+    rows = [[n.similarity, n.id, n.text] for n in placement.neighbours]
+    return _figure_json(report_map, colour_by or "cluster", placement), rows
+
+
+def _selection_outputs(report_map, indices):
+    from explorer.ui.handlers import _csv
+
+    table, counts = report_map.selection(indices)
+    if table.empty:
+        return table, counts, None, "Nothing selected."
+    return (
+        table,
+        counts,
+        _csv(table, "selected-reports"),
+        f"{len(table):,} reports selected.",
+    )
+
+
+def select_reports(key: str | None, evt: gr.SelectData):
+    """Browser selection (lasso, box or click on the map) -> table, counts, CSV."""
+    report_map = _opened(key)
+    index = evt.index if isinstance(evt.index, list) else [evt.index]
+    try:
+        indices = [int(i) for i in index]
+    except (TypeError, ValueError):
+        raise gr.Error("The selection could not be read.", print_exception=False) from None
+    return _selection_outputs(report_map, indices)
+
+
+def select_cluster(key: str | None, cluster: str | None):
+    """All reports of one soft-label cluster -> table, counts, CSV (also the API twin)."""
+    report_map = _opened(key)
+    names = {c.name: c.id for c in report_map.clusters}
+    if cluster not in names:
+        raise gr.Error(f"No cluster named '{cluster}' in this map.", print_exception=False)
+    return _selection_outputs(report_map, np.flatnonzero(report_map.assignment == names[cluster]))
+
+
+def cluster_choices(rows) -> gr.Dropdown:
+    names = [r[1] for r in (rows.values.tolist() if hasattr(rows, "values") else rows or [])]
+    return gr.Dropdown(choices=names, value=None)
+
+
+def build_tab(upload: gr.File, model_names: list[str], default_model: str | None) -> None:
+    """The Report map tab (called inside ``gr.Tab``); ``upload`` is the shared image input."""
+    from explorer.findings import CHEXPERT_FINDINGS
+
+    gr.set_static_paths([str(_PLOTLY_JS.parent)])
+    gr.Markdown(MAP_HELP)
+    with gr.Row():
+        corpus = gr.Dropdown(list(CORPORA), value=DEFAULT_CORPUS, label="Reports")
+        model = gr.Dropdown(model_names, value=default_model, label="Model (text embeddings)")
+        colour = gr.Dropdown(
+            ["cluster", "disagreement", *CHEXPERT_FINDINGS],
+            value="cluster",
+            label="Colour by (cluster, labeler-vs-MeSH disagreement, or a finding)",
+        )
+    with gr.Accordion("Your own reports (CSV / Parquet)", open=False):
+        table_file = gr.File(
+            label="Report table", file_types=[".csv", ".tsv", ".parquet"], type="filepath"
+        )
+        text_column = gr.Textbox(
+            label="Text column (guessed from 'report', 'text', 'findings'... when empty)"
+        )
+        gr.Markdown(
+            "Columns named like CheXpert findings (values 1 / 0 / -1 / blank) are used as labels; "
+            "otherwise the built-in labeler labels the text. The table is processed in memory "
+            "and in a temporary folder that is deleted; nothing is kept."
+        )
+    with gr.Row():
+        open_btn = gr.Button("Open map", variant="primary")
+        place_btn = gr.Button("Place my image")
+        k = gr.Slider(1, 50, value=10, step=1, label="Nearest reports")
+    key = gr.State(None)
+    summary = gr.Markdown()
+    scatter = gr.HTML(
+        value="",
+        html_template="<div class='cxr-map' style='width:100%;min-height:620px'></div>",
+        js_on_load=_JS,
+        head=f'<script src="/gradio_api/file={_PLOTLY_JS}"></script>',
+        label="Report map",
+    )
+    with gr.Row():
+        with gr.Column(scale=1):
+            clusters = gr.Dataframe(
+                headers=["id", "cluster", "reports"], label="Soft-label clusters", interactive=False
+            )
+            pick = gr.Dropdown([], label="List a cluster's reports")
+        with gr.Column(scale=2):
+            neighbours = gr.Dataframe(
+                headers=["similarity", "id", "report"],
+                label="Nearest reports to your image",
+                interactive=False,
+                wrap=True,
+            )
+    sel_note = gr.Markdown()
+    with gr.Row():
+        selected = gr.Dataframe(label="Selected reports", interactive=False, wrap=True)
+        counts = gr.Dataframe(label="Findings in the selection", interactive=False)
+    sel_csv = gr.File(label="Download the selection (CSV)")
+
+    opened = open_btn.click(
+        open_map,
+        inputs=[corpus, table_file, text_column, model, colour],
+        outputs=[scatter, summary, clusters, key],
+        api_name="map_open",
+        concurrency_limit=1,
+    )
+    opened.then(cluster_choices, inputs=clusters, outputs=pick, api_name=False)
+    colour.change(recolour, inputs=[key, colour], outputs=scatter, api_name="map_colour")
+    place_btn.click(
+        place_image,
+        inputs=[key, upload, colour, k],
+        outputs=[scatter, neighbours],
+        api_name="map_place",
+        concurrency_limit=2,
+    )
+    scatter.select(
+        select_reports,
+        inputs=key,
+        outputs=[selected, counts, sel_csv, sel_note],
+        api_name=False,
+    )
+    pick.input(
+        select_cluster,
+        inputs=[key, pick],
+        outputs=[selected, counts, sel_csv, sel_note],
+        api_name="map_cluster",
+    )
+
+
+__all__ = ["build_tab", "open_map", "place_image", "select_cluster", "select_reports"]

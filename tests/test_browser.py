@@ -1,0 +1,116 @@
+"""The app in a real headless browser (Chromium via Playwright): what a person clicks works.
+
+Skipped when Playwright or a Chromium binary is missing (``apt-get install chromium``). Set
+``SCREENSHOT_DIR`` to keep a screenshot of each view.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = next(
+    (p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None
+)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)"),
+]
+SHOTS = os.environ.get("SCREENSHOT_DIR")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def page():
+    from explorer.ui import build_demo
+
+    demo = build_demo()
+    demo.queue(default_concurrency_limit=2)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.goto(f"http://127.0.0.1:{port}/")
+        pg.wait_for_selector("text=CXR Negation Explorer")
+        try:
+            yield pg
+        finally:
+            browser.close()
+            demo.close()
+
+
+def _shot(pg, name: str) -> None:
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        pg.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+
+
+def _upload(pg, path: Path) -> None:
+    clear = pg.get_by_role("button", name="Clear").first
+    if clear.count() and clear.is_visible():
+        clear.click()
+        pg.wait_for_timeout(500)
+    pg.locator("input[type=file]").first.set_input_files(str(path))
+    pg.get_by_text(path.name).first.wait_for()
+    pg.wait_for_timeout(1500)
+
+
+def test_findings_view_in_the_browser(page, samples_dir):
+    _upload(page, samples_dir / "00000001_000.png")
+    page.get_by_role("tab", name="Findings").click()
+    page.get_by_role("button", name="Score findings").click()
+    page.wait_for_selector(".js-plotly-plot", timeout=120_000)
+    page.wait_for_timeout(1000)
+    _shot(page, "1-findings")
+    assert page.locator("text=Pleural Effusion").count() > 0
+
+
+def test_attribution_view_in_the_browser(page):
+    from explorer.ui.app import EXAMPLES_DIR
+
+    _upload(page, EXAMPLES_DIR / "phantom-left-effusion.png")
+    page.get_by_role("tab", name="Attribution").click()
+    page.get_by_role("button", name="Explain").click()
+    page.wait_for_selector("text=IG completeness", state="detached")
+    page.get_by_text("method gradcam").or_(page.get_by_text("gradcam (")).first.wait_for(
+        timeout=180_000
+    )
+    assert page.get_by_text("there is no").count() > 0  # the negated prompt's tokens
+    page.wait_for_timeout(1500)
+    _shot(page, "2-attribution")
+
+
+def test_report_map_lasso_selection_fills_the_table(page, samples_dir):
+    page.get_by_role("tab", name="Report map").click()
+    page.get_by_role("button", name="Open map").click()
+    plot = page.locator(".cxr-map .main-svg").first
+    plot.wait_for(timeout=600_000)
+    _upload(page, samples_dir / "00000001_000.png")
+    page.get_by_role("tab", name="Report map").click()
+    page.get_by_role("button", name="Place my image").click()
+    page.wait_for_selector("text=your image", timeout=120_000)
+    # Drag a lasso around the middle of the plot, as a person would.
+    box = page.locator(".cxr-map .nsewdrag").first.bounding_box()
+    assert box is not None
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    w, h = box["width"] * 0.35, box["height"] * 0.35
+    page.mouse.move(cx - w, cy - h)
+    page.mouse.down()
+    for x, y in ((cx + w, cy - h), (cx + w, cy + h), (cx - w, cy + h), (cx - w, cy - h)):
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+    page.wait_for_selector("text=reports selected.", timeout=60_000)
+    _shot(page, "3-report-map")
+    note = page.locator("text=reports selected.").first.inner_text()
+    assert int(note.split()[0].replace(",", "")) > 0
