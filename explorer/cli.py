@@ -233,6 +233,82 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- report map -------------------------------------------------------------------------------
+
+
+def _map_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("build", "place"), help="build a map, or place an image")
+    p.add_argument("image", nargs="?", help="image to place (with 'place')")
+    p.add_argument(
+        "--corpus", default="iu", help="'iu', 'phantom:N' or PATH.csv[::TEXT_COLUMN] (default iu)"
+    )
+    p.add_argument("--model", default=None, help="registered model (default: the app's default)")
+    p.add_argument("--clusters", type=int, default=None, help="soft-label clusters (default 8)")
+    p.add_argument("-k", type=int, default=10, help="nearest reports to list (with 'place')")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@command("map", "build a report map (resumable) or place an image in one", _map_args)
+def _map(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from tqdm.auto import tqdm
+
+    from explorer.models import default_registry
+    from explorer.reports.corpus import load_corpus
+    from explorer.reports.map import MapSettings, build_map
+
+    reg = default_registry()
+    model = reg.load(args.model or reg.default)
+    corpus = load_corpus(args.corpus)
+    settings = MapSettings(**({"clusters": args.clusters} if args.clusters else {}))
+    bar = tqdm(total=100, disable=args.no_progress, unit="%", file=sys.stderr)
+
+    def progress(stage: str, frac: float) -> None:
+        bar.set_description(stage)
+        bar.n = int(round(frac * 100))
+        bar.refresh()
+
+    report_map = build_map(corpus, model, settings, progress=progress)
+    bar.close()
+    a = report_map.alignment
+    data: dict = {
+        "corpus": report_map.corpus,
+        "model": report_map.model,
+        "reports": len(report_map),
+        "folder": str(report_map.folder),
+        "timings_s": report_map.timings,
+        "alignment": {**asdict(a), "lift": round(a.lift, 3)},
+        "clusters": [{"name": c.name, "size": c.size} for c in report_map.clusters],
+    }
+    lines = [
+        f"{report_map.corpus}: {len(report_map):,} reports, model {report_map.model}",
+        f"map folder: {report_map.folder}",
+        "build time (s): " + ", ".join(f"{k} {v}" for k, v in report_map.timings.items()),
+        f"alignment (k={a.k}): cluster agreement {a.cluster_agreement:.3f} vs chance "
+        f"{a.cluster_chance:.3f} (lift {a.lift:.2f}); soft-label similarity "
+        f"{a.soft_similarity:.3f} vs random {a.soft_chance:.3f}",
+        "clusters: " + "; ".join(f"{c.name} ({c.size})" for c in report_map.clusters),
+    ]
+    if args.action == "place":
+        from explorer.imaging import load_image
+
+        if not args.image:
+            sys.stderr.write("Name the image to place: python -m explorer map place IMAGE\n")
+            return EXIT_USER_ERROR
+        emb = model.embed_image(load_image(args.image).pixels).float().cpu().numpy()[0]
+        placement = report_map.place(emb, args.k)
+        data["placement"] = {
+            "xy": placement.xy,
+            "neighbours": [asdict(n) for n in placement.neighbours],
+        }
+        lines.append(f"image at ({placement.xy[0]:.2f}, {placement.xy[1]:.2f}); nearest reports:")
+        lines += [f"  {n.similarity:.3f}  {n.id}  {n.text[:110]}" for n in placement.neighbours]
+    _emit(data, args.json, "\n".join(lines))
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 

@@ -227,18 +227,21 @@ def embed_corpus(
         path = folder / f"emb-{c:05d}.npy"
         if path.exists():
             continue
-        part = list(texts[start : start + CHUNK])
+        # Identical reports (common: "No acute cardiopulmonary abnormality.") are embedded once.
+        part, inverse = np.unique(
+            np.asarray(texts[start : start + CHUNK], dtype=object).astype(str), return_inverse=True
+        )
         order = np.argsort([len(t) for t in part], kind="stable")  # less padding per batch
         rows = []
         with torch.inference_mode():
             for b in range(0, len(part), BATCH):
-                batch = [part[i] for i in order[b : b + BATCH]]
+                batch = [str(part[i]) for i in order[b : b + BATCH]]
                 rows.append(model.embed_texts(batch).float().cpu().numpy())
-        out = np.empty_like(np.concatenate(rows))
-        out[order] = np.concatenate(rows)
-        _save(path, out.astype(np.float32))
+        uniq = np.empty_like(np.concatenate(rows))
+        uniq[order] = np.concatenate(rows)
+        _save(path, uniq[inverse.reshape(-1)].astype(np.float32))
         if progress:
-            progress("embedding reports", min(1.0, (start + len(part)) / n))
+            progress("embedding reports", min(1.0, (start + CHUNK) / n))
     return np.concatenate([np.load(folder / f"emb-{c:05d}.npy") for c in range(len(chunks))])
 
 
