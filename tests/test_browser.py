@@ -100,7 +100,9 @@ def test_report_map_lasso_selection_fills_the_table(page, samples_dir):
     page.get_by_role("tab", name="Report map").click()
     page.get_by_role("button", name="Place my image").click()
     page.wait_for_selector("text=your image", timeout=120_000)
-    # Drag a lasso around the middle of the plot, as a person would.
+    # Drag a lasso around the middle of the plot, as a person would (mouse events need the
+    # plot inside the viewport).
+    page.locator(".cxr-map").first.scroll_into_view_if_needed()
     box = page.locator(".cxr-map .nsewdrag").first.bounding_box()
     assert box is not None
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2

@@ -102,3 +102,28 @@ def test_score_and_attribute_on_real_image(samples_dir, tmp_path, capsys):
     )
     info = json.loads(capsys.readouterr().out)
     assert out.stat().st_size > 1000 and info["method"] == "gradcam"
+
+
+@pytest.mark.skipif(not _default_ready(), reason="embedded default model not built")
+def test_map_build_then_place_a_real_image(samples_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))
+    table = tmp_path / "reports.csv"
+    texts = [
+        "Large left pleural effusion.",
+        "No pleural effusion or pneumothorax.",
+        "The heart is enlarged.",
+        "Heart size is normal. The lungs are clear.",
+    ] * 8
+    table.write_text("report\n" + "\n".join(texts) + "\n")
+    args = ["map", "build", "--corpus", str(table), "--no-progress", "--json"]
+    assert main(args) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert built["reports"] == 32 and built["model"] == "phantom-negaware"
+    assert 0.0 <= built["alignment"]["cluster_agreement"] <= 1.0
+    assert {"labelling", "embedding", "layout (UMAP)"} <= set(built["timings_s"])
+    image = str(samples_dir / "00000001_000.png")
+    assert main(["map", "place", image, "--corpus", str(table), "-k", "3", "--json"]) == 0
+    placed = json.loads(capsys.readouterr().out)
+    sims = [n["similarity"] for n in placed["placement"]["neighbours"]]
+    assert len(sims) == 3 and sims == sorted(sims, reverse=True)
+    assert placed["timings_s"] == built["timings_s"]  # the second call reopened the built map
