@@ -61,7 +61,10 @@ IMAGE_METHODS = ("ig", "gradcam", "occlusion")
 #: Named integrated-gradients baselines (a float in [0, 1] or an image also works).
 IG_BASELINES = ("black", "mean", "blur")
 
-DEFAULT_STEPS = 32
+#: Integration points. On phantom-negaware (160 px) the completeness gap |sum(attr) - (f(x) -
+#: f(b))| / |f(x) - f(b)| with a black baseline was 2.6-5.7% at 32 points, 0.8-5% at 64, 0.02-0.8%
+#: at 128 (0.85 s on 2 CPU cores) and <0.1% at 256, on a phantom and a real radiograph.
+DEFAULT_STEPS = 128
 DEFAULT_INTERNAL_BATCH_SIZE = 16
 #: Gaussian quadrature, Captum's default: far smaller completeness residuals than Riemann sums.
 IG_INTEGRATION = "gausslegendre"
