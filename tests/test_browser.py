@@ -22,6 +22,16 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)"),
 ]
 SHOTS = os.environ.get("SCREENSHOT_DIR")
+#: No background networking: the sandbox refuses outside connections and Chromium retries them.
+#: The GPU stays enabled: the map is a WebGL scatter (SwiftShader renders it headless).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _free_port() -> int:
@@ -39,7 +49,7 @@ def page():
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.goto(f"http://127.0.0.1:{port}/")
         pg.wait_for_selector("text=CXR Negation Explorer")
