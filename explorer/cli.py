@@ -309,6 +309,53 @@ def _map(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- label ------------------------------------------------------------------------------------
+
+
+def _label_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", nargs="?", help='report text to label (quote it; "-" reads stdin)')
+    p.add_argument(
+        "--validate-mesh",
+        action="store_true",
+        help="score the labeler against the MeSH terms of the IU reports instead",
+    )
+    p.add_argument(
+        "--uncertain",
+        choices=("negative", "positive"),
+        default="negative",
+        help="with --validate-mesh: count uncertain labels as negative (default) or positive",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command("label", "CheXpert labels of a report (rule-based), or --validate-mesh", _label_args)
+def _label(args: argparse.Namespace) -> int:
+    if args.validate_mesh == bool(args.text):
+        sys.stderr.write("Give either a report text or --validate-mesh.\n")
+        return EXIT_USER_ERROR
+    if args.validate_mesh:
+        from explorer.reports.mesh import validate
+
+        result = validate(uncertain=args.uncertain)
+        _emit(result.as_dict(), args.json, result.to_markdown())
+        return 0
+    from explorer.reports.labeler import label_report_detailed
+
+    text = sys.stdin.read() if args.text == "-" else args.text
+    res = label_report_detailed(text)
+    names = {1: "positive", 0: "negative", -1: "uncertain", None: "-"}
+    evidence = {}
+    lines = []
+    for finding, value in res.as_dict().items():
+        ev = res.evidence(finding) if value is not None else None
+        if ev is not None:
+            evidence[finding] = {"sentence": ev.sentence, "cue": ev.cue, "rule": ev.rule}
+        why = f'{ev.rule}: "{ev.cue or ev.text}" in "{ev.sentence}"' if ev else ""
+        lines.append(f"{finding:<27} {names[value]:<9}  {why}".rstrip())
+    _emit({"labels": res.as_dict(), "evidence": evidence}, args.json, "\n".join(lines))
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,1472 @@
+"""A rule-based CheXpert-style labeler for chest X-ray reports.
+
+:func:`label_report` maps a report to the 14 CheXpert observations of
+:data:`explorer.findings.CHEXPERT_FINDINGS` with the CheXpert values ``1`` (positive), ``0``
+(negative), ``-1`` (uncertain) and ``None`` (not mentioned); :func:`label_report_detailed`
+also returns every mention with the sentence and the cue that decided it, so a person can see
+why; :func:`label_reports` labels many reports in one spaCy pass.
+
+How a report is read (in the spirit of the CheXpert labeler of Irvin et al., 2019, and of
+NegEx, Chapman et al., 2001):
+
+1. **Segmenting.** A blank English spaCy pipeline with the ``sentencizer``; a small component
+   then cuts sentences into clauses at ``;``, line breaks, "but", "however", "except", and at
+   commas that start a new statement (", no ...", ", the ...", ", with ...", ", stable ...").
+   Negation and hedge scopes never cross a clause boundary.
+2. **Mentions.** An ``entity_ruler`` finds finding mentions ("pleural effusion",
+   "airspace disease", "PICC line"), *other* abnormalities that are not CheXpert
+   observations (granulomas, degenerative changes, hyperinflation, tortuous aorta), generic
+   statements ("acute cardiopulmonary process"), normal-study statements ("normal chest") and
+   organs that reports describe as normal or abnormal (heart, cardiomediastinal silhouette,
+   mediastinum, lungs, pleural spaces, pulmonary vascularity, bones).
+3. **Polarity.** Three ``negspacy`` NegEx instances with radiology term sets of this module:
+   strong hedges ("cannot exclude", "not ruled out"), negation ("no", "without", "free of",
+   "not seen", "has resolved") and weak hedges ("possible", "may", "suggestive of",
+   "versus"). A mention is *uncertain* if a strong hedge covers it (so "Pneumonia cannot be
+   excluded." is uncertain, not negated), else *negative* if a negation covers it, else
+   *uncertain* if a weak hedge covers it ("no suspicious nodule" stays negative), else
+   *positive*. This is CheXpert's pre-negation / negation / post-negation order. A hedge
+   that *follows* its mention ("atelectasis versus scarring") reaches back only over the next
+   few words, so "Opacity, atelectasis versus scarring." keeps the opacity positive.
+4. **Organ rules** that NegEx lacks, read from the words after (or just before) an organ in
+   its clause: "heart size is normal", "normal cardiac silhouette", "heart is not enlarged"
+   make Cardiomegaly negative, "enlarged" / "the heart is large" positive, "borderline"
+   uncertain, and "upper limits of normal" / "top normal" negative (it states a normal size;
+   uncertain if the clause goes on to "borderline enlarged"); the mediastinum does the same
+   for Enlarged Cardiomediastinum, and an enlarged *cardiomediastinal* silhouette is both
+   findings; "the lungs are clear" / "clear lungs" make Lung Opacity, Consolidation, Edema,
+   Pneumonia, Atelectasis, Pleural Effusion and Pneumothorax negative (not Lung Lesion:
+   "lungs clear" often sits next to a described nodule); "pleural spaces are clear" negates
+   effusion and pneumothorax; "osseous structures intact" negates Fracture; normal pulmonary
+   vascularity negates Edema, and engorged / prominent / increased vascularity is Edema
+   (vascular congestion, as in CheXpert); blunting of a costophrenic angle makes Pleural
+   Effusion uncertain (Pleural Other when the clause blames scarring or thickening). An
+   abnormal organ statement under a negation ("no costophrenic angle blunting") is negative.
+
+Aggregation over the mentions of one finding (CheXpert): **positive beats uncertain beats
+negative beats not mentioned**, so "Stable cardiomegaly. Heart size unchanged." is positive and
+"Lungs are clear. Possible left basilar atelectasis." gives Atelectasis uncertain.
+
+**No Finding** is ``1`` when the report reads normal: it has at least one negative mention
+or a normal-study statement, no CheXpert finding other than Support Devices is positive or
+uncertain, and no other abnormality (granuloma, emphysema, scoliosis, ...) is affirmed or
+hedged; otherwise it is ``None`` (CheXpert never labels No Finding ``0``).
+
+"XXXX" (words removed from the Indiana University reports) is an ordinary word: it is never a
+cue, so "There are no XXXX of a pleural effusion." is still negated, and it fills a slot only
+where the context leaves one reading: "costophrenic XXXX" is the angle, "pulmonary XXXX" the
+vessels, "right chest XXXX tip in the SVC" and "XXXX-A-XXXX" a catheter or port.
+
+Measured on the 3,832 indexed IU reports (:func:`explorer.reports.mesh.validate`): macro F1
+0.92 against MeSH over the 12 findings with >= 30 MeSH positives; labelling all 3,955
+reports takes about 4 s on one CPU core after a one-off 3 s pipeline build. The rules were
+tuned by reading disagreements on that same corpus (no held-out split), so expect somewhat
+lower agreement on other report styles. Known limits: no dependency parse, so long lists after
+a negation and unusual syntax can be misread; mentions are English radiology phrasing only;
+hedges are words, not probabilities; findings outside the chest (a knee, an ankle) are labelled
+like chest findings.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from explorer.errors import ExplorerError
+from explorer.findings import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
+
+log = logging.getLogger(__name__)
+
+#: Pseudo-finding under which abnormalities outside the 14 CheXpert observations are kept.
+OTHER = "Other abnormality"
+#: The finding name of the mention that explains a No Finding label.
+NO_FINDING = "No Finding"
+
+_RANK = {POSITIVE: 3, UNCERTAIN: 2, NEGATIVE: 1, None: 0}
+_LUNG_GROUP = (
+    "Lung Opacity",
+    "Consolidation",
+    "Edema",
+    "Pneumonia",
+    "Atelectasis",
+    "Pleural Effusion",
+    "Pneumothorax",
+)
+_NEG_EXT = "cxr_negated"
+_WEAK_EXT = "cxr_hedged"
+_STRONG_EXT = "cxr_strong_hedged"
+
+
+# =============================================================================================
+# Results
+# =============================================================================================
+
+
+@dataclass(frozen=True)
+class Mention:
+    """One statement about one finding, with what decided its value.
+
+    Attributes:
+        finding: A CheXpert name, or :data:`OTHER` for an abnormality outside the 14.
+        value: ``1`` positive, ``0`` negative, ``-1`` uncertain.
+        text: The mention as written in the report ("pleural effusion", "heart size").
+        sentence: The sentence it stands in, as written.
+        cue: The words that decided the value ("no", "cannot be excluded", "is normal");
+            ``None`` for a plain affirmation.
+        rule: Which rule decided: ``"affirmed"``, ``"negation"``, ``"hedge"``,
+            ``"strong hedge"``, ``"organ"``, ``"blunting"`` or ``"no finding"``.
+        start: Offset of the mention in the report text.
+        end: Offset one past its end.
+    """
+
+    finding: str
+    value: int
+    text: str
+    sentence: str
+    cue: str | None
+    rule: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ReportLabels:
+    """The labels of one report and the evidence behind them.
+
+    Attributes:
+        text: The report text that was labelled.
+        values: One value per :data:`~explorer.findings.CHEXPERT_FINDINGS` entry, in order
+            (``1``, ``0``, ``-1`` or ``None``).
+        mentions: Every mention found (CheXpert findings, :data:`OTHER` and the No Finding
+            explanation), in text order.
+    """
+
+    text: str
+    values: tuple[int | None, ...]
+    mentions: tuple[Mention, ...]
+
+    def as_dict(self) -> dict[str, int | None]:
+        """Finding name -> value, for the 14 findings in CheXpert order."""
+        return dict(zip(CHEXPERT_FINDINGS, self.values, strict=True))
+
+    def __getitem__(self, finding: str) -> int | None:
+        return self.values[CHEXPERT_FINDINGS.index(finding)]
+
+    def mentions_of(self, finding: str) -> tuple[Mention, ...]:
+        """All mentions of one finding (or of :data:`OTHER`), in text order."""
+        return tuple(m for m in self.mentions if m.finding == finding)
+
+    def evidence(self, finding: str) -> Mention | None:
+        """The mention that decided a finding's label (the first one with the winning value)."""
+        value = self[finding] if finding in CHEXPERT_FINDINGS else None
+        for m in self.mentions:
+            if m.finding == finding and (value is None or m.value == value):
+                return m
+        return None
+
+
+# =============================================================================================
+# Vocabulary (token patterns for spaCy's entity_ruler)
+# =============================================================================================
+#
+# A spec is a space-separated list of tokens. Each token is a regular expression matched in
+# full against the lower-cased token text; "~tok" makes it optional, "tok+" repeatable.
+# Longer matches win, so "pericardial effusion" (OTHER) beats "effusion".
+
+_TERMS: dict[str, tuple[str, ...]] = {
+    "Enlarged Cardiomediastinum": (
+        "enlarged cardiomediastinum",
+        "widened mediastinum",
+        "mediastinal (widening|enlargement)",
+        "widening of ~the mediastinum",
+    ),
+    "Cardiomegaly": (
+        "cardiomegaly",
+        "cardiac enlargement",
+        "enlargement of ~the (heart|cardiac)",
+        "(enlarged|large) heart",
+        "cardiac hypertrophy",
+    ),
+    "Lung Opacity": (
+        "opacit(y|ies)",
+        "opacification",
+        "opacified",
+        "opaque",
+        "infiltrat(e|es|ion|ions|ive)",
+        "air ~space (disease|process|opacity|opacities|opacification)",
+        "airspace (disease|process|opacity|opacities|opacification)",
+        "densit(y|ies)",
+        "haziness",
+        "hazy",
+        "ground glass",
+        "reticul(ar|onodular)",
+    ),
+    "Lung Lesion": (
+        "nodules?",
+        "nodular",
+        "nodularity",
+        "fibronodular",
+        "masse?s?",
+        "masslike",
+        "lesions?",
+        "cavitary (lesions?|nodules?|mass)",
+        "cavit(y|ies|ation)",
+        "tumou?rs?",
+        "neoplasms?",
+        "neoplastic",
+        "malignan(cy|cies|t)",
+        "carcinoma",
+        "cancer",
+        "metasta(sis|ses|tic)",
+    ),
+    "Lung Lesion+Lung Opacity": (
+        "(nodular|masslike|rounded|round) (density|densities|opacity|opacities|opacification)",
+        "mass like (density|densities|opacity|opacities|opacification)",
+    ),
+    "Lung Lesion+Pleural Other": ("pleural based (nodule|nodules|mass|masses)",),
+    "Edema": (
+        "o?edema",
+        "chf",
+        "~congestive heart failure",
+        "congestive failure",
+        "~vascular congestion",
+        "pulmonary ~vascular congestion",
+        "congestive changes",
+        "(fluid|volume) overload",
+        "kerley ~b lines",
+        "cephalization",
+        "~pulmonary vascular (engorgement|prominence|redistribution)",
+        "pulmonary venous (hypertension|congestion|engorgement)",
+        "~xxxx b lines",
+    ),
+    "Consolidation": (
+        "consolidations?",
+        "consolidative",
+        "consolidated",
+        "air ~space consolidation",
+        "airspace consolidation",
+    ),
+    "Pneumonia": (
+        "pneumonias?",
+        "bronchopneumonia",
+        "pneumonitis",
+        "infectious process",
+        "infections?",
+    ),
+    "Atelectasis": (
+        "atelectas(is|es)",
+        "atelectatic",
+        "collapse",
+        "collapsed",
+    ),
+    "Pneumothorax": (
+        "pneumothora(x|ces)",
+        "ptx",
+        "pleural air",
+        "(pleural|apical) air collections?",
+    ),
+    "Pneumothorax+Pleural Effusion": ("(hydro|hemo)pneumothora(x|ces)",),
+    "Pleural Effusion": (
+        "~pleural effusions?",
+        "pleural fluid",
+        "fluid in ~the ~(right|left|minor|major) (fissure|fissures|pleural)",
+        "hydrothorax",
+        "hemothorax",
+        "subpulmonic (fluid|effusion)",
+    ),
+    "Pleural Other": (
+        "pleural (thickening|plaques?|calcifications?|scarring|scar)",
+        "calcified pleural (plaques?|thickening)",
+        "thickening of ~the pleura",
+        "pleural ~parenchymal (scarring|thickening)",
+        "pleuroparenchymal (scarring|thickening|opacity|opacities|changes)",
+        "pleural based (density|opacity|opacities|thickening)",
+        "pleural peripheral (scarring|thickening)",
+        "(apical|biapical) ~pleural (cap|capping|thickening)",
+        "fibronodular ~pleural thickening",
+        "fissural thickening",
+        "thickening of ~the ~(right|left|minor|major|horizontal|xxxx) fissures?",
+        "~(minor|major|horizontal) fissure thickening",
+        "fibrothorax",
+    ),
+    "Fracture": (
+        "fractures?",
+        "fractured",
+        "fx",
+    ),
+    "Support Devices": (
+        "(central|venous|picc|port|jugular|subclavian|arterial|midline|dialysis|catheter|access|iv|suture|support|ij|swan|ganz) lines?",
+        "lines and tubes",
+        "tubes and lines",
+        "lines",
+        "tubes?",
+        "catheters?",
+        "picc",
+        "port",
+        "ports",
+        "port a ~cath",
+        "portacath",
+        "mediport",
+        "pacemakers?",
+        "pacers?",
+        "aicd",
+        "icd",
+        "defibrillators?",
+        "(pacemaker|pacer|pacing|aicd|icd|defibrillator|cardiac|transvenous|epicardial|ekg|ecg|monitoring|electrocardiogram|electrocardiographic|telemetry) (leads?|wires?|electrodes?)",
+        "leads",
+        "electrodes",
+        "(sternotomy|sternal|cerclage|surgical|epicardial|pacing) wires",
+        "wires",
+        "xxxx a xxxx",
+        "chest xxxx",
+        "tips?",
+        "tubing",
+        "generator",
+        "~(nerve|vagal|cord) stimulator",
+        "neurostimulator",
+        "(surgical|vascular|cholecystectomy|mediastinal|axillary|metallic) clips?",
+        "clips",
+        "staples",
+        "sutures?",
+        "suture material",
+        "stents?",
+        "coils?",
+        "hardware",
+        "screws?",
+        "(fixation|surgical) (plate|plates|rods?|screws?|hardware)",
+        "prosthe(sis|ses|tic) ~(aortic|mitral|tricuspid|heart|cardiac) valves?",
+        "prosthe(sis|ses)",
+        "valve (replacement|prosthesis)",
+        "(cardiac|implanted|medical|monitoring|support) devices?",
+        "devices?",
+        "loop recorder",
+        "ivc filter",
+        "vena cava filter",
+        "filter",
+        "shunt catheter",
+        "vp shunt",
+        "drains?",
+        "tracheostomy",
+        "anchors?",
+        "internal fixation",
+    ),
+    "OTHER": (
+        "pericardial effusions?",
+        "sternotomy",
+        "cabg",
+        "breast (prosthesis|prostheses|implants?)",
+        "(mediastinal|paratracheal|breast|neck|thyroid|abdominal|axillary) (mass|masses)",
+        "(chest|soft) (wall|tissue) (mass|masses)",
+        "soft tissue (edema|swelling)",
+        "calcified granulomas?",
+        "(calcific|calcified|bone|osseous|bony|skin|curvilinear) (density|densities)",
+        "soft tissue (density|densities|opacity|opacities)",
+        "(tuberculosis|tuberculous|tb|granulomatous|fungal|mycobacterial) infection",
+        "granulomas?",
+        "granulomata",
+        "granulomatous ~(disease|diseases|changes|infection|process)",
+        "calcifications?",
+        "calcified",
+        "calcific",
+        "scar",
+        "scars",
+        "scarring",
+        "fibrosis",
+        "fibrotic",
+        "emphysema",
+        "emphysematous",
+        "copd",
+        "~chronic obstructive (lung|pulmonary|airway|airways) disease",
+        "chronic lung disease",
+        "interstitial lung disease",
+        "chronic interstitial ~lung (disease|changes)",
+        "hyper(inflat|expan|aerat|lucen)\\w*",
+        "over (inflat|expan)\\w*",
+        "overinflat\\w*",
+        "flatten\\w*",
+        "bullae",
+        "bulla",
+        "bullous",
+        "blebs?",
+        "degenerative ~(changes?|disease|disc|joint|arthritis|spurring)",
+        "degeneration",
+        "spondylo\\w*",
+        "osteophyt\\w*",
+        "spurring",
+        "\\w*scolio\\w*",
+        "~spine curvature",
+        "curvature of ~the ~(thoracic|lumbar) spine",
+        "~(thoracic|lumbar) spine curvature",
+        "syndesmophytes?",
+        "hyperostosis",
+        "endplate changes",
+        "prominent (hilar|hila|hilum)",
+        "hilar (prominence|fullness|enlargement)",
+        "kyphos\\w*",
+        "kyphotic",
+        "osteopeni\\w*",
+        "osteopor\\w*",
+        "demineraliz\\w*",
+        "arthrit\\w*",
+        "arthropathy",
+        "dish",
+        "(hiatal|hiatus|diaphragmatic|bochdalek|morgagni) hernias?",
+        "hernias?",
+        "tortu\\w*",
+        "ectati\\w*",
+        "ectasia",
+        "unfold\\w*",
+        "aneurysm\\w*",
+        "atherosclero\\w*",
+        "elevat(ed|ion)",
+        "eventration",
+        "(low|lower|decreased|diminished|reduced|small) ~lung volumes?",
+        "hypoinflat\\w*",
+        "hypoventilat\\w*",
+        "(poor|shallow|suboptimal) (inspiration|inspiratory)",
+        "(interstitial|bronchovascular|lung|pulmonary|reticular) markings",
+        "(bronchovascular|vascular) crowding",
+        "bronchiectasis",
+        "bronchitis",
+        "(bronchial|peribronchial|bronchovascular) ~wall (thickening|cuffing)",
+        "pectus ~(excavatum|carinatum)",
+        "deformit(y|ies)",
+        "(compression|wedge) deformit(y|ies)",
+        "(vertebral|vertebra) ~body collapse",
+        "mastectomy",
+        "lobectomy",
+        "pneumonectomy",
+        "thoracotomy",
+        "(postoperative|postsurgical|surgical) changes",
+        "post (operative|surgical) changes",
+        "lucenc(y|ies)",
+        "lytic",
+        "sclerotic",
+        "(lymph|hilar|mediastinal) ~node enlargement",
+        "(lympha|a)denopathy",
+        "enlarged ~(hilar|mediastinal) lymph nodes?",
+        "(hilar|hila) (enlargement|prominence|fullness)",
+        "prominent hila",
+        "pulmonary (arterial|artery) hypertension",
+        "pulmonary hypertension",
+        "(enlarged|prominent|dilated) ~main pulmonary (arteries|artery|outflow)",
+        "(mediastinal|tracheal) shift",
+        "shift",
+        "deviat\\w*",
+        "foreign bod(y|ies)",
+        "air fluid levels?",
+        "free air",
+        "pneumoperitoneum",
+        "pneumomediastinum",
+        "subcutaneous (emphysema|air|gas)",
+        "tuberculosis",
+        "tb",
+        "histoplasm\\w*",
+        "sarcoid\\w*",
+        "cysts?",
+        "cystic",
+        "cholelithiasis",
+        "gallstones?",
+        "volume loss",
+        "thickening",
+        "(left|right) (ventricular|atrial) (enlargement|hypertrophy|prominence)",
+        "(mitral|aortic|valvular|annular|coronary) calcifications?",
+        "lymph nodes?",
+        "azygos lobe",
+        "dilated",
+        "(distended|distention|distension)",
+        "healed",
+        "old (injury|trauma)",
+        "injur(y|ies)",
+        "cardiac valve",
+    ),
+    "BONE_GENERIC": (
+        "(acute|focal|displaced|significant)* (bony|bone|osseous|skeletal) (abnormality|abnormalities|findings?|lesions?|injury|injuries|process|pathology|disease)",
+    ),
+    "NORMAL_STUDY": (
+        "normal (chest|study|exam|examination|radiographs?|cxr|films?)",
+        "(negative|unremarkable) (chest|study|exam|examination|radiographs?|cxr|films?)",
+        "(chest|study|exam|examination) (is|appears) (normal|negative|unremarkable)",
+    ),
+    "ANAT_HEART": (
+        "heart",
+        "heart (size|shadow|contours?|silhouette)",
+        "cardiac (size|silhouette|shadow|contours?|diameter|dimensions?|configuration)",
+        "size of ~the heart",
+        "size of ~the cardiac silhouette",
+    ),
+    "ANAT_CARDIOMED": (
+        "cardiomediastinal (silhouette|silhouettes|contours?|shadow|size|structures|width)",
+        "cardio mediastinal (silhouette|contours?|shadow|size|structures)",
+        "cardiomediastinum",
+        "cardiac and mediastinal (silhouettes?|contours?|structures)",
+        "heart and mediastinal (silhouettes?|contours?|structures)",
+    ),
+    "ANAT_MEDIAST": (
+        "mediastinum",
+        "~superior mediastinal (silhouette|contours?|width|structures|shadow|borders?|size)",
+        "mediastinal and hilar (contours?|silhouettes?|structures)",
+    ),
+    "ANAT_LUNG": (
+        "lungs",
+        "lung",
+        "(both|bilateral|the) lungs",
+        "lung (fields|zones|parenchyma|bases)",
+        "pulmonary parenchyma",
+    ),
+    "ANAT_LUNGVOL": ("~lung volumes?",),
+    "ANAT_VASC": (
+        "~(pulmonary|central|lung) (vascularity|vasculature|vessels)",
+        "pulmonary xxxx",
+        "vascular (margins|margination)",
+        "~pulmonary vascular (markings|pattern|structures)",
+    ),
+    "ANAT_PLEURA": (
+        "pleural (spaces?|surfaces?|margins?)",
+        "pleura",
+        "~(right|left|bilateral|both|posterior|lateral) (costophrenic|cp) (angles?|sulci|sulcus|recesses?|xxxx)",
+    ),
+    "ANAT_BONE": (
+        "~(visualized|imaged|included|regional|visible) (osseous|bony|skeletal|bone) (structures|thorax|elements)",
+        "~(visualized|imaged|included|regional|visible) bones",
+        "skeleton",
+    ),
+}
+
+_GENERIC_QUALIFIERS = [
+    "acute",
+    "active",
+    "focal",
+    "significant",
+    "other",
+    "new",
+    "gross",
+    "grossly",
+    "definite",
+    "evident",
+    "radiographic",
+    "major",
+    "interval",
+    "visible",
+    "obvious",
+    "appreciable",
+    "additional",
+    "intrathoracic",
+]
+_GENERIC_ORGANS = [
+    "cardiopulmonary",
+    "cardiac",
+    "pulmonary",
+    "lung",
+    "intrathoracic",
+    "chest",
+    "thoracic",
+    "parenchymal",
+    "radiographic",
+    "cardiothoracic",
+]
+_GENERIC_NOUNS = [
+    "disease",
+    "diseases",
+    "abnormality",
+    "abnormalities",
+    "process",
+    "processes",
+    "findings",
+    "finding",
+    "pathology",
+    "change",
+    "changes",
+]
+
+
+def _expand(regex: str) -> list[str] | None:
+    """All strings a token regex of this module matches, or None if they are unbounded.
+
+    Only literals, ``(a|b)`` groups and ``?`` are expanded; ``\\w*``, ``+``, classes and other
+    operators make the token unbounded (it is then matched as a regular expression).
+    """
+
+    def seq(i: int, stop: str) -> tuple[list[set[str]] | None, int]:
+        items: list[set[str]] = []
+        while i < len(regex) and regex[i] not in stop:
+            ch = regex[i]
+            if ch == "(":
+                alts: set[str] = set()
+                i += 1
+                while True:
+                    part, i = seq(i, "|)")
+                    if part is None:
+                        return None, i
+                    alts.update(_product(part))
+                    if regex[i] == ")":
+                        break
+                    i += 1
+                items.append(alts)
+            elif ch == "?":
+                if not items:
+                    return None, i
+                items[-1] = items[-1] | {""}
+            elif ch in "\\*+[]{}.^$":
+                return None, i
+            else:
+                items.append({ch})
+            i += 1
+        return items, i
+
+    items, _ = seq(0, "")
+    return None if items is None else sorted(_product(items))
+
+
+def _product(items: list[set[str]]) -> set[str]:
+    out = {""}
+    for alternatives in items:
+        out = {a + b for a in out for b in alternatives}
+    return out
+
+
+def _token(spec: str) -> tuple[dict[str, Any], list[str] | None]:
+    """A token spec -> (Matcher token pattern, its words when bounded)."""
+    if spec.count("(") != spec.count(")"):
+        raise ValueError(f"unbalanced token spec {spec!r} (tokens are split at spaces)")
+    op = None
+    if spec.startswith("~"):
+        spec, op = spec[1:], "?"
+    elif spec.endswith("+") and len(spec) > 1 and spec[-2] != "\\":
+        spec, op = spec[:-1], "+"
+    elif spec.endswith("*") and spec[-2:-1] == ")":
+        spec, op = spec[:-1], "*"
+    words = _expand(spec)
+    tok: dict[str, Any] = (
+        {"LOWER": {"IN": words}} if words is not None else {"LOWER": {"REGEX": f"^(?:{spec})$"}}
+    )
+    if op:
+        tok["OP"] = op
+    return tok, (words + [""] if op == "?" and words is not None else None if op else words)
+
+
+def _patterns() -> list[dict[str, Any]]:
+    """Entity-ruler patterns: phrase strings where a spec is bounded (fast), else token
+    patterns."""
+    patterns: list[dict[str, Any]] = []
+    single: dict[str, list[str]] = {}
+    for label, specs in _TERMS.items():
+        for spec in specs:
+            tokens = [_token(t) for t in spec.split()]
+            if all(words is not None for _, words in tokens):
+                phrases = {""}
+                for _, words in tokens:
+                    phrases = {f"{a} {b}".strip() for a in phrases for b in words or ()}
+                patterns.extend({"label": label, "pattern": p} for p in sorted(phrases) if p)
+            elif len(tokens) == 1 and "OP" not in tokens[0][0]:
+                single.setdefault(label, []).append(tokens[0][0]["LOWER"]["REGEX"])
+            else:
+                patterns.append({"label": label, "pattern": [tok for tok, _ in tokens]})
+    for label, regexes in single.items():  # one predicate per label is much faster than many
+        patterns.append({"label": label, "pattern": [{"LOWER": {"REGEX": "|".join(regexes)}}]})
+    patterns.append(
+        {
+            "label": "GENERIC",
+            "pattern": [
+                {"LOWER": {"IN": _GENERIC_QUALIFIERS}, "OP": "+"},
+                {"LOWER": {"IN": _GENERIC_ORGANS}, "OP": "?"},
+                {"LOWER": {"IN": _GENERIC_NOUNS}},
+            ],
+        }
+    )
+    patterns.append(
+        {
+            "label": "GENERIC",
+            "pattern": [
+                {"LOWER": {"IN": ["cardiopulmonary", "intrathoracic", "cardiothoracic"]}},
+                {"LOWER": {"IN": _GENERIC_NOUNS}},
+            ],
+        }
+    )
+    return patterns
+
+
+# --- NegEx term sets -----------------------------------------------------------------------
+
+_STRONG_HEDGE_PHRASES = (
+    "cannot exclude",
+    "can not exclude",
+    "cannot rule out",
+    "can not rule out",
+    "cannot entirely exclude",
+    "cannot completely exclude",
+    "cannot definitely exclude",
+    "not exclude",
+    "difficult to exclude",
+    "hard to exclude",
+    "completely exclude",
+    "entirely exclude",
+    "not possible to exclude",
+    "to exclude",
+    "rule out",
+    "r/o",
+)
+_STRONG_HEDGE_FOLLOWING = (
+    "not excluded",
+    "confidently excluded",
+    "definitively excluded",
+    "reliably excluded",
+    "be excluded",
+    "entirely excluded",
+    "completely excluded",
+    "definitely excluded",
+    "not ruled out",
+    "be ruled out",
+    "entirely ruled out",
+)
+#: Where a hedge's scope ends ("may be due to infection" keeps its hedge).
+_HEDGE_TERMINATION = (
+    "but",
+    "however",
+    "although",
+    "though",
+    "except",
+    "apart from",
+    "aside from",
+    "yet",
+    "there is",
+    "there are",
+    "there has been",
+    "there have been",
+    "and the",
+    "and there",
+    "otherwise",
+    ", stable",
+    ", unchanged",
+    ", mild",
+    ", moderate",
+    ", severe",
+    ", minimal",
+    ", chronic",
+    ", new",
+    ", persistent",
+    ", again",
+    ", improved",
+    ", increased",
+    ", decreased",
+)
+#: Where a negation's scope ends: the hedge's ends plus links to a new statement.
+_TERMINATION = (
+    *_HEDGE_TERMINATION,
+    "which",
+    "with",
+    "secondary to",
+    "due to",
+    "consistent with",
+    "compatible with",
+    "status post",
+    "s/p",
+    ", likely",
+    ", possibly",
+    ", probably",
+    ", may",
+    ", could",
+)
+
+NEGATION_TERMS: dict[str, list[str]] = {
+    "pseudo_negations": [
+        "no change",
+        "no significant change",
+        "no interval change",
+        "no significant interval change",
+        "no increase",
+        "no further",
+        "not only",
+        "without change",
+        "without significant change",
+        "without interval change",
+        "without significant interval change",
+        "without appreciable change",
+        "not significantly changed",
+        "no longer than",
+        "gram negative",
+        "not clear",
+        *_STRONG_HEDGE_PHRASES,
+        *_STRONG_HEDGE_FOLLOWING,
+        "cannot be",
+        "can not be",
+        "could not be",
+        "not be",
+    ],
+    "preceding_negations": [
+        "no",
+        "not",
+        "n't",
+        "without",
+        "negative for",
+        "negative",
+        "free of",
+        "clear of",
+        "absence of",
+        "absent",
+        "no evidence of",
+        "no sign of",
+        "no signs of",
+        "resolution of",
+        "resolved",
+        "removal of",
+        "removed",
+        "rather than",
+        "never",
+        "none",
+        "nor",
+        "neither",
+        "no longer",
+        "clearing of",
+        "cleared",
+        "clear airspace",
+        "clear air",
+        "clear focal",
+        "unlikely",
+    ],
+    "following_negations": [
+        "is absent",
+        "are absent",
+        "absent",
+        "not seen",
+        "not identified",
+        "not visualized",
+        "not visualised",
+        "not appreciated",
+        "not present",
+        "not evident",
+        "not demonstrated",
+        "not noted",
+        "not detected",
+        "not visible",
+        "not clearly seen",
+        "not well seen",
+        "not definitely seen",
+        "not definitely identified",
+        "not apparent",
+        "unlikely",
+        "not likely",
+        "has resolved",
+        "have resolved",
+        "resolved",
+        "has cleared",
+        "have cleared",
+        "cleared",
+        "no longer",
+        "has been removed",
+        "have been removed",
+        "removed",
+        "within normal limits",
+        "within limits of normal",
+    ],
+    "termination": list(_TERMINATION),
+}
+
+WEAK_HEDGE_TERMS: dict[str, list[str]] = {
+    "pseudo_negations": [
+        "no suspicious",
+        "not suspicious",
+        "no evidence",
+        "not likely",
+        "unlikely",
+        "likely benign",
+        "could not",
+        "age indeterminate",
+    ],
+    "preceding_negations": [
+        "possible",
+        "possibly",
+        "probable",
+        "probably",
+        "likely",
+        "most likely",
+        "may",
+        "might",
+        "could",
+        "question of",
+        "questionable",
+        "suspicious for",
+        "suspicious of",
+        "suspicion of",
+        "suspicion for",
+        "suspected",
+        "suspect",
+        "concerning for",
+        "concern for",
+        "worrisome for",
+        "suggest",
+        "suggests",
+        "suggesting",
+        "suggested",
+        "suggestive of",
+        "suggestion of",
+        "borderline",
+        "equivocal",
+        "indeterminate",
+        "versus",
+        "vs",
+        "vs.",
+        "presumed",
+        "presumably",
+        "consider",
+        "considered",
+        "differential",
+        "favor",
+        "favored",
+        "favoring",
+        "uncertain",
+        "not certain",
+        "questioned",
+        "?",
+        "and/or",
+        "and / or",
+        "cannot",
+        "can not",
+        "alternatively",
+        "correlate",
+        "correlation",
+        "symptoms of",
+        "clinical setting",
+        "could be considered",
+        "question",
+        "possibility",
+        "possibility of",
+        "evaluation of",
+        "evaluation for",
+        "evaluate for",
+        "to evaluate",
+        "assess for",
+        "to identify",
+        "identify",
+        "detecting",
+        "to detect",
+        "history of",
+    ],
+    "following_negations": [
+        "is possible",
+        "are possible",
+        "possible",
+        "versus",
+        "vs",
+        "vs.",
+        "is suspected",
+        "are suspected",
+        "suspected",
+        "questioned",
+        "?",
+        "and/or",
+        "and / or",
+        "or less likely",
+        "consideration",
+        "in the differential",
+        "differential",
+        "not excluded",
+        "may not",
+        "may be occult",
+    ],
+    "termination": list(_HEDGE_TERMINATION),
+}
+
+STRONG_HEDGE_TERMS: dict[str, list[str]] = {
+    "pseudo_negations": ["rule out any", "ruled out"],
+    "preceding_negations": list(_STRONG_HEDGE_PHRASES),
+    "following_negations": list(_STRONG_HEDGE_FOLLOWING),
+    "termination": list(_HEDGE_TERMINATION),
+}
+
+
+# =============================================================================================
+# Organ rules
+# =============================================================================================
+
+
+def _size_re(abnormal: str) -> re.Pattern[str]:
+    """Size descriptors after an organ; the first one (leftmost) decides."""
+    return re.compile(
+        r"(?P<neg>\b(?:not|no|without)\b(?:\s+[\w-]+){0,3}?\s+(?:enlarged|enlargement|widened|"
+        r"widening|dilated|increased|large|prominent)\b)"
+        r"|(?P<unc>\bborderline\b|\bmildly\s+prominent\b)"
+        r"|(?P<uln>\bupper\s+(?:limits?\s+(?:of\s+)?)?(?:normal|range)\b|"
+        r"\btop(?:\s+of)?\s+normal\b|\bhigh\s+normal\b|\bat\s+the\s+upper\b)"
+        r"|(?P<normal>\bwithin\s+normal\s+limits\b|\bnormal\b|\bunremarkable\b|"
+        r"\bnon\s?enlarged\b|\bnegative\b|\bnot\s+(?:significantly\s+)?enlarged\b)"
+        rf"|(?P<abnormal>\b(?:{abnormal})\b)",
+        re.I,
+    )
+
+
+#: The heart may be "large"; a mediastinum next to "a large hiatal hernia" is not.
+_SIZE_RE = _size_re("enlarged|enlargement|large|larger|increased|prominent|prominence|globular")
+_WIDTH_RE = _size_re("enlarged|enlargement|widened|widening|increased|prominent|prominence")
+_SIZE_PRE_RE = re.compile(
+    r"(?:(?P<unc>\bborderline(?:\s+enlarged)?)|(?P<uln>\bupper\s+normal|\btop\s+normal|\bhigh\s+normal)"
+    r"|(?P<normal>\bnormal|\bunremarkable|\bnon\s?enlarged)"
+    r"|(?P<abnormal>\benlarged|\blarge|\bincreased|\bprominent|\bwidened|\bglobular|"
+    r"\b(?:enlargement|prominence|widening|increase)\s+(?:in\s+(?:the\s+)?size\s+)?of(?:\s+the)?))"
+    r"(?:\s+(?:in\s+size|sized?|appearing|caliber|\w+ly))?\s*$",
+    re.I,
+)
+_LUNG_RE = re.compile(
+    r"(?P<neg>\bnot\s+(?:entirely\s+|completely\s+)?clear\b)"
+    r"|(?P<normal>\bclear\b|\bnormal\b(?!\s*(?:ly\b|volumes?|in\s+volume|inflat|expan|aerat))|"
+    r"\bunremarkable\b)",
+    re.I,
+)
+_LUNG_PRE_RE = re.compile(r"\b(?P<normal>clear|normal)\s+(?:appearing\s+)?$", re.I)
+_LUNGVOL_RE = re.compile(
+    r"(?P<normal>\b(?:low|high)\s+normal\b|\bnormal\b)"
+    r"|(?P<abnormal>\b(?:low|lower|decreased|diminished|reduced|small|hyperinflated|increased|"
+    r"large|high)\b)",
+    re.I,
+)
+_VASC_RE = re.compile(
+    r"(?P<neg>\bnot\s+(?:\w+\s+)?(?:increased|engorged|congested|prominent)\b)"
+    r"|(?P<normal>\bwithin\s+normal\s+limits\b|\bnormal\b|\bunremarkable\b)"
+    r"|(?P<abnormal>\b(?:increased|engorged|engorgement|congested|congestion|prominent|"
+    r"prominence|cephaliz\w*|indistinct\w*|redistribut\w*|enlarged)\b)",
+    re.I,
+)
+_VASC_PRE_RE = re.compile(
+    r"(?:(?P<normal>\bnormal)|(?P<abnormal>\b(?:increased|prominent|engorged|indistinct)))"
+    r"(?:\s+\w+)?\s*$",
+    re.I,
+)
+_PLEURA_RE = re.compile(
+    r"(?P<abnormal>\bblunt\w*|\bobliterat\w*)"
+    r"|(?P<normal>\bclear\b|\bnormal\b|\bsharp\w*|\bunremarkable\b|\bwithin\s+normal\s+limits\b)",
+    re.I,
+)
+_PLEURA_PRE_RE = re.compile(
+    r"(?:(?P<abnormal>\bblunt\w*(?:\s+of)?(?:\s+the)?)|(?P<normal>\b(?:sharp|clear|normal)))"
+    r"(?:\s+\w+)?\s*$",
+    re.I,
+)
+_BONE_RE = re.compile(
+    r"(?P<normal>\bintact\b|\bnormal\b|\bunremarkable\b|\bwithin\s+normal\s+limits\b|"
+    r"\bno\s+acute\b)",
+    re.I,
+)
+_BONE_PRE_RE = re.compile(r"\b(?P<normal>intact|normal|unremarkable)\s*$", re.I)
+_ULN_HEDGE_RE = re.compile(r"\b(?:borderline|enlarged|enlargement)\b", re.I)
+_SCAR_RE = re.compile(r"\b(?:scar\w*|thicken\w*|fibro\w*|chronic)\b", re.I)
+
+_WINDOW = 90
+
+
+def _first(regex: re.Pattern[str], text: str) -> tuple[str, str] | None:
+    m = regex.search(text[:_WINDOW])
+    if m is None:
+        return None
+    kind = next(k for k, v in m.groupdict().items() if v is not None)
+    return kind, m.group(0).strip()
+
+
+def _descriptor(
+    post_re: re.Pattern[str], pre_re: re.Pattern[str] | None, pre: str, post: str
+) -> tuple[str, str] | None:
+    if pre_re is not None:
+        m = pre_re.search(pre[-60:])
+        if m is not None:
+            kind = next(k for k, v in m.groupdict().items() if v is not None)
+            return kind, m.group(0).strip()
+    return _first(post_re, post)
+
+
+#: organ label -> (post regex, pre regex, {descriptor kind: ((finding, value), ...)})
+_ORGANS: dict[str, tuple[re.Pattern[str], re.Pattern[str] | None, dict[str, tuple]]] = {
+    "ANAT_HEART": (
+        _SIZE_RE,
+        _SIZE_PRE_RE,
+        {
+            "normal": (("Cardiomegaly", NEGATIVE),),
+            "neg": (("Cardiomegaly", NEGATIVE),),
+            "unc": (("Cardiomegaly", UNCERTAIN),),
+            "abnormal": (("Cardiomegaly", POSITIVE),),
+        },
+    ),
+    "ANAT_CARDIOMED": (
+        _WIDTH_RE,
+        _SIZE_PRE_RE,
+        {
+            "normal": (("Enlarged Cardiomediastinum", NEGATIVE), ("Cardiomegaly", NEGATIVE)),
+            "neg": (("Enlarged Cardiomediastinum", NEGATIVE), ("Cardiomegaly", NEGATIVE)),
+            "unc": (("Enlarged Cardiomediastinum", UNCERTAIN), ("Cardiomegaly", UNCERTAIN)),
+            "abnormal": (("Enlarged Cardiomediastinum", POSITIVE), ("Cardiomegaly", POSITIVE)),
+        },
+    ),
+    "ANAT_MEDIAST": (
+        _WIDTH_RE,
+        _SIZE_PRE_RE,
+        {
+            "normal": (("Enlarged Cardiomediastinum", NEGATIVE),),
+            "neg": (("Enlarged Cardiomediastinum", NEGATIVE),),
+            "unc": (("Enlarged Cardiomediastinum", UNCERTAIN),),
+            "abnormal": (("Enlarged Cardiomediastinum", POSITIVE),),
+        },
+    ),
+    "ANAT_LUNG": (
+        _LUNG_RE,
+        _LUNG_PRE_RE,
+        {"normal": tuple((f, NEGATIVE) for f in _LUNG_GROUP)},
+    ),
+    "ANAT_LUNGVOL": (_LUNGVOL_RE, None, {"abnormal": ((OTHER, POSITIVE),)}),
+    "ANAT_VASC": (
+        _VASC_RE,
+        _VASC_PRE_RE,
+        {
+            "normal": (("Edema", NEGATIVE),),
+            "neg": (("Edema", NEGATIVE),),
+            "abnormal": (("Edema", POSITIVE),),
+        },
+    ),
+    "ANAT_PLEURA": (
+        _PLEURA_RE,
+        _PLEURA_PRE_RE,
+        {
+            "normal": (("Pleural Effusion", NEGATIVE), ("Pneumothorax", NEGATIVE)),
+            "abnormal": (("Pleural Effusion", UNCERTAIN),),
+        },
+    ),
+    "ANAT_BONE": (_BONE_RE, _BONE_PRE_RE, {"normal": (("Fracture", NEGATIVE),)}),
+}
+
+
+# =============================================================================================
+# The spaCy pipeline
+# =============================================================================================
+
+
+def _wordset(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_COMMA_CLAUSE_STARTS = _wordset(
+    """no there without the lungs lung heart otherwise negative which with stable unchanged
+    mild moderate severe minimal chronic likely possibly probably may could new persistent
+    again improved increased decreased this these it left right bilateral healed old calcified
+    degenerative postoperative postsurgical"""
+)
+_PARTICIPLES = _wordset(
+    "seen identified noted demonstrated visualized present evident appreciated detected"
+)
+_CLAUSE_WORDS = frozenset({"but", "however", "although", "though", "whereas", "except"})
+
+
+def _mark_clauses(doc):
+    """Keep the sentences in ``doc.spans``, then start a new "sentence" at each clause."""
+    doc.spans["cxr_sentences"] = list(doc.sents)
+    n = len(doc)
+    for i in range(1, n):
+        tok, prev = doc[i], doc[i - 1]
+        low = tok.lower_
+        start = False
+        if "\n" in prev.text or prev.text == ";":
+            start = True
+        elif low in _CLAUSE_WORDS:
+            nxt = doc[i + 1].lower_ if i + 1 < n else ""
+            start = nxt not in ("clear", "otherwise", "not")
+        elif prev.text == "," and low == "and" and i + 1 < n:
+            start = doc[i + 1].lower_ in ("no", "there", "the", "without")
+        elif prev.text == ",":  # ", stable cardiomegaly"; "no effusion seen, left ..."
+            start = low in _COMMA_CLAUSE_STARTS or (i >= 2 and doc[i - 2].lower_ in _PARTICIPLES)
+        elif low == "and" and i + 1 < n and doc[i + 1].lower_ in ("there", "no"):
+            start = True
+        if start and not tok.is_space:
+            tok.is_sent_start = True
+    return doc
+
+
+class LabelerUnavailableError(ExplorerError):
+    """spaCy or negspacy, which the labeler runs on, is not installed."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            "The report labeler is not available here: it needs the spaCy and negspacy "
+            "packages from the project's requirements."
+        )
+
+
+@functools.lru_cache(maxsize=1)
+def _pipeline():
+    try:
+        import negspacy.negation  # noqa: F401  (registers the "negex" factory)
+        import spacy
+        from spacy.language import Language
+    except ImportError as err:
+        raise LabelerUnavailableError(str(err)) from err
+
+    if not Language.has_factory("cxr_clauses"):
+        Language.component("cxr_clauses", func=_mark_clauses)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("cxr_clauses")
+    ruler = nlp.add_pipe("entity_ruler", config={"validate": False, "phrase_matcher_attr": "LOWER"})
+    ruler.add_patterns(_patterns())
+    for name, terms, ext in (
+        ("cxr_negation", NEGATION_TERMS, _NEG_EXT),
+        ("cxr_weak_hedge", WEAK_HEDGE_TERMS, _WEAK_EXT),
+        ("cxr_strong_hedge", STRONG_HEDGE_TERMS, _STRONG_EXT),
+    ):
+        nlp.add_pipe("negex", name=name, config={"neg_termset": terms, "extension_name": ext})
+    log.debug("built the labeler pipeline: %s", nlp.pipe_names)
+    return nlp
+
+
+def _prepare(text: str) -> str:
+    """Same-length normalisation, so offsets stay valid in the original text."""
+    text = re.sub(r"(?<=[A-Za-z])-(?=[A-Za-z])", " ", text)
+    text = re.sub(r"\.\.(?=\s|$)", ". ", text)  # "abnormality.. Heart" is two sentences
+    return text.replace("\u2019", "'")
+
+
+# =============================================================================================
+# Reading one parsed report
+# =============================================================================================
+
+
+@dataclass(frozen=True)
+class _Cue:
+    start_char: int
+    end_char: int
+    following: bool  # the cue follows the mention ("effusion has resolved")
+    near: bool  # a following cue within _NEAR tokens, no other mention in between
+
+
+_NEAR = 4
+
+
+def _cue_index(doc, component, ents, ext: str) -> dict[int, _Cue]:
+    """Token index of each entity a NegEx component flagged -> the cue that covers it.
+
+    Re-runs the component's own matcher (``process_negations``) and scope boundaries
+    (``termination_boundaries``) to name the cue; the decision itself is the component's.
+    """
+    flagged = [e for e in ents if e._.get(ext)]
+    if not flagged:
+        return {}
+    preceding, following, terminating = component.process_negations(doc)
+    bounds = component.termination_boundaries(doc, terminating)
+    lows = [lo for lo, _ in bounds]
+    pre = sorted((s, e) for _, s, e in preceding)
+    fol = sorted((s, e) for _, s, e in following)
+    starts = [e.start for e in ents]
+    cues: dict[int, _Cue] = {}
+    for ent in flagged:
+        k = bisect.bisect_right(lows, ent.start) - 1
+        lo, hi = bounds[k] if k >= 0 else (0, len(doc))
+        before = [(s, e) for s, e in pre if lo <= s < ent.start]
+        after = [(s, e) for s, e in fol if ent.end < e and s < hi]
+        if before:  # the nearest cue; of two ending together, the longer ("cannot exclude")
+            s, e = max(before, key=lambda se: (se[1], -se[0]))
+            span = doc[s:e]
+            cues[ent.start] = _Cue(span.start_char, span.end_char, following=False, near=True)
+        elif after:
+            s, e = min(after, key=lambda se: (se[0], -se[1]))
+            span = doc[s:e]
+            between = bisect.bisect_left(starts, s) - bisect.bisect_left(starts, ent.end)
+            near = max(s, ent.end) - ent.end <= _NEAR and between == 0
+            cues[ent.start] = _Cue(span.start_char, span.end_char, following=True, near=near)
+    return cues
+
+
+def _read(doc, original: str) -> ReportLabels:
+    nlp = _pipeline()
+    sentences = list(doc.spans["cxr_sentences"])
+    sent_starts = [s.start for s in sentences]
+    ents = list(doc.ents)
+    clauses = list(doc.sents)
+    clause_starts = [c.start for c in clauses]
+    cue_maps = {
+        ext: _cue_index(doc, nlp.get_pipe(name), ents, ext)
+        for name, ext in (
+            ("cxr_negation", _NEG_EXT),
+            ("cxr_weak_hedge", _WEAK_EXT),
+            ("cxr_strong_hedge", _STRONG_EXT),
+        )
+    }
+    mentions: list[Mention] = []
+    normal_statements: list[Mention] = []
+
+    def _text(cues: dict[int, _Cue], ent) -> str | None:
+        cue = cues.get(ent.start)
+        return original[cue.start_char : cue.end_char] if cue else None
+
+    def sentence_of(tok_i: int) -> str:
+        k = bisect.bisect_right(sent_starts, tok_i) - 1
+        s = sentences[max(k, 0)]
+        return original[s.start_char : s.end_char].strip()
+
+    def add(finding, value, ent, cue, rule):
+        mentions.append(
+            Mention(
+                finding=finding,
+                value=value,
+                text=original[ent.start_char : ent.end_char],
+                sentence=sentence_of(ent.start),
+                cue=cue,
+                rule=rule,
+                start=ent.start_char,
+                end=ent.end_char,
+            )
+        )
+
+    for ent in ents:
+        label = ent.label_
+        clause = clauses[bisect.bisect_right(clause_starts, ent.start) - 1]
+        if label in _ORGANS:
+            post_re, pre_re, effects = _ORGANS[label]
+            pre = doc.text[clause.start_char : ent.start_char]
+            post = doc.text[ent.end_char : clause.end_char]
+            found = _descriptor(post_re, pre_re, pre, post)
+            if found is None:
+                continue
+            kind, cue = found
+            if kind == "uln":  # "upper limits of normal" is normal, unless hedged towards enlarged
+                kind = "unc" if _ULN_HEDGE_RE.search(post[:_WINDOW]) else "normal"
+            effect = effects.get(kind, ())
+            if label == "ANAT_PLEURA" and kind == "abnormal" and _SCAR_RE.search(clause.text):
+                effect = (("Pleural Other", UNCERTAIN),)
+            rule = "blunting" if label == "ANAT_PLEURA" and kind == "abnormal" else "organ"
+            if kind in ("abnormal", "unc") and ent._.get(_NEG_EXT) and not ent._.get(_STRONG_EXT):
+                # "no costophrenic angle blunting", "no enlarged cardiomediastinal silhouette"
+                neg_cue = _text(cue_maps[_NEG_EXT], ent)
+                effect = tuple((f, NEGATIVE) for f, _ in effect)
+                cue, rule = f"{neg_cue} ... {cue}" if neg_cue else cue, "negation"
+            for finding, value in effect:
+                add(finding, value, ent, cue, rule)
+            continue
+        strong = ent._.get(_STRONG_EXT)
+        negated = ent._.get(_NEG_EXT)
+        weak = ent._.get(_WEAK_EXT)
+        weak_cue = cue_maps[_WEAK_EXT].get(ent.start)
+        if weak and weak_cue is not None and not weak_cue.near:
+            weak = False  # "opacity, atelectasis versus scarring": the hedge is atelectasis's
+        if strong:
+            value, rule, cue = UNCERTAIN, "strong hedge", _text(cue_maps[_STRONG_EXT], ent)
+        elif negated:
+            value, rule, cue = NEGATIVE, "negation", _text(cue_maps[_NEG_EXT], ent)
+        elif weak:
+            value, rule, cue = UNCERTAIN, "hedge", _text(cue_maps[_WEAK_EXT], ent)
+        else:
+            value, rule, cue = POSITIVE, "affirmed", None
+        if label == "NORMAL_STUDY":
+            if value == POSITIVE:
+                add(NO_FINDING, POSITIVE, ent, ent.text, "normal statement")
+                normal_statements.append(mentions.pop())
+            continue
+        if label == "GENERIC":
+            if value == NEGATIVE:
+                add(NO_FINDING, POSITIVE, ent, cue, "normal statement")
+                normal_statements.append(mentions.pop())
+            else:
+                add(OTHER, value, ent, cue, rule)
+            continue
+        if label == "BONE_GENERIC":
+            add("Fracture" if value == NEGATIVE else OTHER, value, ent, cue, rule)
+            continue
+        for finding in label.split("+"):
+            add(OTHER if finding == "OTHER" else finding, value, ent, cue, rule)
+
+    values: dict[str, int | None] = dict.fromkeys(CHEXPERT_FINDINGS)
+    for m in mentions:
+        if m.finding in values and _RANK[m.value] > _RANK[values[m.finding]]:
+            values[m.finding] = m.value
+
+    blockers = [
+        m
+        for m in mentions
+        if m.value in (POSITIVE, UNCERTAIN) and m.finding not in ("Support Devices", NO_FINDING)
+    ]
+    reads_normal = bool(normal_statements) or any(m.value == NEGATIVE for m in mentions)
+    if reads_normal and not blockers:
+        values[NO_FINDING] = POSITIVE
+        negatives = [m for m in mentions if m.value == NEGATIVE]
+        basis = normal_statements[0] if normal_statements else negatives[0]
+        mentions.append(
+            Mention(
+                finding=NO_FINDING,
+                value=POSITIVE,
+                text=basis.text,
+                sentence=basis.sentence,
+                cue="no positive or uncertain finding"
+                + (f"; normal statement: {basis.text!r}" if normal_statements else ""),
+                rule="no finding",
+                start=basis.start,
+                end=basis.end,
+            )
+        )
+    mentions.sort(key=lambda m: (m.start, m.finding))
+    return ReportLabels(
+        text=original,
+        values=tuple(values[f] for f in CHEXPERT_FINDINGS),
+        mentions=tuple(mentions),
+    )
+
+
+# =============================================================================================
+# Public API
+# =============================================================================================
+
+
+def label_report_detailed(text: str) -> ReportLabels:
+    """Label one report and keep the evidence for every label.
+
+    Args:
+        text: Report text (FINDINGS and/or IMPRESSION); "XXXX" de-identification marks are fine.
+
+    Returns:
+        The labels over the 14 CheXpert findings and every mention with its sentence and cue.
+    """
+    return label_reports_detailed([text])[0]
+
+
+def label_report(text: str) -> dict[str, int | None]:
+    """Label one report with the 14 CheXpert findings.
+
+    Args:
+        text: Report text.
+
+    Returns:
+        Finding name -> ``1`` (positive), ``0`` (negative), ``-1`` (uncertain) or ``None``
+        (not mentioned), in CheXpert order. See the module docstring for the rules.
+    """
+    return label_report_detailed(text).as_dict()
+
+
+def label_reports_detailed(texts: Iterable[str], batch_size: int = 128) -> list[ReportLabels]:
+    """Label many reports in one spaCy pass (single process).
+
+    Args:
+        texts: Report texts; ``None`` is read as an empty report.
+        batch_size: spaCy's batch size.
+
+    Returns:
+        One :class:`ReportLabels` per text, in order.
+    """
+    originals = ["" if t is None else str(t) for t in texts]
+    nlp = _pipeline()
+    prepared = (_prepare(t) for t in originals)
+    return [
+        _read(doc, original)
+        for doc, original in zip(nlp.pipe(prepared, batch_size=batch_size), originals, strict=True)
+    ]
+
+
+def label_reports(texts: Sequence[str] | Iterable[str]) -> list[dict[str, int | None]]:
+    """Label many reports; the batch form of :func:`label_report`.
+
+    On one CPU core the 3,955 Indiana University reports take a few seconds.
+
+    Args:
+        texts: Report texts.
+
+    Returns:
+        One finding -> value dict per text, in order.
+    """
+    return [r.as_dict() for r in label_reports_detailed(texts)]
