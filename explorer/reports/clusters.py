@@ -94,7 +94,7 @@ def soft_label_clusters(
         ids.append(-1)
     assignment = np.empty(n, dtype=np.int32)
     clusters = []
-    used: dict[str, int] = {}
+    stats = []
     for new, old in enumerate(ids):
         members = raw == old
         assignment[members] = new
@@ -102,6 +102,13 @@ def soft_label_clusters(
         share_pos = np.mean((sub == 1) | (sub == -1), axis=0)
         share_neg = np.mean(sub == 0, axis=0)
         name = UNLABELLED if old < 0 else _name(share_pos, share_neg)
+        stats.append((name, int(members.sum()), share_pos, share_neg))
+    base = [s[0] for s in stats]
+    used: dict[str, int] = {}
+    for new, (name, size, share_pos, share_neg) in enumerate(stats):
+        if base.count(name) > 1 and name != UNLABELLED:
+            # Tell same-named clusters apart by what they also state or most often deny.
+            name = f"{name} · {_qualifier(name, share_pos, share_neg)}"
         used[name] = used.get(name, 0) + 1
         if used[name] > 1:
             name = f"{name} ({used[name]})"
@@ -109,11 +116,24 @@ def soft_label_clusters(
             Cluster(
                 id=new,
                 name=name,
-                size=int(members.sum()),
+                size=size,
                 positive_share=tuple(round(float(s), 4) for s in share_pos),
             )
         )
     return assignment, tuple(clusters)
+
+
+def _qualifier(name: str, share_pos: np.ndarray, share_neg: np.ndarray) -> str:
+    named = set(name.split(" + "))
+    extra = [
+        CHEXPERT_FINDINGS[j]
+        for j in np.argsort(-share_pos, kind="stable")
+        if share_pos[j] >= NAME_SHARE / 2 and CHEXPERT_FINDINGS[j] not in named
+    ]
+    if extra:
+        return "often " + extra[0]
+    denied = [CHEXPERT_FINDINGS[j] for j in np.argsort(-share_neg, kind="stable")[:2]]
+    return "denies " + ", ".join(denied) if share_neg.max() > 0 else "few statements"
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,11 @@ class ReportMap:
         return cache[0]
 
     def selection(self, indices: Sequence[int]):
-        """Selected reports as a table (id, cluster, labels, text) and per-finding counts."""
+        """Selected reports as a table (id, cluster, labels, text) and per-finding counts.
+
+        With reference labels (IU: MeSH), the table shows them beside the labeler's, so a
+        selection coloured "disagreement" can be read case by case.
+        """
         import pandas as pd
 
         idx = np.array(sorted({int(i) for i in indices if 0 <= int(i) < len(self)}), dtype=int)
@@ -155,8 +159,14 @@ class ReportMap:
                 ),
                 "report": self.texts[i],
             }
+            if self.reference is not None:
+                row["reference positive"] = ", ".join(
+                    f for f, v in zip(CHEXPERT_FINDINGS, self.reference[i], strict=True) if v == 1
+                )
             rows.append(row)
-        table = pd.DataFrame(rows, columns=["id", "cluster", "positive", "report"])
+        columns = ["id", "cluster", "positive"]
+        columns += ["reference positive"] if self.reference is not None else []
+        table = pd.DataFrame(rows, columns=[*columns, "report"])
         sub = self.labels[idx]
         counts = pd.DataFrame(
             {
