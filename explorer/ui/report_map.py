@@ -369,7 +369,7 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
             clusters = gr.Dataframe(
                 headers=["id", "cluster", "reports"], label="Soft-label clusters", interactive=False
             )
-            pick = gr.Dropdown([], label="List a cluster's reports")
+            pick = gr.Dropdown([], label="List a cluster's reports", allow_custom_value=True)
         with gr.Column(scale=2):
             neighbours = gr.Dataframe(
                 headers=["similarity", "id", "report"],
