@@ -109,7 +109,8 @@ def test_report_map_lasso_selection_fills_the_table(page, samples_dir):
     _upload(page, samples_dir / "00000001_000.png")
     page.get_by_role("tab", name="Report map").click()
     page.get_by_role("button", name="Place my image").click()
-    page.wait_for_selector("text=your image", timeout=120_000)
+    page.locator(".cxr-map .legendtext", has_text="your image").wait_for(timeout=180_000)
+    page.locator(".cxr-map .legendtext", has_text="nearest reports").wait_for()
     # Drag a lasso around the middle of the plot, as a person would (mouse events need the
     # plot inside the viewport).
     page.locator(".cxr-map").first.scroll_into_view_if_needed()
