@@ -215,12 +215,11 @@ def open_map(
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
         raise _user_error(err) from None
-    return (
-        _figure_json(report_map, colour_by or "cluster"),
-        _summary(report_map, notice),
-        _cluster_rows(report_map),
-        key,
-    )
+    figure = _figure_json(report_map, colour_by or "cluster")
+    # Compile UMAP's transform now, after plotly is imported here: two threads importing
+    # plotly's dependencies at once can deadlock in importlib.
+    threading.Thread(target=report_map.warm_up, name="map-warm-up", daemon=True).start()
+    return figure, _summary(report_map, notice), _cluster_rows(report_map), key
 
 
 def prebuild_default() -> threading.Thread:
@@ -238,10 +237,14 @@ def prebuild_default() -> threading.Thread:
             reg = default_registry()
             model = reg.load(reg.default)
             spec = CORPORA[DEFAULT_CORPUS]
-            STORE.put(f"{spec}:{model.name}", build_map(_corpus(spec), model), None)
+            built = build_map(_corpus(spec), model)
+            STORE.put(f"{spec}:{model.name}", built, None)
+            built.warm_up()
             log.info("default report map ready")
         except Exception:  # a failed warm-up must not stop the app; "Open map" retries
             log.exception("building the default report map failed")
+
+    import plotly.graph_objects  # noqa: F401 - imported before the thread (see open_map)
 
     thread = threading.Thread(target=work, name="prebuild-map", daemon=True)
     thread.start()
