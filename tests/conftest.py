@@ -16,3 +16,27 @@ def samples_dir() -> Path:
     if not SAMPLES_DIR.is_dir():
         pytest.skip(f"real CXR samples not found at {SAMPLES_DIR} (expected ../shared/data/)")
     return SAMPLES_DIR
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    """The real app served on a free local port for one test module; yields its URL."""
+    pytest.importorskip("gradio")
+    from explorer.ui import build_demo
+
+    demo = build_demo()
+    demo.queue(default_concurrency_limit=2)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()

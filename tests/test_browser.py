@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -34,30 +33,17 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def page():
-    from explorer.ui import build_demo
-
-    demo = build_demo()
-    demo.queue(default_concurrency_limit=2)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+def page(app_url):
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.goto(f"http://127.0.0.1:{port}/")
+        pg.goto(app_url)
         pg.wait_for_selector("text=CXR Negation Explorer")
         try:
             yield pg
         finally:
             browser.close()
-            demo.close()
 
 
 def _shot(pg, name: str) -> None:
@@ -67,12 +53,12 @@ def _shot(pg, name: str) -> None:
 
 
 def _upload(pg, path: Path) -> None:
-    clear = pg.get_by_role("button", name="Clear").first
-    if clear.count() and clear.is_visible():
-        clear.click()
-        pg.wait_for_timeout(500)
-    pg.locator("input[type=file]").first.set_input_files(str(path))
-    pg.get_by_text(path.name).first.wait_for()
+    box = pg.locator("#cxr-upload")
+    clear = box.get_by_role("button", name="Clear")
+    if clear.count():
+        clear.first.click()
+    box.locator("input[type=file]").set_input_files(str(path))  # waits for the input
+    box.get_by_text(path.name).first.wait_for()
     pg.wait_for_timeout(1500)
 
 

@@ -14,6 +14,7 @@ import pytest
 from explorer.cli import main
 from explorer.findings import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
 from explorer.reports.labeler import (
+    LUNG_GROUP,
     OTHER,
     ReportLabels,
     label_report,
@@ -26,15 +27,6 @@ HAS_IU = importlib.util.find_spec("torchxrayvision") is not None
 needs_iu = pytest.mark.skipif(not HAS_IU, reason="torchxrayvision (IU reports) not installed")
 
 P, N, U = POSITIVE, NEGATIVE, UNCERTAIN
-LUNG_GROUP = (
-    "Lung Opacity",
-    "Consolidation",
-    "Edema",
-    "Pneumonia",
-    "Atelectasis",
-    "Pleural Effusion",
-    "Pneumothorax",
-)
 
 # (report, {finding: expected value}); findings not listed are not checked.
 CASES: list[tuple[str, dict[str, int | None]]] = [

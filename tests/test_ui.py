@@ -2,32 +2,15 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 gradio = pytest.importorskip("gradio")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from explorer.ui import build_demo  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def client():
-    demo = build_demo()
-    demo.queue(default_concurrency_limit=2)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
-    finally:
-        demo.close()
+def client(app_url):
+    return Client(app_url, verbose=False)
 
 
 def _meta(rows) -> dict[str, str]:

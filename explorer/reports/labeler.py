@@ -88,7 +88,8 @@ OTHER = "Other abnormality"
 NO_FINDING = "No Finding"
 
 _RANK = {POSITIVE: 3, UNCERTAIN: 2, NEGATIVE: 1, None: 0}
-_LUNG_GROUP = (
+#: Findings a clear-lungs statement ("The lungs are clear.") denies.
+LUNG_GROUP = (
     "Lung Opacity",
     "Consolidation",
     "Edema",
@@ -1112,7 +1113,7 @@ _ORGANS: dict[str, tuple[re.Pattern[str], re.Pattern[str] | None, dict[str, tupl
     "ANAT_LUNG": (
         _LUNG_RE,
         _LUNG_PRE_RE,
-        {"normal": tuple((f, NEGATIVE) for f in _LUNG_GROUP)},
+        {"normal": tuple((f, NEGATIVE) for f in LUNG_GROUP)},
     ),
     "ANAT_LUNGVOL": (_LUNGVOL_RE, None, {"abnormal": ((OTHER, POSITIVE),)}),
     "ANAT_VASC": (

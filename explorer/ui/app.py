@@ -67,6 +67,7 @@ def build_demo() -> gr.Blocks:
                     label="Chest X-ray (PNG, JPEG or DICOM)",
                     file_types=UPLOAD_TYPES,
                     type="filepath",
+                    elem_id="cxr-upload",
                 )
             with gr.Column(scale=1):
                 shown = gr.Image(
