@@ -233,6 +233,63 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- batch evaluation ---------------------------------------------------------------------------
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", required=True, help="folder or ZIP of images, or phantom:N")
+    p.add_argument(
+        "--labels", default=None, help="CSV: file name + CheXpert columns (1/0/-1/blank)"
+    )
+    p.add_argument("--model", default=None, help="registered model (default: the app's default)")
+    p.add_argument("--compare", default=None, help="a second model: list the cases that flip")
+    p.add_argument("--threshold", type=float, default=0.5, help="threshold for accuracy")
+    p.add_argument("--out", default=None, help="write every case to this CSV")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+@command("evaluate", "score a labelled batch: per-finding AUC, negation errors", _evaluate_args)
+def _evaluate(args: argparse.Namespace) -> int:
+    from explorer.batch import evaluate, flips, read_batch
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    batch = read_batch(args.images, args.labels)
+    model = reg.load(args.model or reg.default)
+    ev = evaluate(model, batch)
+    metrics = ev.metrics(args.threshold)
+    data: dict = {
+        "model": ev.model,
+        "templates": list(ev.templates),
+        "images": len(batch),
+        "problems": [{"where": w, "reason": r} for w, r in batch.problems],
+        "metrics": json.loads(metrics.to_json(orient="records")),
+    }
+    text = [
+        f"{ev.model} on {len(batch)} images ({batch.name}); templates: {', '.join(ev.templates)}",
+        metrics.to_markdown(index=False) if _has_tabulate() else metrics.to_string(index=False),
+    ]
+    if batch.problems:
+        text.append("not used:\n" + "\n".join(f"  {w}: {r}" for w, r in batch.problems))
+    if args.compare:
+        other = evaluate(reg.load(args.compare), batch)
+        changed = flips(ev, other)
+        data["flips"] = json.loads(changed.to_json(orient="records"))
+        text.append(f"{len(changed)} labelled cases flip between {ev.model} and {other.model}")
+    if args.out:
+        frame = ev.to_frame().assign(model=ev.model, templates=" | ".join(ev.templates))
+        frame.to_csv(args.out, index=False)
+        text.append(f"wrote {len(frame)} cases to {args.out}")
+    _emit(data, args.json, "\n".join(text))
+    return 0
+
+
+def _has_tabulate() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tabulate") is not None
+
+
 # --- report map -------------------------------------------------------------------------------
 
 

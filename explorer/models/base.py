@@ -64,6 +64,8 @@ def prepare_pixels(pixels: np.ndarray | torch.Tensor, pre: Preprocess) -> torch.
 
     Differentiable with respect to a tensor input, so attributions can flow to the pixels.
     """
+    if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
+        pixels = np.array(pixels, dtype=np.float32)  # read-only arrays (e.g. phantoms) are copied
     x = torch.as_tensor(pixels, dtype=torch.float32)
     if x.ndim == 2:
         x = x[None]

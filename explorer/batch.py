@@ -1,0 +1,394 @@
+"""Batch error analysis: a set of labelled images, the model's affirmed-vs-negated verdicts.
+
+A :class:`Batch` is images (from a folder, a ZIP, or phantoms rendered on request) with
+optional CheXpert labels from a CSV (a file-name column plus any of the 14 findings as
+1 / 0 / -1 / blank). Unreadable images and bad CSV rows are listed in ``problems`` with their
+reason; everything else still runs.
+
+:func:`evaluate` scores every image with :func:`explorer.scoring.score_findings` (one image
+forward pass each; prompt embeddings are cached) and returns an :class:`Evaluation`: one
+:class:`Case` per image and finding, per-finding AUC and accuracy at a threshold, calibration
+bins, and **negation errors** - a positive case where the model prefers the negated sentence,
+or a negative case where it prefers the affirmed one. :func:`flips` lists the cases whose
+verdict changes between two models on the same batch.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from explorer.errors import ExplorerError
+from explorer.findings import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
+
+#: Most images in one batch (the app and the CLI refuse more with a clear message).
+MAX_IMAGES = 2000
+#: Largest uncompressed ZIP content accepted (zip-bomb guard).
+MAX_ZIP_BYTES = 2 * 1024**3
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
+#: First seed of phantom batches (apart from training, held-out and report-corpus seeds).
+PHANTOM_BATCH_SEED = 70_000_000
+_NAME_COLUMNS = ("file", "filename", "file_name", "image", "path", "name", "image_id")
+_STATUS = {POSITIVE: "positive", NEGATIVE: "negative", UNCERTAIN: "uncertain"}
+
+Progress = Callable[[float, str], None]
+
+
+class BatchError(ExplorerError):
+    """A batch that cannot run at all (no images, unreadable archive, unusable label file)."""
+
+
+@dataclass(frozen=True)
+class BatchImage:
+    """One readable image of a batch: its name, pixels and the original bytes (for drill-down)."""
+
+    name: str
+    pixels: np.ndarray
+    data: bytes
+    suffix: str
+
+
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """Images, their labels (``float32 [n, 14]``, NaN = blank) and what could not be used."""
+
+    name: str
+    images: tuple[BatchImage, ...]
+    labels: np.ndarray
+    problems: tuple[tuple[str, str], ...]  # (file or CSV row, reason)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _image_entries(source: Path) -> list[tuple[str, bytes]]:
+    if source.is_dir():
+        files = sorted(
+            (p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")),
+            key=lambda p: (p.name, str(p)),
+        )
+        return [(p.name, p.read_bytes()) for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not source.exists():
+        raise BatchError(f"No folder or ZIP file at {source}.")
+    try:
+        with zipfile.ZipFile(source) as zf:
+            infos = [
+                i
+                for i in zf.infolist()
+                if not i.is_dir()
+                and not i.filename.startswith("__MACOSX")
+                and not Path(i.filename).name.startswith(".")
+                and Path(i.filename).suffix.lower() in IMAGE_SUFFIXES
+            ]
+            if sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
+                raise BatchError(
+                    f"{source.name} unpacks to more than {MAX_ZIP_BYTES // 1024**3} GB; "
+                    "split it into smaller batches."
+                )
+            infos.sort(key=lambda i: (Path(i.filename).name, i.filename))
+            return [(Path(i.filename).name, zf.read(i)) for i in infos]
+    except zipfile.BadZipFile:
+        raise BatchError(f"{source.name} is not a ZIP archive or a folder of images.") from None
+
+
+def _label_rows(labels_csv: Path | None) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
+    import pandas as pd
+
+    if labels_csv is None:
+        return {}, []
+    try:
+        df = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise BatchError(f"No label file at {labels_csv}.") from None
+    except Exception as err:  # pandas raises many types for damaged files
+        raise BatchError(
+            f"{Path(labels_csv).name} could not be read as CSV ({type(err).__name__})."
+        ) from None
+    cols = {c.strip().lower().replace("_", " "): c for c in df.columns}
+    name_col = next(
+        (cols[c.replace("_", " ")] for c in _NAME_COLUMNS if c.replace("_", " ") in cols), None
+    )
+    if name_col is None:
+        raise BatchError(
+            f"{Path(labels_csv).name} needs a column naming each image file "
+            f"({', '.join(_NAME_COLUMNS[:4])}); it has: {', '.join(map(str, df.columns[:15]))}."
+        )
+    finding_cols = {f: cols[f.lower()] for f in CHEXPERT_FINDINGS if f.lower() in cols}
+    if not finding_cols:
+        raise BatchError(
+            f"{Path(labels_csv).name} has no column named after a CheXpert finding "
+            "(e.g. 'Pleural Effusion')."
+        )
+    rows: dict[str, np.ndarray] = {}
+    problems: list[tuple[str, str]] = []
+    for r, rec in enumerate(df.to_dict("records"), start=2):  # row 1 is the header
+        where = f"{Path(labels_csv).name} row {r}"
+        name = Path(str(rec[name_col]).strip()).name
+        if not name:
+            problems.append((where, "no file name"))
+            continue
+        vec = np.full(len(CHEXPERT_FINDINGS), np.nan, dtype=np.float32)
+        bad = None
+        for j, finding in enumerate(CHEXPERT_FINDINGS):
+            col = finding_cols.get(finding)
+            raw = str(rec[col]).strip() if col else ""
+            if raw == "":
+                continue
+            try:
+                v = float(raw)
+            except ValueError:
+                v = None
+            if v not in (1.0, 0.0, -1.0):
+                bad = f"'{finding}' is '{raw[:20]}', not 1, 0, -1 or blank"
+                break
+            vec[j] = v
+        if bad:
+            problems.append((where, bad))
+        elif name in rows:
+            problems.append((where, f"{name} is labelled twice; the first row is used"))
+        else:
+            rows[name] = vec
+    return rows, problems
+
+
+def read_batch(
+    images: str | Path, labels_csv: str | Path | None = None, progress: Progress | None = None
+) -> Batch:
+    """A folder or ZIP of images (+ optional label CSV), or ``"phantom:N"`` -> :class:`Batch`."""
+    from explorer.imaging import load_image
+
+    spec = str(images)
+    if spec.lower().startswith("phantom"):
+        _, _, n = spec.partition(":")
+        try:
+            count = int(n) if n else 200
+        except ValueError:
+            raise BatchError(f"'{spec}': write phantom:N with N a whole number.") from None
+        return phantom_batch(count, progress=progress)
+    entries = _image_entries(Path(images))
+    if not entries:
+        raise BatchError(f"{Path(images).name} holds no PNG, JPEG or DICOM images.")
+    if len(entries) > MAX_IMAGES:
+        raise BatchError(
+            f"{Path(images).name} holds {len(entries):,} images; a batch takes at most {MAX_IMAGES:,}."
+        )
+    label_rows, problems = _label_rows(Path(labels_csv) if labels_csv else None)
+    seen: set[str] = set()
+    items, vecs = [], []
+    for k, (name, data) in enumerate(entries):
+        if progress:
+            progress(k / len(entries), "reading images")
+        if name in seen:
+            problems.append((name, "another image has the same file name; this one is skipped"))
+            continue
+        seen.add(name)
+        try:
+            pixels = load_image(data).pixels
+        except ExplorerError as err:
+            problems.append((name, str(err)))
+            continue
+        items.append(BatchImage(name, pixels, data, Path(name).suffix.lower()))
+        vecs.append(label_rows.get(name, np.full(len(CHEXPERT_FINDINGS), np.nan, dtype=np.float32)))
+    for name in sorted(set(label_rows) - seen):
+        problems.append((name, "labelled in the CSV but not among the images"))
+    if not items:
+        raise BatchError("None of the images could be read; see the reasons listed.")
+    return Batch(
+        name=Path(images).stem,
+        images=tuple(items),
+        labels=np.stack(vecs).astype(np.float32),
+        problems=tuple(problems),
+    )
+
+
+def phantom_batch(
+    n: int, seed: int = PHANTOM_BATCH_SEED, progress: Progress | None = None
+) -> Batch:
+    """``n`` phantoms rendered on request, labelled with their ground truth."""
+    from PIL import Image
+
+    from explorer.phantom import render_phantom
+    from explorer.reports.corpus import labels_to_matrix
+
+    if not 1 <= n <= MAX_IMAGES:
+        raise BatchError(f"A phantom batch holds 1 to {MAX_IMAGES:,} images; got {n}.")
+    items, rows = [], []
+    for k in range(n):
+        if progress:
+            progress(k / n, "rendering phantoms")
+        ph = render_phantom(seed + k)
+        buf = io.BytesIO()
+        Image.fromarray((np.clip(ph.image, 0, 1) * 255).round().astype(np.uint8)).save(buf, "PNG")
+        items.append(BatchImage(f"phantom-{seed + k}.png", ph.image, buf.getvalue(), ".png"))
+        rows.append(ph.labels())
+    return Batch(f"phantom-{n}", tuple(items), labels_to_matrix(rows), ())
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image and finding: the label and the model's affirmed-vs-negated verdict."""
+
+    image: str
+    finding: str
+    label: float  # 1 / 0 / -1, NaN = blank
+    prob_affirmed: float
+    margin: float
+    negation_blind: bool
+
+    @property
+    def negation_error(self) -> bool:
+        """Positive case, model prefers "no X"; or negative case, model prefers "X"."""
+        return (self.label == 1 and self.prob_affirmed < 0.5) or (
+            self.label == 0 and self.prob_affirmed > 0.5
+        )
+
+    @property
+    def error_confidence(self) -> float:
+        """How sure the model is of a wrong verdict (0 when not a negation error)."""
+        return abs(self.prob_affirmed - 0.5) * 2 if self.negation_error else 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """A model's verdicts on a batch (see module docstring)."""
+
+    model: str
+    templates: tuple[str, ...]
+    batch: str
+    cases: tuple[Case, ...]
+
+    def to_frame(self, errors_only: bool = False):
+        """Cases as a table, most confident errors first (then unlabelled, then correct)."""
+        import pandas as pd
+
+        rows = [
+            {
+                "image": c.image,
+                "finding": c.finding,
+                "label": _STATUS.get(int(c.label), "") if not np.isnan(c.label) else "",
+                "P(affirmed)": round(c.prob_affirmed, 4),
+                "margin": round(c.margin, 4),
+                "negation error": c.negation_error,
+                "error confidence": round(c.error_confidence, 4),
+                "negation-blind": c.negation_blind,
+            }
+            for c in self.cases
+            if c.negation_error or not errors_only
+        ]
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            return frame
+        return frame.sort_values(
+            ["error confidence", "negation error"], ascending=False, kind="stable"
+        ).reset_index(drop=True)
+
+    def metrics(self, threshold: float = 0.5):
+        """Per finding: positives, negatives, AUC, accuracy at ``threshold``, negation errors."""
+        import pandas as pd
+
+        from explorer.benchmark import auc_score
+
+        rows = []
+        for finding in dict.fromkeys(c.finding for c in self.cases):
+            cs = [c for c in self.cases if c.finding == finding and c.label in (0.0, 1.0)]
+            y = np.array([c.label == 1 for c in cs], dtype=bool)
+            p = np.array([c.prob_affirmed for c in cs], dtype=np.float64)
+            rows.append(
+                {
+                    "finding": finding,
+                    "positives": int(y.sum()),
+                    "negatives": int((~y).sum()),
+                    "AUC": round(auc_score(y, p), 4) if len(cs) else float("nan"),
+                    f"accuracy@{threshold:g}": round(float(((p >= threshold) == y).mean()), 4)
+                    if len(cs)
+                    else float("nan"),
+                    "negation errors": int(sum(c.negation_error for c in cs)),
+                }
+            )
+        return pd.DataFrame(rows)
+
+    def calibration(self, bins: int = 10) -> list[dict]:
+        """Reliability bins over all labelled cases: mean P(affirmed) vs share positive."""
+        cs = [c for c in self.cases if c.label in (0.0, 1.0)]
+        p = np.array([c.prob_affirmed for c in cs])
+        y = np.array([c.label == 1 for c in cs], dtype=float)
+        edges = np.linspace(0, 1, bins + 1)
+        out = []
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            m = (p >= lo) & ((p < hi) if hi < 1 else (p <= hi))
+            if m.any():
+                out.append(
+                    {
+                        "bin": f"{lo:.1f}-{hi:.1f}",
+                        "mean P(affirmed)": float(p[m].mean()),
+                        "share positive": float(y[m].mean()),
+                        "cases": int(m.sum()),
+                    }
+                )
+        return out
+
+
+def evaluate(
+    model,
+    batch: Batch,
+    templates: Sequence[str] | None = None,
+    findings: Sequence[str] = CHEXPERT_FINDINGS,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Score every image of ``batch`` on ``findings`` (see module docstring)."""
+    from explorer.scoring import score_findings
+
+    cols = [CHEXPERT_FINDINGS.index(f) for f in findings]
+    cases: list[Case] = []
+    used: tuple[str, ...] = ()
+    for k, item in enumerate(batch.images):
+        if progress:
+            progress(k / len(batch), f"scoring {item.name}")
+        result = score_findings(model, item.pixels, findings, templates=templates or None)
+        used = result.templates
+        for j, s in zip(cols, result.scores, strict=True):
+            cases.append(
+                Case(
+                    item.name,
+                    s.finding,
+                    float(batch.labels[k, j]),
+                    s.prob_affirmed,
+                    s.margin,
+                    s.negation_blind,
+                )
+            )
+    return Evaluation(model.name, used, batch.name, tuple(cases))
+
+
+def flips(a: Evaluation, b: Evaluation):
+    """Labelled cases whose verdict (at 0.5) differs between two evaluations of one batch."""
+    import pandas as pd
+
+    other = {(c.image, c.finding): c for c in b.cases}
+    rows = []
+    for c in a.cases:
+        d = other.get((c.image, c.finding))
+        if d is None or c.label not in (0.0, 1.0) or c.negation_error == d.negation_error:
+            continue
+        rows.append(
+            {
+                "image": c.image,
+                "finding": c.finding,
+                "label": _STATUS[int(c.label)],
+                f"P(affirmed) {a.model}": round(c.prob_affirmed, 4),
+                f"P(affirmed) {b.model}": round(d.prob_affirmed, 4),
+                "change": f"fixed by {b.model}" if c.negation_error else f"broken by {b.model}",
+            }
+        )
+    return pd.DataFrame(rows)

@@ -1,0 +1,177 @@
+"""Batch error analysis: reading labelled batches (with broken parts), verdicts and metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from explorer.batch import BatchError, Case, Evaluation, evaluate, flips, phantom_batch, read_batch
+from explorer.benchmark import auc_score
+from explorer.cli import main
+from explorer.findings import CHEXPERT_FINDINGS
+from explorer.models import ModelRegistry
+from explorer.models.tiny import build_tiny_specs
+
+REAL = ("00000001_000.png", "16747_3_1.jpg", "siim-pneumothorax-sample.dcm")
+
+
+@pytest.fixture()
+def folder(tmp_path, samples_dir):
+    d = tmp_path / "batch"
+    d.mkdir()
+    for name in REAL:
+        shutil.copy(samples_dir / name, d / name)
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
+    (d / "notes.txt").write_text("not an image, ignored")
+    return d
+
+
+@pytest.fixture()
+def labels(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text(
+        "filename,Pleural Effusion,Pneumothorax,Cardiomegaly\n"
+        "00000001_000.png,0,0,1\n"
+        "16747_3_1.jpg,1,,\n"
+        "siim-pneumothorax-sample.dcm,0,yes,0\n"  # bad value: the row is reported
+        "missing.png,1,0,0\n"  # labelled but absent
+        ",1,1,1\n"  # no file name
+        "00000001_000.png,1,1,1\n"  # labelled twice
+    )
+    return path
+
+
+def test_batch_reports_each_problem_and_runs_the_rest(folder, labels):
+    batch = read_batch(folder, labels)
+    assert [im.name for im in batch.images] == sorted(REAL)
+    reasons = dict(batch.problems)
+    assert "broken.png" in reasons and "image" in reasons["broken.png"].lower()
+    assert "not 1, 0, -1 or blank" in reasons["labels.csv row 4"]
+    assert reasons["labels.csv row 6"] == "no file name"
+    assert "labelled twice" in reasons["labels.csv row 7"]
+    assert "not among the images" in reasons["missing.png"]
+    by_name = {im.name: k for k, im in enumerate(batch.images)}
+    row = batch.labels[by_name["00000001_000.png"]]
+    assert row[CHEXPERT_FINDINGS.index("Cardiomegaly")] == 1
+    assert row[CHEXPERT_FINDINGS.index("Pleural Effusion")] == 0
+    assert np.isnan(batch.labels[by_name["siim-pneumothorax-sample.dcm"]]).all()  # bad row
+
+
+def test_zip_reads_like_the_folder(folder, labels, tmp_path):
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in folder.iterdir():
+            zf.write(p, f"inner/{p.name}")
+        zf.writestr("__MACOSX/._00000001_000.png", b"junk")
+    a, b = read_batch(folder, labels), read_batch(archive, labels)
+    assert [i.name for i in a.images] == [i.name for i in b.images]
+    assert np.array_equal(a.labels, b.labels, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("empty", "holds no PNG, JPEG or DICOM"),
+        ("notzip", "not a ZIP archive"),
+        ("noname", "needs a column naming each image"),
+        ("nofinding", "no column named after a CheXpert finding"),
+    ],
+)
+def test_unusable_batches_get_a_sentence(tmp_path, folder, setup, message):
+    labels = None
+    images = folder
+    if setup == "empty":
+        images = tmp_path / "empty"
+        images.mkdir()
+    elif setup == "notzip":
+        images = tmp_path / "x.zip"
+        images.write_text("hello")
+    elif setup == "noname":
+        labels = tmp_path / "l.csv"
+        labels.write_text("x,Edema\na,1\n")
+    else:
+        labels = tmp_path / "l.csv"
+        labels.write_text("file,colour\na,red\n")
+    with pytest.raises(BatchError, match=message):
+        read_batch(images, labels)
+
+
+def test_negation_errors_and_confidence():
+    pos_wrong = Case("a", "Edema", 1.0, 0.2, -0.1, False)
+    neg_wrong = Case("a", "Edema", 0.0, 0.9, 0.1, False)
+    right = Case("a", "Edema", 1.0, 0.7, 0.1, False)
+    blank = Case("a", "Edema", float("nan"), 0.9, 0.1, False)
+    assert pos_wrong.negation_error and neg_wrong.negation_error
+    assert not right.negation_error and not blank.negation_error
+    assert pos_wrong.error_confidence == pytest.approx(0.6)
+    assert right.error_confidence == 0.0
+    ev = Evaluation("m", ("there_is",), "b", (right, pos_wrong, neg_wrong, blank))
+    frame = ev.to_frame()
+    assert list(frame["error confidence"])[:2] == [pytest.approx(0.8), pytest.approx(0.6)]
+    assert len(ev.to_frame(errors_only=True)) == 2
+    metrics = ev.metrics(0.5).set_index("finding").loc["Edema"]
+    assert (metrics["positives"], metrics["negatives"], metrics["negation errors"]) == (2, 1, 2)
+    assert metrics["AUC"] == pytest.approx(0.0)  # positives 0.7, 0.2 both below negative 0.9
+    assert metrics["accuracy@0.5"] == pytest.approx(1 / 3, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    specs = build_tiny_specs(tmp_path_factory.mktemp("tiny"))
+    return ModelRegistry(specs, default="tiny-clip").load("tiny-clip", "cpu")
+
+
+def test_evaluate_phantom_batch_metrics_match_a_direct_computation(tiny):
+    batch = phantom_batch(12)
+    assert len(batch) == 12 and not batch.problems
+    steps = []
+    ev = evaluate(tiny, batch, templates=["there_is"], progress=lambda f, m: steps.append(f))
+    assert len(ev.cases) == 12 * 14 and ev.templates == ("there_is",) and len(steps) == 12
+    j = CHEXPERT_FINDINGS.index("Cardiomegaly")
+    cs = [c for c in ev.cases if c.finding == "Cardiomegaly"]
+    y = batch.labels[:, j] == 1
+    p = np.array([c.prob_affirmed for c in cs])
+    expected = auc_score(y, p)
+    got = ev.metrics().set_index("finding").loc["Cardiomegaly", "AUC"]
+    assert got == pytest.approx(expected, abs=1e-4)
+    bins = ev.calibration(5)
+    labelled = sum(1 for c in ev.cases if c.label in (0.0, 1.0))
+    assert sum(b["cases"] for b in bins) == labelled
+    assert flips(ev, ev).empty
+    other = Evaluation(
+        "other",
+        ev.templates,
+        ev.batch,
+        tuple(
+            Case(c.image, c.finding, c.label, 1 - c.prob_affirmed, -c.margin, c.negation_blind)
+            for c in ev.cases
+        ),
+    )
+    changed = flips(ev, other)
+    decided = [c for c in ev.cases if c.label in (0.0, 1.0) and c.prob_affirmed != 0.5]
+    assert len(changed) == len(decided)
+
+
+def _default_ready() -> bool:
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    return reg.status(reg.default, check_hub=False).available
+
+
+@pytest.mark.skipif(not _default_ready(), reason="embedded default model not built")
+def test_evaluate_cli_writes_cases_with_model_and_templates(tmp_path, capsys):
+    import pandas as pd
+
+    out = tmp_path / "report.csv"
+    assert main(["evaluate", "--images", "phantom:8", "--out", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["images"] == 8 and data["model"] == "phantom-negaware"
+    assert {m["finding"] for m in data["metrics"]} == set(CHEXPERT_FINDINGS)
+    frame = pd.read_csv(out)
+    assert len(frame) == 8 * 14
+    assert set(frame["model"]) == {"phantom-negaware"} and frame["templates"].iloc[0]
