@@ -58,7 +58,7 @@ def _upload(pg, path: Path) -> None:
     if clear.count():
         clear.first.click()
     box.locator("input[type=file]").set_input_files(str(path))  # waits for the input
-    box.get_by_text(path.name).first.wait_for()
+    pg.locator("#cxr-upload", has_text=path.stem).wait_for()
     pg.wait_for_timeout(1500)
 
 
@@ -113,3 +113,20 @@ def test_report_map_lasso_selection_fills_the_table(page, samples_dir):
     _shot(page, "3-report-map")
     note = page.locator("text=reports selected.").first.inner_text()
     assert int(note.split()[0].replace(",", "")) > 0
+
+
+def test_batch_drill_down_opens_the_case(page):
+    page.get_by_role("tab", name="Batch").click()
+    page.get_by_role("button", name="Evaluate batch").click()
+    page.get_by_text("negation errors among").first.wait_for(timeout=300_000)
+    page.wait_for_timeout(1000)
+    _shot(page, "4-batch")
+    # Rendered cells hold their text in span.text (a hidden sizing table repeats it in divs).
+    cell = page.locator("span.text", has_text="phantom-7").first
+    name = cell.inner_text().strip()
+    assert name.startswith("phantom-") and name.endswith(".png")
+    cell.click()
+    # The case's image becomes the shared upload and the Findings tab opens.
+    # (the file name is drawn as stem and extension in separate elements)
+    page.locator("#cxr-upload", has_text=Path(name).stem).wait_for(timeout=60_000)
+    page.get_by_role("tab", name="Findings", selected=True).wait_for(timeout=30_000)

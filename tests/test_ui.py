@@ -168,3 +168,75 @@ def test_report_map_of_an_uploaded_table_and_a_bad_one(client, tmp_path):
             "cluster",
             api_name="/map_open",
         )
+
+
+# --- batch ------------------------------------------------------------------------------------
+
+PHANTOMS = "Phantoms with known labels"
+UPLOADED = "My images (ZIP) + labels (CSV)"
+
+
+@needs_default
+def test_batch_of_200_phantoms_matches_the_cli(client, capsys):
+    import json
+    import math
+
+    from explorer.cli import main
+
+    status, problems, metrics, _, cases, flips, csv = client.predict(
+        PHANTOMS,
+        None,
+        None,
+        200,
+        "phantom-negaware",
+        "phantom-infonce",
+        0.5,
+        True,
+        api_name="/batch",
+    )
+    assert "200 images" in status and "negation errors" in status and "flip" in status
+    assert not _rows(problems)
+    ui_auc = {r[0]: r[3] for r in _rows(metrics)}
+    assert main(["evaluate", "--images", "phantom:200", "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    for m in cli["metrics"]:
+        a, b = ui_auc[m["finding"]], m["AUC"]
+        if b is None or (isinstance(b, float) and math.isnan(b)):
+            assert a in (None, "NaN", "nan") or (isinstance(a, float) and math.isnan(a))
+        else:
+            assert float(a) == pytest.approx(b, abs=1e-4)
+    rows = _rows(cases)
+    assert rows and all(r[5] in (True, "true", "True") for r in rows)  # errors only
+    conf = [float(r[6]) for r in rows]
+    assert conf == sorted(conf, reverse=True)
+    assert _rows(flips) and csv
+
+
+@needs_default
+def test_batch_with_broken_files_and_bad_rows_lists_reasons(client, samples_dir, tmp_path):
+    import zipfile
+
+    archive = tmp_path / "mine.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(samples_dir / "00000001_000.png", "00000001_000.png")
+        zf.write(samples_dir / "siim-pneumothorax-sample.dcm", "siim.dcm")
+        zf.writestr("broken.dcm", b"this is not a DICOM file")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "file,Pneumothorax,Cardiomegaly\n00000001_000.png,0,1\nsiim.dcm,1,maybe\nghost.png,1,0\n"
+    )
+    status, problems, metrics, *_ = client.predict(
+        UPLOADED,
+        handle_file(str(archive)),
+        handle_file(str(labels)),
+        200,
+        "phantom-negaware",
+        "",
+        0.5,
+        False,
+        api_name="/batch",
+    )
+    reasons = {r[0]: r[1] for r in _rows(problems)}
+    assert "broken.dcm" in reasons and "not among the images" in reasons["ghost.png"]
+    assert any("row 3" in k and "maybe" in v for k, v in reasons.items())
+    assert "2 images" in status

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from explorer.ui import handlers, report_map
+from explorer.ui import batch_view, handlers, report_map
 
 TITLE = "CXR Negation Explorer"
 DISCLAIMER = (
@@ -28,6 +28,16 @@ FINDINGS_HELP = (
     "the model prefers the affirmed sentence, left of it the negated one. Grey rows marked ⚠ "
     "are **negation-blind**: the model barely separates the two sentences there."
 )
+
+
+SCORE_COLUMNS = [
+    "finding",
+    "P(affirmed)",
+    "sim affirmed",
+    "sim negated",
+    "margin",
+    "negation-blind",
+]
 
 
 def _model_choices() -> tuple[list[str], str | None]:
@@ -82,90 +92,100 @@ def build_demo() -> gr.Blocks:
             handlers.inspect_upload, inputs=upload, outputs=[shown, meta], api_name="inspect"
         )
 
-        with gr.Tab("Findings"):
-            gr.Markdown(FINDINGS_HELP)
-            with gr.Row():
-                model = gr.Dropdown(names, value=default, label="Model")
-                compare = gr.Dropdown([""] + names, value="", label="Compare with (optional)")
-            with gr.Accordion("Prompts", open=False):
-                templates = gr.CheckboxGroup(
-                    template_ids, value=template_ids, label="Templates averaged"
+        with gr.Tabs() as tabs:
+            with gr.Tab("Findings", id="findings"):
+                gr.Markdown(FINDINGS_HELP)
+                with gr.Row():
+                    model = gr.Dropdown(names, value=default, label="Model")
+                    compare = gr.Dropdown([""] + names, value="", label="Compare with (optional)")
+                with gr.Accordion("Prompts", open=False):
+                    templates = gr.CheckboxGroup(
+                        template_ids, value=template_ids, label="Templates averaged"
+                    )
+                    custom = gr.Textbox(
+                        label="Extra findings, one per line (negated automatically)", lines=2
+                    )
+                    negations = gr.Textbox(
+                        label="Your own negations, one per line: finding => negated sentence",
+                        lines=2,
+                    )
+                run = gr.Button("Score findings", variant="primary")
+                notice = gr.Markdown()
+                with gr.Row():
+                    with gr.Column():
+                        card = gr.Markdown()
+                        plot = gr.Plot(label="Affirmed vs negated")
+                        table = gr.Dataframe(
+                            headers=SCORE_COLUMNS, label="Scores", interactive=False
+                        )
+                        csv = gr.File(label="Download CSV")
+                    with gr.Column(visible=False) as second:
+                        card2 = gr.Markdown()
+                        plot2 = gr.Plot(label="Second model")
+                        table2 = gr.Dataframe(
+                            headers=SCORE_COLUMNS, label="Scores (second model)", interactive=False
+                        )
+                        csv2 = gr.File(label="Download CSV (second model)")
+                compare.change(
+                    lambda name: gr.Column(visible=bool(name)), compare, second, api_name=False
                 )
-                custom = gr.Textbox(
-                    label="Extra findings, one per line (negated automatically)", lines=2
+                run.click(
+                    handlers.score_image,
+                    inputs=[upload, model, compare, custom, templates, negations],
+                    outputs=[plot, table, csv, card, plot2, table2, csv2, card2, notice],
+                    api_name="findings",
+                    concurrency_limit=2,
                 )
-                negations = gr.Textbox(
-                    label="Your own negations, one per line: finding => negated sentence", lines=2
+            with gr.Tab("Attribution"):
+                gr.Markdown(ATTRIBUTION_HELP)
+                with gr.Row():
+                    att_model = gr.Dropdown(names, value=default, label="Model")
+                    att_finding = gr.Dropdown(
+                        list(CHEXPERT_CHOICES),
+                        value="Pleural Effusion",
+                        allow_custom_value=True,
+                        label="Finding",
+                    )
+                    method = gr.Radio(
+                        ["ig", "gradcam", "occlusion"], value="gradcam", label="Method"
+                    )
+                with gr.Row():
+                    opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Overlay opacity")
+                    show_mask = gr.Checkbox(
+                        value=True, label="Show ground-truth lesion mask (phantom examples)"
+                    )
+                    explain_btn = gr.Button("Explain", variant="primary")
+                att_info = gr.Markdown()
+                with gr.Row():
+                    map_a = gr.Image(label="Affirmed prompt", type="numpy", interactive=False)
+                    map_n = gr.Image(label="Negated prompt", type="numpy", interactive=False)
+                    map_d = gr.Image(
+                        label="Difference (affirmed − negated)", type="numpy", interactive=False
+                    )
+                with gr.Row():
+                    tok_a = gr.HighlightedText(label="Words: affirmed prompt", color_map=None)
+                    tok_n = gr.HighlightedText(label="Words: negated prompt", color_map=None)
+                explain_btn.click(
+                    handlers.explain,
+                    inputs=[upload, att_model, att_finding, method, opacity, show_mask],
+                    outputs=[map_a, map_n, map_d, tok_a, tok_n, att_info],
+                    api_name="attribute",
+                    concurrency_limit=1,
                 )
-            run = gr.Button("Score findings", variant="primary")
-            notice = gr.Markdown()
-            with gr.Row():
-                with gr.Column():
-                    card = gr.Markdown()
-                    plot = gr.Plot(label="Affirmed vs negated")
-                    table = gr.Dataframe(label="Scores", interactive=False)
-                    csv = gr.File(label="Download CSV")
-                with gr.Column(visible=False) as second:
-                    card2 = gr.Markdown()
-                    plot2 = gr.Plot(label="Second model")
-                    table2 = gr.Dataframe(label="Scores (second model)", interactive=False)
-                    csv2 = gr.File(label="Download CSV (second model)")
-            compare.change(
-                lambda name: gr.Column(visible=bool(name)), compare, second, api_name=False
-            )
-            run.click(
-                handlers.score_image,
-                inputs=[upload, model, compare, custom, templates, negations],
-                outputs=[plot, table, csv, card, plot2, table2, csv2, card2, notice],
-                api_name="findings",
-                concurrency_limit=2,
-            )
-        with gr.Tab("Attribution"):
-            gr.Markdown(ATTRIBUTION_HELP)
-            with gr.Row():
-                att_model = gr.Dropdown(names, value=default, label="Model")
-                att_finding = gr.Dropdown(
-                    list(CHEXPERT_CHOICES),
-                    value="Pleural Effusion",
-                    allow_custom_value=True,
-                    label="Finding",
+            with gr.Tab("Report map"):
+                report_map.build_tab(upload, names, default)
+            with gr.Tab("Batch", id="batch"):
+                batch_view.build_tab(upload, att_finding, tabs, "findings", names, default)
+            with gr.Tab("Models"):
+                gr.Markdown(
+                    "Registered models and whether each can load on this machine (hub models need a connection)."
                 )
-                method = gr.Radio(["ig", "gradcam", "occlusion"], value="gradcam", label="Method")
-            with gr.Row():
-                opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Overlay opacity")
-                show_mask = gr.Checkbox(
-                    value=True, label="Show ground-truth lesion mask (phantom examples)"
+                models_table = gr.Dataframe(
+                    headers=["model", "backend", "loads here", "why", "description"],
+                    label="Model registry",
+                    interactive=False,
                 )
-                explain_btn = gr.Button("Explain", variant="primary")
-            att_info = gr.Markdown()
-            with gr.Row():
-                map_a = gr.Image(label="Affirmed prompt", type="numpy", interactive=False)
-                map_n = gr.Image(label="Negated prompt", type="numpy", interactive=False)
-                map_d = gr.Image(
-                    label="Difference (affirmed − negated)", type="numpy", interactive=False
-                )
-            with gr.Row():
-                tok_a = gr.HighlightedText(label="Words: affirmed prompt", color_map=None)
-                tok_n = gr.HighlightedText(label="Words: negated prompt", color_map=None)
-            explain_btn.click(
-                handlers.explain,
-                inputs=[upload, att_model, att_finding, method, opacity, show_mask],
-                outputs=[map_a, map_n, map_d, tok_a, tok_n, att_info],
-                api_name="attribute",
-                concurrency_limit=1,
-            )
-        with gr.Tab("Report map"):
-            report_map.build_tab(upload, names, default)
-        with gr.Tab("Models"):
-            gr.Markdown(
-                "Registered models and whether each can load on this machine (hub models need a connection)."
-            )
-            models_table = gr.Dataframe(
-                headers=["model", "backend", "loads here", "why", "description"],
-                label="Model registry",
-                interactive=False,
-            )
-            refresh = gr.Button("Refresh")
-            refresh.click(handlers.model_rows, outputs=models_table, api_name="models")
-            demo.load(handlers.model_rows, outputs=models_table, api_name=False)
+                refresh = gr.Button("Refresh")
+                refresh.click(handlers.model_rows, outputs=models_table, api_name="models")
+                demo.load(handlers.model_rows, outputs=models_table, api_name=False)
     return demo

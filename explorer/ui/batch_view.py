@@ -1,0 +1,239 @@
+"""Batch tab: a labelled set of images, where the model is wrong, drill-down and annotations.
+
+Library work is in :mod:`explorer.batch`; this module lays out the tab and turns its results
+into tables and a calibration figure.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from explorer.errors import ExplorerError
+
+SOURCES = ("Phantoms with known labels", "My images (ZIP) + labels (CSV)")
+MARKS = ("correct label", "model wrong", "label wrong", "unsure")
+BATCH_HELP = (
+    "Bring a set of images with labels, or render phantoms whose findings are known. For each "
+    "image and finding the model compares *there is X* with *there is no X*; a **negation "
+    "error** is a positive case where it prefers the negated sentence, or a negative case where "
+    "it prefers the affirmed one. Errors are listed most confident first. Click a row to open "
+    "that image in the Findings and Attribution tabs with its finding selected, and mark the "
+    "case; the marks export as CSV."
+)
+ANNOTATION_COLUMNS = ["image", "finding", "label", "P(affirmed)", "mark", "note"]
+
+
+def _error(err: Exception) -> gr.Error:
+    return gr.Error(str(err), print_exception=False)
+
+
+def calibration_figure(bins: list[dict], model: str):
+    """Reliability plot: mean P(affirmed) per bin against the share of positive cases."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"dash": "dot", "color": "#999"}
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[b["mean P(affirmed)"] for b in bins],
+            y=[b["share positive"] for b in bins],
+            mode="lines+markers",
+            name=model,
+            marker={
+                "size": [
+                    6 + 14 * np.sqrt(b["cases"] / max(1, max(c["cases"] for c in bins)))
+                    for b in bins
+                ]
+            },
+            text=[f"{b['cases']} cases" for b in bins],
+        )
+    )
+    fig.update_layout(
+        title=f"Calibration of P(affirmed), {model}",
+        xaxis_title="mean P(affirmed) in bin",
+        yaxis_title="share of positive labels",
+        height=380,
+        template="plotly_white",
+        margin={"l": 50, "r": 10, "t": 50, "b": 40},
+    )
+    return fig
+
+
+def run_batch(
+    source: str,
+    zip_path: str | None,
+    labels_path: str | None,
+    phantoms: float,
+    model_name: str | None,
+    compare_name: str | None,
+    threshold: float,
+    errors_only: bool,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
+):
+    """Read, score and summarise a batch (and optionally compare a second model)."""
+    from explorer.batch import evaluate, flips, read_batch
+    from explorer.models import default_registry
+    from explorer.ui.handlers import _csv
+
+    reg = default_registry()
+    say = lambda frac, msg: progress(frac, desc=msg)  # noqa: E731
+    try:
+        if source == SOURCES[0]:
+            batch = read_batch(f"phantom:{int(phantoms or 200)}", progress=say)
+        else:
+            if not zip_path:
+                raise gr.Error("Upload a ZIP of images first.", print_exception=False)
+            batch = read_batch(Path(zip_path), Path(labels_path) if labels_path else None, say)
+        model, notice = reg.load_or_default(model_name or None)
+        ev = evaluate(model, batch, progress=lambda f, m: progress(f, desc=f"{model.name}: {m}"))
+        other = None
+        if compare_name:
+            second, _ = reg.load_or_default(compare_name)
+            other = evaluate(second, batch, progress=lambda f, m: progress(f, desc=m))
+    except ExplorerError as err:
+        raise _error(err) from None
+    problems = [[w, r] for w, r in batch.problems]
+    cases = ev.to_frame(errors_only=bool(errors_only))
+    export = ev.to_frame().assign(model=ev.model, templates=" | ".join(ev.templates))
+    changed = flips(ev, other) if other is not None else None
+    status = (
+        f"**{ev.model}** on {len(batch)} images; templates {', '.join(ev.templates)}. "
+        f"{sum(c.negation_error for c in ev.cases):,} negation errors among "
+        f"{sum(1 for c in ev.cases if c.label in (0.0, 1.0)):,} labelled cases"
+        + (f"; {len(problems)} files or rows not used (listed below)" if problems else "")
+        + "."
+        + (f"  \n⚠️ {notice}" if notice else "")
+        + (f"  \n{len(changed)} labelled cases flip with **{other.model}**." if other else "")
+    )
+    state = {"batch": batch, "evaluation": ev, "threshold": threshold}
+    return (
+        status,
+        problems,
+        ev.metrics(threshold),
+        calibration_figure(ev.calibration(), ev.model),
+        cases,
+        changed,
+        _csv(export, f"cases-{ev.model}"),
+        state,
+    )
+
+
+def open_case(state: dict | None, evt: gr.SelectData):
+    """A clicked case -> the image into the shared upload, its finding into Attribution."""
+    if not state:
+        raise gr.Error("Run a batch first.", print_exception=False)
+    row = evt.row_value or []
+    if len(row) < 2:
+        raise gr.Error("Click a row of the cases table.", print_exception=False)
+    image, finding = str(row[0]), str(row[1])
+    item = next((im for im in state["batch"].images if im.name == image), None)
+    if item is None:
+        raise gr.Error(f"{image} is not in this batch.", print_exception=False)
+    folder = Path(state.setdefault("folder", tempfile.mkdtemp(prefix="cxr-batch-")))
+    path = folder / item.name
+    path.write_bytes(item.data)
+    label = str(row[2]) if len(row) > 2 else ""
+    prob = str(row[3]) if len(row) > 3 else ""
+    case = {"image": image, "finding": finding, "label": label, "P(affirmed)": prob}
+    info = f"**{image}**: {finding} (label {label or 'blank'}, P(affirmed) {prob})"
+    return str(path), finding, case, info
+
+
+def mark_case(case: dict | None, mark: str | None, note: str | None, rows):
+    """Add (or replace) the mark of the open case in the annotations table."""
+    if not case:
+        raise gr.Error("Click a case in the table first.", print_exception=False)
+    if mark not in MARKS:
+        raise gr.Error(f"Choose a mark: {', '.join(MARKS)}.", print_exception=False)
+    data = rows.values.tolist() if hasattr(rows, "values") else list(rows or [])
+    data = [r for r in data if r and (r[0], r[1]) != (case["image"], case["finding"])]
+    data.append(
+        [case["image"], case["finding"], case["label"], case["P(affirmed)"], mark, note or ""]
+    )
+    return data
+
+
+def export_marks(rows, state: dict | None):
+    """The annotations as CSV, with the model and prompt templates they were made with."""
+    import pandas as pd
+
+    from explorer.ui.handlers import _csv
+
+    data = rows.values.tolist() if hasattr(rows, "values") else list(rows or [])
+    data = [r for r in data if r and any(str(v) for v in r)]
+    if not data:
+        raise gr.Error("No marked cases to export yet.", print_exception=False)
+    frame = pd.DataFrame(data, columns=ANNOTATION_COLUMNS)
+    if state:
+        ev = state["evaluation"]
+        frame = frame.assign(model=ev.model, templates=" | ".join(ev.templates))
+    return _csv(frame, "annotations")
+
+
+def build_tab(upload, att_finding, tabs, findings_tab_id: str, model_names, default_model):
+    """The Batch tab; a clicked case fills ``upload`` and ``att_finding`` and opens Findings."""
+    gr.Markdown(BATCH_HELP)
+    with gr.Row():
+        source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Batch")
+        phantoms = gr.Slider(10, 1000, value=200, step=10, label="Phantoms to render")
+    with gr.Row():
+        zip_file = gr.File(label="Images (ZIP of PNG / JPEG / DICOM)", file_types=[".zip"])
+        labels_file = gr.File(
+            label="Labels (CSV: file name + CheXpert columns, 1 / 0 / -1 / blank)",
+            file_types=[".csv"],
+        )
+    with gr.Row():
+        model = gr.Dropdown(model_names, value=default_model, label="Model")
+        compare = gr.Dropdown(["", *model_names], value="", label="Compare with (optional)")
+        threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold for accuracy")
+        errors_only = gr.Checkbox(value=True, label="Show negation errors only")
+    run = gr.Button("Evaluate batch", variant="primary")
+    status = gr.Markdown()
+    state = gr.State(None)
+    with gr.Row():
+        metrics = gr.Dataframe(label="Per finding", interactive=False)
+        calib = gr.Plot(label="Calibration")
+    cases = gr.Dataframe(label="Cases (click a row to open it)", interactive=False)
+    with gr.Row():
+        case_info = gr.Markdown()
+        case = gr.State(None)
+    with gr.Row():
+        mark = gr.Radio(list(MARKS), label="Mark this case")
+        note = gr.Textbox(label="Note", lines=1)
+        save = gr.Button("Save mark")
+    marks = gr.Dataframe(headers=ANNOTATION_COLUMNS, label="Marked cases", interactive=False)
+    with gr.Row():
+        export = gr.Button("Export marks (CSV)")
+        marks_csv = gr.File(label="Marks CSV")
+        cases_csv = gr.File(label="All cases (CSV)")
+    flips_table = gr.Dataframe(
+        headers=["image", "finding", "label", "change"],
+        label="Cases that flip between the two models (choose a second model above)",
+        interactive=False,
+    )
+    problems = gr.Dataframe(
+        headers=["file or row", "reason"], label="Not used, and why", interactive=False
+    )
+    run.click(
+        run_batch,
+        inputs=[source, zip_file, labels_file, phantoms, model, compare, threshold, errors_only],
+        outputs=[status, problems, metrics, calib, cases, flips_table, cases_csv, state],
+        api_name="batch",
+        concurrency_limit=1,
+    )
+    cases.select(
+        open_case,
+        inputs=state,
+        outputs=[upload, att_finding, case, case_info],
+        api_name=False,
+    ).then(lambda: gr.Tabs(selected=findings_tab_id), outputs=tabs, api_name=False)
+    save.click(mark_case, inputs=[case, mark, note, marks], outputs=marks, api_name=False)
+    export.click(export_marks, inputs=[marks, state], outputs=marks_csv, api_name=False)
