@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,12 +140,20 @@ def phantom_corpus(n: int, seed: int = PHANTOM_CORPUS_SEED) -> Corpus:
     if n > MAX_REPORTS:
         raise CorpusError(f"A phantom corpus holds at most {MAX_REPORTS:,} reports; got {n:,}.")
     ids, texts, rows = [], [], []
-    for k in range(n):
-        s = seed + k
-        report = generate_report(render_phantom(s, size=_PHANTOM_REPORT_SIZE), s)
-        ids.append(f"phantom-{s}")
-        texts.append(report.text)
-        rows.append(report.labels)
+    # At 64 px a thin atelectasis band can rasterise to no pixel; the renderer warns about the
+    # mask, which a report corpus does not use.
+    renderer_log = logging.getLogger("explorer.phantom.renderer")
+    level = renderer_log.level
+    renderer_log.setLevel(logging.ERROR)
+    try:
+        for k in range(n):
+            s = seed + k
+            report = generate_report(render_phantom(s, size=_PHANTOM_REPORT_SIZE), s)
+            ids.append(f"phantom-{s}")
+            texts.append(report.text)
+            rows.append(report.labels)
+    finally:
+        renderer_log.setLevel(level)
     return Corpus(
         name=f"phantom-{n}",
         ids=tuple(ids),
