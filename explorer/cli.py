@@ -290,6 +290,32 @@ def _has_tabulate() -> bool:
     return importlib.util.find_spec("tabulate") is not None
 
 
+# --- lesson -----------------------------------------------------------------------------------
+
+
+def _lesson_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="the handout to write (self-contained HTML)")
+    p.add_argument(
+        "--model", action="append", default=None, help="models (default: the two phantom models)"
+    )
+    p.add_argument("--corpus", default="phantom:400", help="reports for the map step")
+
+
+@command("lesson", "write the four-step negation lesson as an offline HTML handout", _lesson_args)
+def _lesson(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from explorer.lesson import build_lesson, lesson_html
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    names = args.model or ["phantom-negaware", "phantom-infonce"]
+    steps = build_lesson([reg.load(n) for n in names], args.corpus)
+    Path(args.out).write_text(lesson_html(steps), encoding="utf-8")
+    sys.stdout.write("\n".join(f"{s.title}: {s.text}" for s in steps) + f"\nwrote {args.out}\n")
+    return 0
+
+
 # --- report map -------------------------------------------------------------------------------
 
 

@@ -127,3 +127,19 @@ def test_map_build_then_place_a_real_image(samples_dir, tmp_path, capsys, monkey
     sims = [n["similarity"] for n in placed["placement"]["neighbours"]]
     assert len(sims) == 3 and sims == sorted(sims, reverse=True)
     assert placed["timings_s"] == built["timings_s"]  # the second call reopened the built map
+
+
+@pytest.mark.skipif(not _default_ready(), reason="embedded default model not built")
+def test_lesson_handout_is_self_contained(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "handout.html"
+    assert main(["lesson", "--out", str(out), "--corpus", "phantom:40"]) == 0
+    text = out.read_text(encoding="utf-8")
+    for title in ("negation-blind", "side by side", "wrong reason", "report map"):
+        assert title in text
+    assert text.count("<section>") == 4
+    assert "data:image/png;base64," in text  # the attribution overlay is embedded
+    assert "<script src=" not in text and len(text) > 3_000_000  # plotly.js inlined, not fetched
+    assert text.count("Plotly.newPlot(") == 3  # steps 1, 2 and 4 are interactive figures
+    printed = capsys.readouterr().out
+    assert "cosine 0." in printed and "40 reports" in printed

@@ -240,3 +240,14 @@ def test_batch_with_broken_files_and_bad_rows_lists_reasons(client, samples_dir,
     assert "broken.dcm" in reasons and "not among the images" in reasons["ghost.png"]
     assert any("row 3" in k and "maybe" in v for k, v in reasons.items())
     assert "2 images" in status
+
+
+@needs_default
+def test_lesson_runs_offline_and_offers_a_handout(client):
+    out = client.predict("phantom-negaware", "phantom-infonce", api_name="/lesson")
+    texts, handout = out[:4], out[-1]
+    assert texts[0].startswith("### 1.") and "cosine" in texts[0]
+    assert "phantom-infonce" in texts[1] and "true effusion" in texts[2]
+    assert "reports placed by phantom-negaware" in texts[3]
+    with open(handout, encoding="utf-8") as fh:
+        assert fh.read().count("<section>") == 4

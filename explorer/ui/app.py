@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from explorer.ui import batch_view, handlers, report_map
+from explorer.ui import batch_view, handlers, lesson_view, report_map
 
 TITLE = "CXR Negation Explorer"
 DISCLAIMER = (
@@ -176,6 +176,8 @@ def build_demo() -> gr.Blocks:
                 report_map.build_tab(upload, names, default)
             with gr.Tab("Batch", id="batch"):
                 batch_view.build_tab(upload, att_finding, tabs, "findings", names, default)
+            with gr.Tab("Lesson", id="lesson"):
+                lesson_view.build_tab(names, default)
             with gr.Tab("Models"):
                 gr.Markdown(
                     "Registered models and whether each can load on this machine (hub models need a connection)."

@@ -1,0 +1,63 @@
+"""Lesson tab: the four-step negation lesson (:mod:`explorer.lesson`) and its HTML handout."""
+
+from __future__ import annotations
+
+import tempfile
+
+import gradio as gr
+
+from explorer.errors import ExplorerError
+
+LESSON_HELP = (
+    "A ready lesson for a teaching session, computed here and offline: why negation is hard for "
+    "general text encoders, how two models trained on the same phantoms differ, an attribution "
+    "checked against the true lesion, and the report map. **Build the lesson** runs it (about a "
+    "minute the first time) and offers a self-contained HTML handout."
+)
+
+
+def run_lesson(model_a: str | None, model_b: str | None, progress: gr.Progress = gr.Progress()):  # noqa: B008
+    """Four (markdown, figure or image) steps and the handout file."""
+    from explorer.lesson import build_lesson, lesson_html
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    try:
+        models = [reg.load_or_default(n or None)[0] for n in (model_a, model_b) if n]
+        steps = build_lesson(models, progress=lambda f, m: progress(f, desc=m))
+    except ExplorerError as err:
+        raise gr.Error(str(err), print_exception=False) from None
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".html", prefix="negation-lesson-", delete=False, encoding="utf-8"
+    ) as fh:
+        fh.write(lesson_html(steps))
+    texts = [f"### {s.title}\n{s.text}" for s in steps]
+    return (*texts, steps[0].figure, steps[1].figure, steps[2].image, steps[3].figure, fh.name)
+
+
+def build_tab(model_names: list[str], default_model: str | None) -> None:
+    """The Lesson tab."""
+    gr.Markdown(LESSON_HELP)
+    with gr.Row():
+        a = gr.Dropdown(model_names, value=default_model, label="Model")
+        others = [n for n in model_names if n != default_model]
+        b = gr.Dropdown(
+            ["", *model_names], value=others[0] if others else "", label="Compared with"
+        )
+        go = gr.Button("Build the lesson", variant="primary")
+    texts = [gr.Markdown()]
+    fig1 = gr.Plot(label="Step 1")
+    texts.append(gr.Markdown())
+    fig2 = gr.Plot(label="Step 2")
+    texts.append(gr.Markdown())
+    img3 = gr.Image(label="Step 3", type="numpy", interactive=False)
+    texts.append(gr.Markdown())
+    fig4 = gr.Plot(label="Step 4")
+    handout = gr.File(label="Handout (HTML, opens offline)")
+    go.click(
+        run_lesson,
+        inputs=[a, b],
+        outputs=[*texts, fig1, fig2, img3, fig4, handout],
+        api_name="lesson",
+        concurrency_limit=1,
+    )
