@@ -40,3 +40,11 @@ def app_url():
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+def default_model_ready() -> bool:
+    """Whether the embedded default model loads here (its files are shipped in assets/)."""
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    return reg.status(reg.default, check_hub=False).available

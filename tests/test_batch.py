@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import default_model_ready
 
 from explorer.batch import BatchError, Case, Evaluation, evaluate, flips, phantom_batch, read_batch
 from explorer.benchmark import auc_score
@@ -156,14 +157,7 @@ def test_evaluate_phantom_batch_metrics_match_a_direct_computation(tiny):
     assert len(changed) == len(decided)
 
 
-def _default_ready() -> bool:
-    from explorer.models import default_registry
-
-    reg = default_registry()
-    return reg.status(reg.default, check_hub=False).available
-
-
-@pytest.mark.skipif(not _default_ready(), reason="embedded default model not built")
+@pytest.mark.skipif(not default_model_ready(), reason="embedded default model not built")
 def test_evaluate_cli_writes_cases_with_model_and_templates(tmp_path, capsys):
     import pandas as pd
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import default_model_ready
 
 from explorer.cli import main
 
@@ -70,14 +71,7 @@ def test_unknown_command_is_a_usage_error():
     assert info.value.code == 2
 
 
-def _default_ready() -> bool:
-    from explorer.models import default_registry
-
-    reg = default_registry()
-    return reg.status(reg.default, check_hub=False).available
-
-
-@pytest.mark.skipif(not _default_ready(), reason="embedded default model not built")
+@pytest.mark.skipif(not default_model_ready(), reason="embedded default model not built")
 def test_score_and_attribute_on_real_image(samples_dir, tmp_path, capsys):
     image = str(samples_dir / "00027426_000.png")
     assert main(["score", image, "--json", "--template", "there_is"]) == 0
@@ -104,7 +98,7 @@ def test_score_and_attribute_on_real_image(samples_dir, tmp_path, capsys):
     assert out.stat().st_size > 1000 and info["method"] == "gradcam"
 
 
-@pytest.mark.skipif(not _default_ready(), reason="embedded default model not built")
+@pytest.mark.skipif(not default_model_ready(), reason="embedded default model not built")
 def test_map_build_then_place_a_real_image(samples_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))
     table = tmp_path / "reports.csv"
@@ -129,7 +123,7 @@ def test_map_build_then_place_a_real_image(samples_dir, tmp_path, capsys, monkey
     assert placed["timings_s"] == built["timings_s"]  # the second call reopened the built map
 
 
-@pytest.mark.skipif(not _default_ready(), reason="embedded default model not built")
+@pytest.mark.skipif(not default_model_ready(), reason="embedded default model not built")
 def test_lesson_handout_is_self_contained(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "handout.html"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 gradio = pytest.importorskip("gradio")
+from conftest import default_model_ready  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 
@@ -46,15 +47,8 @@ def test_models_endpoint_lists_registry(client):
     assert any(row[0].startswith("phantom-negaware") for row in data)
 
 
-def _default_model_ready() -> bool:
-    from explorer.models import default_registry
-
-    reg = default_registry()
-    return reg.status(reg.default, check_hub=False).available
-
-
 needs_default = pytest.mark.skipif(
-    not _default_model_ready(), reason="embedded default model not built"
+    not default_model_ready(), reason="embedded default model not built"
 )
 
 

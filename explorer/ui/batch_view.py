@@ -13,6 +13,7 @@ import gradio as gr
 import numpy as np
 
 from explorer.errors import ExplorerError
+from explorer.ui.handlers import user_error
 
 SOURCES = ("Phantoms with known labels", "My images (ZIP) + labels (CSV)")
 MARKS = ("correct label", "model wrong", "label wrong", "unsure")
@@ -25,10 +26,6 @@ BATCH_HELP = (
     "case; the marks export as CSV."
 )
 ANNOTATION_COLUMNS = ["image", "finding", "label", "P(affirmed)", "mark", "note"]
-
-
-def _error(err: Exception) -> gr.Error:
-    return gr.Error(str(err), print_exception=False)
 
 
 def calibration_figure(bins: list[dict], model: str):
@@ -99,7 +96,7 @@ def run_batch(
             second, _ = reg.load_or_default(compare_name)
             other = evaluate(second, batch, progress=lambda f, m: progress(f, desc=m))
     except ExplorerError as err:
-        raise _error(err) from None
+        raise user_error(err) from None
     problems = [[w, r] for w, r in batch.problems]
     cases = ev.to_frame(errors_only=bool(errors_only))
     export = ev.to_frame().assign(model=ev.model, templates=" | ".join(ev.templates))

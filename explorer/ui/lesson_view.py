@@ -7,6 +7,7 @@ import tempfile
 import gradio as gr
 
 from explorer.errors import ExplorerError
+from explorer.ui.handlers import user_error
 
 LESSON_HELP = (
     "A ready lesson for a teaching session, computed here and offline: why negation is hard for "
@@ -26,7 +27,7 @@ def run_lesson(model_a: str | None, model_b: str | None, progress: gr.Progress =
         models = [reg.load_or_default(n or None)[0] for n in (model_a, model_b) if n]
         steps = build_lesson(models, progress=lambda f, m: progress(f, desc=m))
     except ExplorerError as err:
-        raise gr.Error(str(err), print_exception=False) from None
+        raise user_error(err) from None
     with tempfile.NamedTemporaryFile(
         "w", suffix=".html", prefix="negation-lesson-", delete=False, encoding="utf-8"
     ) as fh:

@@ -19,6 +19,7 @@ import gradio as gr
 import numpy as np
 
 from explorer.errors import ExplorerError
+from explorer.ui.handlers import user_error
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +114,13 @@ def _corpus(spec: str):
         return _corpora[spec]
 
 
-def _user_error(err: Exception) -> gr.Error:
-    return gr.Error(str(err), print_exception=False)
-
-
 def _load_model(name: str | None):
     from explorer.models import default_registry
 
     try:
         return default_registry().load_or_default(name or None)
     except ExplorerError as err:
-        raise _user_error(err) from None
+        raise user_error(err) from None
 
 
 def _figure_json(report_map, colour_by: str, placement=None) -> str:
@@ -214,7 +211,7 @@ def open_map(
     except ExplorerError as err:
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
-        raise _user_error(err) from None
+        raise user_error(err) from None
     figure = _figure_json(report_map, colour_by or "cluster")
     # Compile UMAP's transform now, after plotly is imported here: two threads importing
     # plotly's dependencies at once can deadlock in importlib.
@@ -281,7 +278,7 @@ def place_image(key: str | None, image_path: str | None, colour_by: str | None, 
     try:
         pixels = load_image(image_path).pixels
     except ExplorerError as err:
-        raise _user_error(err) from None
+        raise user_error(err) from None
     model, _ = _load_model(report_map.model)
     emb = model.embed_image(pixels).float().cpu().numpy()[0]
     placement = report_map.place(emb, int(k or 10))
