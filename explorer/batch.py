@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from explorer.errors import ExplorerError
-from explorer.findings import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
+from explorer.findings import CHEXPERT_FINDINGS, LABEL_NAMES
 
 #: Most images in one batch (the app and the CLI refuse more with a clear message).
 MAX_IMAGES = 2000
@@ -34,7 +34,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".
 #: First seed of phantom batches (apart from training, held-out and report-corpus seeds).
 PHANTOM_BATCH_SEED = 70_000_000
 _NAME_COLUMNS = ("file", "filename", "file_name", "image", "path", "name", "image_id")
-_STATUS = {POSITIVE: "positive", NEGATIVE: "negative", UNCERTAIN: "uncertain"}
 
 Progress = Callable[[float, str], None]
 
@@ -102,6 +101,8 @@ def _image_entries(source: Path) -> list[tuple[str, bytes]]:
 def _label_rows(labels_csv: Path | None) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
     import pandas as pd
 
+    from explorer.reports.corpus import label_columns, parse_label
+
     if labels_csv is None:
         return {}, []
     try:
@@ -121,7 +122,7 @@ def _label_rows(labels_csv: Path | None) -> tuple[dict[str, np.ndarray], list[tu
             f"{Path(labels_csv).name} needs a column naming each image file "
             f"({', '.join(_NAME_COLUMNS[:4])}); it has: {', '.join(map(str, df.columns[:15]))}."
         )
-    finding_cols = {f: cols[f.lower()] for f in CHEXPERT_FINDINGS if f.lower() in cols}
+    finding_cols = label_columns(df.columns)
     if not finding_cols:
         raise BatchError(
             f"{Path(labels_csv).name} has no column named after a CheXpert finding "
@@ -140,16 +141,11 @@ def _label_rows(labels_csv: Path | None) -> tuple[dict[str, np.ndarray], list[tu
         for j, finding in enumerate(CHEXPERT_FINDINGS):
             col = finding_cols.get(finding)
             raw = str(rec[col]).strip() if col else ""
-            if raw == "":
-                continue
             try:
-                v = float(raw)
+                vec[j] = parse_label(raw)
             except ValueError:
-                v = None
-            if v not in (1.0, 0.0, -1.0):
                 bad = f"'{finding}' is '{raw[:20]}', not 1, 0, -1 or blank"
                 break
-            vec[j] = v
         if bad:
             problems.append((where, bad))
         elif name in rows:
@@ -247,6 +243,11 @@ class Case:
     negation_blind: bool
 
     @property
+    def labelled(self) -> bool:
+        """A definite label (positive or negative); uncertain and blank cases are not scored."""
+        return self.label in (0.0, 1.0)
+
+    @property
     def negation_error(self) -> bool:
         """Positive case, model prefers "no X"; or negative case, model prefers "X"."""
         return (self.label == 1 and self.prob_affirmed < 0.5) or (
@@ -268,6 +269,11 @@ class Evaluation:
     batch: str
     cases: tuple[Case, ...]
 
+    @property
+    def provenance(self) -> dict[str, str]:
+        """Model and prompt templates, as columns for exported tables."""
+        return {"model": self.model, "templates": " | ".join(self.templates)}
+
     def to_frame(self, errors_only: bool = False):
         """Cases as a table, most confident errors first (then unlabelled, then correct)."""
         import pandas as pd
@@ -276,7 +282,7 @@ class Evaluation:
             {
                 "image": c.image,
                 "finding": c.finding,
-                "label": _STATUS.get(int(c.label), "") if not np.isnan(c.label) else "",
+                "label": LABEL_NAMES.get(int(c.label), "") if not np.isnan(c.label) else "",
                 "P(affirmed)": round(c.prob_affirmed, 4),
                 "margin": round(c.margin, 4),
                 "negation error": c.negation_error,
@@ -301,7 +307,7 @@ class Evaluation:
 
         rows = []
         for finding in dict.fromkeys(c.finding for c in self.cases):
-            cs = [c for c in self.cases if c.finding == finding and c.label in (0.0, 1.0)]
+            cs = [c for c in self.cases if c.finding == finding and c.labelled]
             y = np.array([c.label == 1 for c in cs], dtype=bool)
             p = np.array([c.prob_affirmed for c in cs], dtype=np.float64)
             rows.append(
@@ -320,7 +326,7 @@ class Evaluation:
 
     def calibration(self, bins: int = 10) -> list[dict]:
         """Reliability bins over all labelled cases: mean P(affirmed) vs share positive."""
-        cs = [c for c in self.cases if c.label in (0.0, 1.0)]
+        cs = [c for c in self.cases if c.labelled]
         p = np.array([c.prob_affirmed for c in cs])
         y = np.array([c.label == 1 for c in cs], dtype=float)
         edges = np.linspace(0, 1, bins + 1)
@@ -379,13 +385,13 @@ def flips(a: Evaluation, b: Evaluation):
     rows = []
     for c in a.cases:
         d = other.get((c.image, c.finding))
-        if d is None or c.label not in (0.0, 1.0) or c.negation_error == d.negation_error:
+        if d is None or not c.labelled or c.negation_error == d.negation_error:
             continue
         rows.append(
             {
                 "image": c.image,
                 "finding": c.finding,
-                "label": _STATUS[int(c.label)],
+                "label": LABEL_NAMES[int(c.label)],
                 f"P(affirmed) {a.model}": round(c.prob_affirmed, 4),
                 f"P(affirmed) {b.model}": round(d.prob_affirmed, 4),
                 "change": f"fixed by {b.model}" if c.negation_error else f"broken by {b.model}",

@@ -267,7 +267,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     }
     text = [
         f"{ev.model} on {len(batch)} images ({batch.name}); templates: {', '.join(ev.templates)}",
-        metrics.to_markdown(index=False) if _has_tabulate() else metrics.to_string(index=False),
+        metrics.to_string(index=False),
     ]
     if batch.problems:
         text.append("not used:\n" + "\n".join(f"  {w}: {r}" for w, r in batch.problems))
@@ -277,17 +277,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         data["flips"] = json.loads(changed.to_json(orient="records"))
         text.append(f"{len(changed)} labelled cases flip between {ev.model} and {other.model}")
     if args.out:
-        frame = ev.to_frame().assign(model=ev.model, templates=" | ".join(ev.templates))
+        frame = ev.to_frame().assign(**ev.provenance)
         frame.to_csv(args.out, index=False)
         text.append(f"wrote {len(frame)} cases to {args.out}")
     _emit(data, args.json, "\n".join(text))
     return 0
-
-
-def _has_tabulate() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tabulate") is not None
 
 
 # --- lesson -----------------------------------------------------------------------------------
@@ -342,6 +336,9 @@ def _map(args: argparse.Namespace) -> int:
     from explorer.reports.corpus import load_corpus
     from explorer.reports.map import MapSettings, build_map
 
+    if args.action == "place" and not args.image:
+        sys.stderr.write("Name the image to place: python -m explorer map place IMAGE\n")
+        return EXIT_USER_ERROR
     reg = default_registry()
     model = reg.load(args.model or reg.default)
     corpus = load_corpus(args.corpus)
@@ -377,9 +374,6 @@ def _map(args: argparse.Namespace) -> int:
     if args.action == "place":
         from explorer.imaging import load_image
 
-        if not args.image:
-            sys.stderr.write("Name the image to place: python -m explorer map place IMAGE\n")
-            return EXIT_USER_ERROR
         emb = model.embed_image(load_image(args.image).pixels).float().cpu().numpy()[0]
         placement = report_map.place(emb, args.k)
         data["placement"] = {
@@ -422,11 +416,12 @@ def _label(args: argparse.Namespace) -> int:
         result = validate(uncertain=args.uncertain)
         _emit(result.as_dict(), args.json, result.to_markdown())
         return 0
+    from explorer.findings import LABEL_NAMES
     from explorer.reports.labeler import label_report_detailed
 
     text = sys.stdin.read() if args.text == "-" else args.text
     res = label_report_detailed(text)
-    names = {1: "positive", 0: "negative", -1: "uncertain", None: "-"}
+    names = {**LABEL_NAMES, None: "-"}
     evidence = {}
     lines = []
     for finding, value in res.as_dict().items():

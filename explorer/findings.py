@@ -82,6 +82,8 @@ CHEXPERT_FINDINGS: tuple[str, ...] = (
 POSITIVE = 1
 NEGATIVE = 0
 UNCERTAIN = -1
+#: Words for the label values (``None`` / blank = not mentioned is left to the caller).
+LABEL_NAMES = {POSITIVE: "positive", NEGATIVE: "negative", UNCERTAIN: "uncertain"}
 
 log = logging.getLogger(__name__)
 

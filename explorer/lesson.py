@@ -98,12 +98,11 @@ def _lesson_phantom():
     )
 
 
-def _step_models(models: Sequence) -> LessonStep:
+def _step_models(models: Sequence, phantom) -> LessonStep:
     import plotly.graph_objects as go
 
     from explorer.scoring import score_findings
 
-    phantom = _lesson_phantom()
     fig = go.Figure()
     effusion = {}
     for model in models:
@@ -138,11 +137,10 @@ def _step_models(models: Sequence) -> LessonStep:
     return LessonStep("2. The phantom models side by side", text, figure=fig)
 
 
-def _step_attribution(model, method: str = "gradcam") -> LessonStep:
+def _step_attribution(model, phantom, method: str = "gradcam") -> LessonStep:
     from explorer.attribution import attribute_image, pointing_hit
     from explorer.plots import mask_outline, overlay
 
-    phantom = _lesson_phantom()
     inst = next(f for f in phantom.findings if f.name == "pleural effusion")
     attr = attribute_image(model, phantom.image, "there is pleural effusion", method)
     rgb = mask_outline(overlay(phantom.image, attr.attribution, 0.6, signed=False), inst.mask)
@@ -186,9 +184,10 @@ def build_lesson(
     say(0.0, "sentence encoder")
     steps = [_step_blindness()]
     say(0.2, "phantom models")
-    steps.append(_step_models(models))
+    phantom = _lesson_phantom()
+    steps.append(_step_models(models, phantom))
     say(0.4, "attribution")
-    steps.append(_step_attribution(models[0]))
+    steps.append(_step_attribution(models[0], phantom))
     say(0.6, "report map")
     steps.append(_step_map(models[0], corpus_spec))
     say(1.0, "done")

@@ -121,7 +121,6 @@ CATEGORY_COLOURS = (
     "#8c564b",
     "#17becf",
 )
-STATUS_NAMES = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
 
 
 def map_categories(report_map, colour_by: str) -> tuple[list[str], np.ndarray]:
@@ -130,7 +129,7 @@ def map_categories(report_map, colour_by: str) -> tuple[list[str], np.ndarray]:
     ``colour_by`` is ``"cluster"``, a CheXpert finding name (its status in each report), or
     ``"disagreement"`` (labeler positives vs the reference labels, e.g. IU MeSH).
     """
-    from explorer.findings import CHEXPERT_FINDINGS
+    from explorer.findings import CHEXPERT_FINDINGS, LABEL_NAMES
 
     if colour_by == "cluster":
         return [c.name for c in report_map.clusters], np.asarray(report_map.assignment)
@@ -146,9 +145,9 @@ def map_categories(report_map, colour_by: str) -> tuple[list[str], np.ndarray]:
     j = CHEXPERT_FINDINGS.index(colour_by)
     col = report_map.labels[:, j]
     cat = np.full(len(col), 3)
-    for k, code in enumerate(STATUS_NAMES):
+    for k, code in enumerate(LABEL_NAMES):
         cat[col == code] = k
-    return [*STATUS_NAMES.values(), "not mentioned"], cat
+    return [*LABEL_NAMES.values(), "not mentioned"], cat
 
 
 def _hover(report_map, idx: np.ndarray, width: int) -> list[str]:

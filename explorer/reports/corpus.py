@@ -191,29 +191,37 @@ def _read_table(path: Path | str | bytes, filename: str):
     )
 
 
-def _label_column_map(columns: Sequence[str]) -> dict[str, str]:
-    norm = {c.strip().lower().replace("_", " "): c for c in columns}
+def label_columns(columns: Sequence[str]) -> dict[str, str]:
+    """Finding -> the column named after it (case, spaces and underscores ignored)."""
+    norm = {str(c).strip().lower().replace("_", " "): c for c in columns}
     return {f: norm[f.lower()] for f in CHEXPERT_FINDINGS if f.lower() in norm}
 
 
-def _parse_label(value: object, column: str, row: int) -> float:
+def parse_label(value: object) -> float:
+    """A table cell -> 1.0 / 0.0 / -1.0, NaN when blank; ``ValueError`` for anything else."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return np.nan
     if isinstance(value, str):
         if not value.strip():
             return np.nan
-        try:
-            value = float(value)
-        except ValueError:
-            raise CorpusError(
-                f"Column '{column}', row {row + 1}: labels must be 1, 0, -1 or blank, got '{value[:20]}'."
-            ) from None
+        value = float(value)  # ValueError for words
     v = float(value)
     if v not in (1.0, 0.0, -1.0):
-        raise CorpusError(
-            f"Column '{column}', row {row + 1}: labels must be 1, 0, -1 or blank, got {v:g}."
-        )
+        raise ValueError(f"{v:g} is not a label value")
     return v
+
+
+def _parse_label(value: object, column: str, row: int) -> float:
+    try:
+        return parse_label(value)
+    except ValueError:
+        try:
+            shown = f"{float(value):g}"
+        except ValueError:
+            shown = f"'{str(value)[:20]}'"
+        raise CorpusError(
+            f"Column '{column}', row {row + 1}: labels must be 1, 0, -1 or blank, got {shown}."
+        ) from None
 
 
 def table_corpus(
@@ -265,7 +273,7 @@ def table_corpus(
         else tuple(f"row-{i + 1}" for i in keep)
     )
     labels = None
-    label_cols = _label_column_map(cols) if use_label_columns else {}
+    label_cols = label_columns(cols) if use_label_columns else {}
     if label_cols:
         labels = np.full((keep.size, len(CHEXPERT_FINDINGS)), np.nan, dtype=np.float32)
         for j, finding in enumerate(CHEXPERT_FINDINGS):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer.findings import CHEXPERT_FINDINGS
+from explorer.findings import CHEXPERT_FINDINGS, LABEL_NAMES
 from explorer.reports.clusters import (
     DEFAULT_CLUSTERS,
     Alignment,
@@ -41,7 +41,7 @@ from explorer.reports.clusters import (
     alignment,
     soft_label_clusters,
 )
-from explorer.reports.corpus import Corpus
+from explorer.reports.corpus import Corpus, labels_to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 CHUNK = 2048
 #: Reports per forward pass.
 BATCH = 64
-#: Characters of report text kept for hover labels.
-EXCERPT_CHARS = 220
 FORMAT_VERSION = 1
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,7 +91,7 @@ class Placement:
 
 @dataclass(frozen=True, eq=False)
 class ReportMap:
-    """A built map (arrays are read-only views of the files on disk)."""
+    """A built map (arrays loaded from the files :func:`build_map` wrote)."""
 
     corpus: str
     model: str
@@ -156,7 +154,6 @@ class ReportMap:
         import pandas as pd
 
         idx = np.array(sorted({int(i) for i in indices if 0 <= int(i) < len(self)}), dtype=int)
-        status = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
         rows = []
         for i in idx:
             row = {
@@ -181,7 +178,7 @@ class ReportMap:
                 "finding": CHEXPERT_FINDINGS,
                 **{
                     name: [int((sub[:, j] == code).sum()) for j in range(len(CHEXPERT_FINDINGS))]
-                    for code, name in status.items()
+                    for code, name in LABEL_NAMES.items()
                 },
             }
         )
@@ -227,7 +224,6 @@ def _save(path: Path, arr: np.ndarray) -> None:
 def _labels(corpus: Corpus) -> np.ndarray:
     if corpus.labels is not None:
         return corpus.labels
-    from explorer.reports.corpus import labels_to_matrix
     from explorer.reports.labeler import label_reports
 
     return labels_to_matrix(label_reports(corpus.texts))
@@ -349,9 +345,7 @@ def open_folder(folder: Path, corpus: Corpus) -> ReportMap:
     meta = json.loads((folder / "map.json").read_text())
     n = meta["n"]
     chunks = (n + CHUNK - 1) // CHUNK
-    emb = np.concatenate(
-        [np.load(folder / f"emb-{c:05d}.npy", mmap_mode="r") for c in range(chunks)]
-    )
+    emb = np.concatenate([np.load(folder / f"emb-{c:05d}.npy") for c in range(chunks)])
     return ReportMap(
         corpus=meta["corpus"],
         model=meta["model"],

@@ -99,18 +99,18 @@ def run_batch(
         raise user_error(err) from None
     problems = [[w, r] for w, r in batch.problems]
     cases = ev.to_frame(errors_only=bool(errors_only))
-    export = ev.to_frame().assign(model=ev.model, templates=" | ".join(ev.templates))
+    export = ev.to_frame().assign(**ev.provenance)
     changed = flips(ev, other) if other is not None else None
     status = (
         f"**{ev.model}** on {len(batch)} images; templates {', '.join(ev.templates)}. "
         f"{sum(c.negation_error for c in ev.cases):,} negation errors among "
-        f"{sum(1 for c in ev.cases if c.label in (0.0, 1.0)):,} labelled cases"
+        f"{sum(c.labelled for c in ev.cases):,} labelled cases"
         + (f"; {len(problems)} files or rows not used (listed below)" if problems else "")
         + "."
         + (f"  \n⚠️ {notice}" if notice else "")
         + (f"  \n{len(changed)} labelled cases flip with **{other.model}**." if other else "")
     )
-    state = {"batch": batch, "evaluation": ev, "threshold": threshold}
+    state = {"batch": batch, "evaluation": ev}
     return (
         status,
         problems,
@@ -144,14 +144,18 @@ def open_case(state: dict | None, evt: gr.SelectData):
     return str(path), finding, case, info
 
 
+def _table_rows(rows) -> list[list]:
+    """A Dataframe input (pandas frame or list of rows) as a list of rows."""
+    return rows.values.tolist() if hasattr(rows, "values") else list(rows or [])
+
+
 def mark_case(case: dict | None, mark: str | None, note: str | None, rows):
     """Add (or replace) the mark of the open case in the annotations table."""
     if not case:
         raise gr.Error("Click a case in the table first.", print_exception=False)
     if mark not in MARKS:
         raise gr.Error(f"Choose a mark: {', '.join(MARKS)}.", print_exception=False)
-    data = rows.values.tolist() if hasattr(rows, "values") else list(rows or [])
-    data = [r for r in data if r and (r[0], r[1]) != (case["image"], case["finding"])]
+    data = [r for r in _table_rows(rows) if r and (r[0], r[1]) != (case["image"], case["finding"])]
     data.append(
         [case["image"], case["finding"], case["label"], case["P(affirmed)"], mark, note or ""]
     )
@@ -164,14 +168,12 @@ def export_marks(rows, state: dict | None):
 
     from explorer.ui.handlers import _csv
 
-    data = rows.values.tolist() if hasattr(rows, "values") else list(rows or [])
-    data = [r for r in data if r and any(str(v) for v in r)]
+    data = [r for r in _table_rows(rows) if r and any(str(v) for v in r)]
     if not data:
         raise gr.Error("No marked cases to export yet.", print_exception=False)
     frame = pd.DataFrame(data, columns=ANNOTATION_COLUMNS)
     if state:
-        ev = state["evaluation"]
-        frame = frame.assign(model=ev.model, templates=" | ".join(ev.templates))
+        frame = frame.assign(**state["evaluation"].provenance)
     return _csv(frame, "annotations")
 
 

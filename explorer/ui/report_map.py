@@ -19,7 +19,7 @@ import gradio as gr
 import numpy as np
 
 from explorer.errors import ExplorerError
-from explorer.ui.handlers import user_error
+from explorer.ui.handlers import _model, _pixels, user_error
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,6 @@ def _corpus(spec: str):
         return _corpora[spec]
 
 
-def _load_model(name: str | None):
-    from explorer.models import default_registry
-
-    try:
-        return default_registry().load_or_default(name or None)
-    except ExplorerError as err:
-        raise user_error(err) from None
-
-
 def _figure_json(report_map, colour_by: str, placement=None) -> str:
     from explorer.plots import map_figure
 
@@ -171,7 +162,7 @@ def open_map(
     from explorer.reports.map import build_map
 
     spec = CORPORA.get(corpus_choice, corpus_choice)
-    model, notice = _load_model(model_name)
+    model, notice = _model(model_name)
     temp_dir = None
     try:
         if spec == "upload":
@@ -198,7 +189,8 @@ def open_map(
             corpus = _corpus(spec)
             key = f"{spec}:{model.name}"
         report_map = STORE.get(key)
-        if report_map is None:
+        fresh = report_map is None
+        if fresh:
             if spec == "upload":
                 temp_dir = tempfile.mkdtemp(prefix="cxr-map-")
             report_map = build_map(
@@ -213,9 +205,10 @@ def open_map(
             shutil.rmtree(temp_dir, ignore_errors=True)
         raise user_error(err) from None
     figure = _figure_json(report_map, colour_by or "cluster")
-    # Compile UMAP's transform now, after plotly is imported here: two threads importing
-    # plotly's dependencies at once can deadlock in importlib.
-    threading.Thread(target=report_map.warm_up, name="map-warm-up", daemon=True).start()
+    if fresh:
+        # Compile UMAP's transform now, after plotly is imported here: two threads importing
+        # plotly's dependencies at once can deadlock in importlib.
+        threading.Thread(target=report_map.warm_up, name="map-warm-up", daemon=True).start()
     return figure, _summary(report_map, notice), _cluster_rows(report_map), key
 
 
@@ -257,9 +250,9 @@ def _opened(key: str | None):
 
 def recolour(key: str | None, colour_by: str | None) -> str:
     """Redraw the open map with another colouring (nothing to do before a map is open)."""
-    if not key or STORE.get(key) is None:
+    report_map = STORE.get(key) if key else None
+    if report_map is None:
         return gr.skip()
-    report_map = _opened(key)
     try:
         return _figure_json(report_map, colour_by or "cluster")
     except ValueError as err:
@@ -268,18 +261,9 @@ def recolour(key: str | None, colour_by: str | None) -> str:
 
 def place_image(key: str | None, image_path: str | None, colour_by: str | None, k: float = 10):
     """Place the uploaded image in the open map; figure JSON and its nearest reports."""
-    from explorer.imaging import load_image
-
     report_map = _opened(key)
-    if not image_path:
-        raise gr.Error(
-            "Please upload a chest X-ray (PNG, JPEG or DICOM) first.", print_exception=False
-        )
-    try:
-        pixels = load_image(image_path).pixels
-    except ExplorerError as err:
-        raise user_error(err) from None
-    model, _ = _load_model(report_map.model)
+    pixels = _pixels(image_path)
+    model, _ = _model(report_map.model)
     emb = model.embed_image(pixels).float().cpu().numpy()[0]
     placement = report_map.place(emb, int(k or 10))
     rows = [[n.similarity, n.id, n.text] for n in placement.neighbours]
