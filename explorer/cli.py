@@ -434,6 +434,75 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- space -------------------------------------------------------------------------------------
+
+
+def _space_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true", help="only validate spaces/README.md")
+    p.add_argument("--out", default="build/space", help="folder to stage the Space in")
+    p.add_argument("--push", metavar="OWNER/NAME", help="publish to this Space (needs HF_TOKEN)")
+
+
+@command("space", "validate, stage and publish the Hugging Face Space", _space_args)
+def _space(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from explorer.space import check_front_matter, publish_space, stage_space
+
+    check = check_front_matter()
+    if not check.ok:
+        sys.stderr.write("spaces/README.md: " + "; ".join(check.problems) + "\n")
+        return EXIT_USER_ERROR
+    if args.check:
+        sys.stdout.write(f"spaces/README.md is valid (gradio {check.meta['sdk_version']})\n")
+        return 0
+    folder = stage_space(Path(args.out))
+    sys.stdout.write(f"staged the Space in {folder}\n")
+    if args.push:
+        url = publish_space(folder, args.push, token=os.environ.get("HF_TOKEN"))
+        sys.stdout.write(f"published: {url}\n")
+    return 0
+
+
+# --- load ------------------------------------------------------------------------------------
+
+
+def _load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="a running app (default: start app.py in a child process)")
+    p.add_argument("--clients", type=int, default=20, help="concurrent clients (default 20)")
+    p.add_argument("--requests", type=int, default=10, help="requests per client (default 10)")
+    p.add_argument("--image", help="image to score (default: a shipped sample CXR)")
+    p.add_argument("--model", help="model name (default: the app's default)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command("load", "load test: concurrent clients on the findings endpoint", _load_args)
+def _load(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from explorer.load import DEFAULT_IMAGE, AppProcess, run_load
+
+    if args.clients < 1 or args.requests < 1:
+        sys.stderr.write("--clients and --requests must be at least 1.\n")
+        return EXIT_USER_ERROR
+    image = Path(args.image) if args.image else DEFAULT_IMAGE
+
+    def run(url: str, cold_start: float | None) -> int:
+        result = run_load(url, args.clients, args.requests, image, args.model)
+        data = {**result.as_dict(), "cold_start_s": cold_start}
+        text = result.to_markdown()
+        if cold_start is not None:
+            text += f"\n\napp start to first page: {cold_start:.1f} s"
+        _emit(data, args.json, text)
+        return 0 if result.passed else 1
+
+    if args.url:
+        return run(args.url, None)
+    with AppProcess() as app:
+        return run(app.url, app.ready_s)
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 

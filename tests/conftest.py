@@ -31,11 +31,12 @@ def app_url():
     """The real app served on a free local port for one test module; yields its URL."""
     pytest.importorskip("gradio")
     from explorer.ui import build_demo
+    from explorer.ui.serving import ServeSettings, launch
 
-    demo = build_demo()
-    demo.queue(default_concurrency_limit=2)
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    settings = ServeSettings(port=port)
+    demo = build_demo(settings)
+    launch(demo, settings, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -253,6 +253,34 @@ class ModelRegistry:
             notice = f"{err} Showing the embedded default '{self.default}' instead."
             return self.load(self.default, device), notice
 
+    def preferred(self, name: str | None) -> tuple[str | None, str | None]:
+        """The model to open with: ``name`` (e.g. from ``EXPLORER_DEFAULT_MODEL``) if it can load.
+
+        Returns:
+            The model name and a notice for the user when ``name`` was asked for but the
+            embedded default is used instead (not registered, or cannot load here, e.g. the
+            hub is unreachable and its weights are not cached).
+        """
+        if not name or name == self.default:
+            return self.default, None
+        if name not in self._specs:
+            return self.default, (
+                f"The requested default model '{name}' is not registered; "
+                f"showing the embedded default '{self.default}'."
+            )
+        st = self.status(name)
+        if st.available:
+            return name, None
+        return self.default, (
+            f"The requested default model '{name}' cannot load here: {st.reason}. "
+            f"Showing the embedded default '{self.default}' instead."
+        )
+
+    def loaded(self) -> tuple[tuple[str, str], ...]:
+        """The (name, device) of every model loaded now."""
+        with self._lock:
+            return tuple(self._loaded)
+
     def clear(self) -> None:
         with self._lock:
             self._loaded.clear()

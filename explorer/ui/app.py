@@ -7,11 +7,13 @@ from pathlib import Path
 import gradio as gr
 
 from explorer.ui import batch_view, handlers, lesson_view, report_map
+from explorer.ui.serving import CONCURRENCY, ServeSettings
 
 TITLE = "CXR Negation Explorer"
 DISCLAIMER = (
     "Research and teaching tool. Not a medical device and not for diagnosis. "
-    "Uploads are decoded in memory and not stored; burned-in text in the pixels is not removed."
+    "Uploads are decoded in memory, never logged, and deleted from the server within minutes; "
+    "only an allow-list of DICOM fields is shown. Burned-in text in the pixels is not removed."
 )
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"]
@@ -40,11 +42,13 @@ SCORE_COLUMNS = [
 ]
 
 
-def _model_choices() -> tuple[list[str], str | None]:
+def _model_choices(preferred: str | None) -> tuple[list[str], str | None, str | None]:
+    """Registered names, the model to open with, and a notice if ``preferred`` cannot load."""
     from explorer.models import default_registry
 
     reg = default_registry()
-    return list(reg.names()), reg.default
+    default, notice = reg.preferred(preferred)
+    return list(reg.names()), default, notice
 
 
 def _chexpert() -> tuple[str, ...]:
@@ -62,15 +66,25 @@ def _template_choices() -> list[str]:
     return [t.id for t in prompt_templates()]
 
 
-def build_demo() -> gr.Blocks:
-    """Build the app. Nothing heavy happens here: models load on first use."""
-    names, default = _model_choices()
+def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
+    """Build the app. Nothing heavy happens here: models load on first use.
+
+    Args:
+        settings: Serving settings (default: from the environment): the model to open with,
+            and how long Gradio keeps uploads before deleting them.
+    """
+    settings = settings or ServeSettings.from_env()
+    names, default, start_notice = _model_choices(settings.default_model)
     template_ids = _template_choices()
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    with gr.Blocks(
+        title=TITLE, analytics_enabled=False, delete_cache=settings.delete_cache
+    ) as demo:
         gr.Markdown(
             f"# {TITLE}\nHow do medical vision-language models weigh *“there is X”* against *“no X”*?"
         )
         gr.Markdown(f"*{DISCLAIMER}*")
+        if start_notice:
+            gr.Markdown(f"⚠️ {start_notice}", elem_id="start-notice")
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
@@ -134,7 +148,7 @@ def build_demo() -> gr.Blocks:
                     inputs=[upload, model, compare, custom, templates, negations],
                     outputs=[plot, table, csv, card, plot2, table2, csv2, card2, notice],
                     api_name="findings",
-                    concurrency_limit=2,
+                    concurrency_limit=CONCURRENCY["findings"],
                 )
             with gr.Tab("Attribution"):
                 gr.Markdown(ATTRIBUTION_HELP)
@@ -170,7 +184,7 @@ def build_demo() -> gr.Blocks:
                     inputs=[upload, att_model, att_finding, method, opacity, show_mask],
                     outputs=[map_a, map_n, map_d, tok_a, tok_n, att_info],
                     api_name="attribute",
-                    concurrency_limit=1,
+                    concurrency_limit=CONCURRENCY["attribute"],
                 )
             with gr.Tab("Report map"):
                 report_map.build_tab(upload, names, default)
@@ -190,4 +204,7 @@ def build_demo() -> gr.Blocks:
                 refresh = gr.Button("Refresh")
                 refresh.click(handlers.model_rows, outputs=models_table, api_name="models")
                 demo.load(handlers.model_rows, outputs=models_table, api_name=False)
+                with gr.Accordion("Server health", open=False):
+                    health = gr.JSON(label="Memory, loaded models, requests per endpoint")
+                    gr.Button("Check").click(handlers.health, outputs=health, api_name="health")
     return demo

@@ -6,7 +6,6 @@ into tables and a calibration figure.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -14,6 +13,7 @@ import numpy as np
 
 from explorer.errors import ExplorerError
 from explorer.ui.handlers import user_error
+from explorer.ui.serving import endpoint, scratch_file
 
 SOURCES = ("Phantoms with known labels", "My images (ZIP) + labels (CSV)")
 MARKS = ("correct label", "model wrong", "label wrong", "unsure")
@@ -64,6 +64,7 @@ def calibration_figure(bins: list[dict], model: str):
     return fig
 
 
+@endpoint("batch", gpu_seconds=300)
 def run_batch(
     source: str,
     zip_path: str | None,
@@ -134,14 +135,12 @@ def open_case(state: dict | None, evt: gr.SelectData):
     item = next((im for im in state["batch"].images if im.name == image), None)
     if item is None:
         raise gr.Error(f"{image} is not in this batch.", print_exception=False)
-    folder = Path(state.setdefault("folder", tempfile.mkdtemp(prefix="cxr-batch-")))
-    path = folder / item.name
-    path.write_bytes(item.data)
+    path = scratch_file(item.name, item.data)
     label = str(row[2]) if len(row) > 2 else ""
     prob = str(row[3]) if len(row) > 3 else ""
     case = {"image": image, "finding": finding, "label": label, "P(affirmed)": prob}
     info = f"**{image}**: {finding} (label {label or 'blank'}, P(affirmed) {prob})"
-    return str(path), finding, case, info
+    return path, finding, case, info
 
 
 def _table_rows(rows) -> list[list]:

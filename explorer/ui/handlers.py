@@ -8,6 +8,7 @@ import gradio as gr
 import numpy as np
 
 from explorer.errors import ExplorerError
+from explorer.ui.serving import endpoint, scratch_file
 
 log = logging.getLogger(__name__)
 
@@ -17,18 +18,12 @@ def user_error(err: ExplorerError) -> gr.Error:
     return gr.Error(str(err), print_exception=False)
 
 
+@endpoint("inspect")
 def inspect_upload(path: str | None) -> tuple[np.ndarray, list[list[str]]]:
     """An uploaded file -> the normalised grayscale image and its safe metadata rows."""
-    from explorer.imaging import describe, load_image, to_uint8
+    from explorer.imaging import describe, to_uint8
 
-    if not path:
-        raise gr.Error(
-            "Please upload a chest X-ray (PNG, JPEG or DICOM) first.", print_exception=False
-        )
-    try:
-        img = load_image(path)
-    except ExplorerError as err:
-        raise user_error(err) from None
+    img = _loaded(path)
     rows = [[key, _cell(value)] for key, value in describe(img).items()]
     return to_uint8(img.pixels), rows
 
@@ -60,17 +55,30 @@ MAX_CUSTOM_FINDINGS = 10
 MAX_PROMPT_CHARS = 200
 
 
-def _pixels(path: str | None) -> np.ndarray:
+def _loaded(path: str | None):
+    """The upload decoded in memory, or a ``gr.Error`` saying what is wrong with it."""
+    from pathlib import Path
+
     from explorer.imaging import load_image
 
     if not path:
         raise gr.Error(
             "Please upload a chest X-ray (PNG, JPEG or DICOM) first.", print_exception=False
         )
+    if not Path(path).exists():
+        raise gr.Error(
+            "This upload has been deleted from the server (uploads are kept only for a few "
+            "minutes); please upload the image again.",
+            print_exception=False,
+        )
     try:
-        return load_image(path).pixels
+        return load_image(path)
     except ExplorerError as err:
         raise user_error(err) from None
+
+
+def _pixels(path: str | None) -> np.ndarray:
+    return _loaded(path).pixels
 
 
 def _model(name: str | None):
@@ -131,13 +139,11 @@ def model_card(name: str | None) -> str:
 
 
 def _csv(frame, stem: str) -> str:
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".csv", prefix=f"{stem}-", delete=False) as handle:
-        frame.to_csv(handle, index=False)
-    return handle.name
+    """A CSV download in the scratch folder (purged with the upload cache)."""
+    return scratch_file(f"{stem}.csv", frame.to_csv(index=False))
 
 
+@endpoint("findings", gpu_seconds=60)
 def score_image(
     path: str | None,
     model_name: str | None,
@@ -215,6 +221,7 @@ def _phantom_mask(path: str, finding: str | None, shape: tuple[int, int]) -> np.
     return np.any(masks, axis=0)
 
 
+@endpoint("attribute", gpu_seconds=120)
 def explain(
     path: str | None,
     model_name: str | None,
@@ -287,3 +294,10 @@ def explain(
         token_highlights(tokens_n.tokens, tokens_n.scores),
         info,
     )
+
+
+def health() -> dict:
+    """Server health for operators and the load test (no user data)."""
+    from explorer.ui.serving import health as report
+
+    return report()

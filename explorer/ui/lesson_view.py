@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
-
 import gradio as gr
 
 from explorer.errors import ExplorerError
 from explorer.ui.handlers import user_error
+from explorer.ui.serving import endpoint, scratch_file
 
 LESSON_HELP = (
     "A ready lesson for a teaching session, computed here and offline: why negation is hard for "
@@ -17,6 +16,7 @@ LESSON_HELP = (
 )
 
 
+@endpoint("lesson", gpu_seconds=300)
 def run_lesson(model_a: str | None, model_b: str | None, progress: gr.Progress = gr.Progress()):  # noqa: B008
     """Four (markdown, figure or image) steps and the handout file."""
     from explorer.lesson import build_lesson, lesson_html
@@ -28,12 +28,9 @@ def run_lesson(model_a: str | None, model_b: str | None, progress: gr.Progress =
         steps = build_lesson(models, progress=lambda f, m: progress(f, desc=m))
     except ExplorerError as err:
         raise user_error(err) from None
-    with tempfile.NamedTemporaryFile(
-        "w", suffix=".html", prefix="negation-lesson-", delete=False, encoding="utf-8"
-    ) as fh:
-        fh.write(lesson_html(steps))
+    handout = scratch_file("negation-lesson.html", lesson_html(steps))
     texts = [f"### {s.title}\n{s.text}" for s in steps]
-    return (*texts, steps[0].figure, steps[1].figure, steps[2].image, steps[3].figure, fh.name)
+    return (*texts, steps[0].figure, steps[1].figure, steps[2].image, steps[3].figure, handout)
 
 
 def build_tab(model_names: list[str], default_model: str | None) -> None:

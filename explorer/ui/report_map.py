@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from explorer.errors import ExplorerError
 from explorer.ui.handlers import _model, _pixels, user_error
+from explorer.ui.serving import endpoint, scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,7 @@ def _cluster_rows(report_map) -> list[list]:
     return [[c.id, c.name, c.size] for c in report_map.clusters]
 
 
+@endpoint("map_open", gpu_seconds=120)
 def open_map(
     corpus_choice: str,
     table_path: str | None,
@@ -192,7 +193,7 @@ def open_map(
         fresh = report_map is None
         if fresh:
             if spec == "upload":
-                temp_dir = tempfile.mkdtemp(prefix="cxr-map-")
+                temp_dir = str(scratch_dir())
             report_map = build_map(
                 corpus,
                 model,
@@ -259,6 +260,7 @@ def recolour(key: str | None, colour_by: str | None) -> str:
         raise gr.Error(f"Cannot colour by '{colour_by}': {err}.", print_exception=False) from None
 
 
+@endpoint("map_place", gpu_seconds=60)
 def place_image(key: str | None, image_path: str | None, colour_by: str | None, k: float = 10):
     """Place the uploaded image in the open map; figure JSON and its nearest reports."""
     report_map = _opened(key)

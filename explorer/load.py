@@ -1,0 +1,266 @@
+"""Load test of the served app: many clients at once on the findings endpoint.
+
+``python -m explorer load`` starts ``app.py`` in a child process (or targets ``--url``), warms it
+up, then runs ``clients`` threads, each with its own ``gradio_client.Client`` sending
+``requests`` findings requests one after another. It checks, from the client side, that every
+request came back with a full table (none lost, none failed), and from the server's ``/health``
+endpoint that the findings event never ran more requests at once than its queue limit and that
+resident memory after the run is within ``max_rss_growth`` of memory after warm-up.
+
+:class:`AppProcess` (the app in a child process, its output captured to a file) is shared with
+the privacy tests and the performance bench (cold start).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGE = ROOT / "assets" / "examples" / "00000001_000.png"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppProcess:
+    """``python app.py`` in a child process on a free port; output goes to ``log_path``.
+
+    Use as a context manager; ``url`` is set and ``ready_s`` (seconds from spawn to the first
+    page served) measured on entry. Stopped with SIGINT so the app cleans up as on Ctrl-C.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        timeout_s: float = 300.0,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.env = {**os.environ, **(env or {}), "GRADIO_SERVER_PORT": str(self.port)}
+        self.env.setdefault("GRADIO_SERVER_NAME", "127.0.0.1")
+        self.log_path = log_path or Path(tempfile.mkdtemp(prefix="cxr-app-log-")) / "app.log"
+        self.timeout_s = timeout_s
+        self.ready_s: float | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> AppProcess:
+        self._log = self.log_path.open("wb")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py")],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        while time.perf_counter() - t0 < self.timeout_s:
+            if self.proc.poll() is not None:
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as resp:
+                    if resp.status == 200:
+                        self.ready_s = time.perf_counter() - t0
+                        return self
+            except OSError:
+                time.sleep(0.25)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"the app did not serve within {self.timeout_s:.0f} s:\n{self.log()}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def log(self) -> str:
+        """Everything the app printed so far."""
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What a load run measured, and whether it passed."""
+
+    clients: int
+    requests_each: int
+    sent: int
+    completed: int
+    failed: int
+    errors: tuple[str, ...]
+    wall_s: float
+    median_s: float
+    p95_s: float
+    max_s: float
+    throughput_per_s: float
+    rss_after_warmup_mb: float
+    rss_after_run_mb: float
+    peak_in_flight: int
+    concurrency_limit: int
+    max_rss_growth: float
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    @property
+    def rss_growth(self) -> float:
+        return self.rss_after_run_mb / self.rss_after_warmup_mb - 1.0
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "rss_growth": self.rss_growth, "passed": self.passed}
+
+    def to_markdown(self) -> str:
+        rows = [
+            ("clients x requests", f"{self.clients} x {self.requests_each}"),
+            ("sent / completed / failed", f"{self.sent} / {self.completed} / {self.failed}"),
+            ("wall time", f"{self.wall_s:.1f} s"),
+            (
+                "latency median / p95 / max",
+                f"{self.median_s:.2f} / {self.p95_s:.2f} / {self.max_s:.2f} s",
+            ),
+            ("throughput", f"{self.throughput_per_s:.2f} requests/s"),
+            ("peak in flight (limit)", f"{self.peak_in_flight} ({self.concurrency_limit})"),
+            (
+                "RSS after warm-up / after run",
+                f"{self.rss_after_warmup_mb:.0f} / "
+                f"{self.rss_after_run_mb:.0f} MB ({self.rss_growth:+.1%})",
+            ),
+            ("verdict", "pass" if self.passed else "FAIL: " + "; ".join(self.problems)),
+        ]
+        return "\n".join(["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
+def _findings_args(image: Path, model: str | None) -> tuple:
+    from gradio_client import handle_file
+
+    from explorer.findings import prompt_templates
+
+    if not model:
+        from explorer.models import default_registry
+
+        model = default_registry().default
+    templates = [t.id for t in prompt_templates()]
+    return (handle_file(str(image)), model, "", "", templates, "")
+
+
+def _health(client) -> dict:
+    return client.predict(api_name="/health")
+
+
+def run_load(
+    url: str,
+    clients: int = 20,
+    requests: int = 10,
+    image: Path = DEFAULT_IMAGE,
+    model: str | None = None,
+    warmup: int = 3,
+    max_rss_growth: float = 0.10,
+) -> LoadResult:
+    """Hit ``/findings`` of the app at ``url`` with ``clients`` x ``requests`` requests."""
+    from gradio_client import Client
+
+    download = Path(tempfile.mkdtemp(prefix="cxr-load-"))
+    probe = Client(url, verbose=False, download_files=str(download))
+    args = _findings_args(image, model)
+    for _ in range(warmup):
+        probe.predict(*args, api_name="/findings")
+    before = _health(probe)
+    start_peak = before["endpoints"].get("findings", {}).get("peak_in_flight", 0)
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    completed = 0
+    lock = threading.Lock()
+
+    def one_client() -> None:
+        nonlocal completed
+        try:
+            client = Client(url, verbose=False, download_files=str(download))
+        except Exception as exc:  # a client that cannot connect is a lost batch of requests
+            with lock:
+                errors.append(f"connect: {exc}")
+            return
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            try:
+                out = client.predict(*args, api_name="/findings")
+                table = out[1]["data"] if isinstance(out[1], dict) else out[1]
+                if len(table) != 14:
+                    raise ValueError(f"expected 14 findings rows, got {len(table)}")
+            except Exception as exc:
+                with lock:
+                    errors.append(str(exc)[:200])
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+                completed += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one_client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    after = _health(probe)
+    stats = after["endpoints"].get("findings", {})
+    peak = max(int(stats.get("peak_in_flight", 0)), int(start_peak))
+    limit = int(after["concurrency_limits"]["findings"])
+    sent = clients * requests
+    lat = sorted(latencies) or [float("nan")]
+    result = LoadResult(
+        clients=clients,
+        requests_each=requests,
+        sent=sent,
+        completed=completed,
+        failed=len(errors),
+        errors=tuple(sorted(set(errors)))[:10],
+        wall_s=wall,
+        median_s=statistics.median(lat),
+        p95_s=lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+        max_s=lat[-1],
+        throughput_per_s=completed / wall if wall else 0.0,
+        rss_after_warmup_mb=float(before["rss_mb"]),
+        rss_after_run_mb=float(after["rss_mb"]),
+        peak_in_flight=peak,
+        concurrency_limit=limit,
+        max_rss_growth=max_rss_growth,
+    )
+    problems = []
+    if errors:
+        problems.append(f"{len(errors)} requests failed")
+    if completed + len(errors) != sent:
+        problems.append(f"{sent - completed - len(errors)} requests lost")
+    if peak > limit:
+        problems.append(f"{peak} findings requests ran at once (limit {limit})")
+    if result.rss_growth > max_rss_growth:
+        problems.append(
+            f"resident memory grew {result.rss_growth:.1%} (allowed {max_rss_growth:.0%})"
+        )
+    import shutil
+
+    shutil.rmtree(download, ignore_errors=True)
+    return LoadResult(**{**asdict(result), "problems": tuple(problems)})

@@ -1,0 +1,284 @@
+"""How the app is served: private files, prompt purge, queue limits, ZeroGPU and a health report.
+
+Privacy. Gradio receives an upload as a file in its cache folder; that is the only copy on disk.
+:func:`prepare_environment` (called by ``app.py`` before Gradio is imported) gives Gradio a
+private folder (mode 0700, removed at exit) and turns analytics off. The Blocks ask Gradio to
+delete every file it cached once it is older than ``upload_ttl_s`` (``delete_cache``). Files the
+app hands back (CSV downloads, a drill-down image, the lesson handout) are written by
+:func:`scratch_file` into a scratch folder inside that private folder and purged on the same
+schedule by :func:`start_purger`. Handlers never log a file name, a DICOM tag or pixels.
+
+Settings come from the environment (:meth:`ServeSettings.from_env`):
+
+========================== ======================================================= ===========
+variable                   meaning                                                 default
+========================== ======================================================= ===========
+``EXPLORER_DEFAULT_MODEL`` model the app opens with (e.g. ``biomedclip`` on the    embedded
+                           Space); the embedded default, with a notice, if it
+                           cannot load
+``EXPLORER_UPLOAD_TTL``    seconds an upload or a download stays on the server     600
+``EXPLORER_PURGE_EVERY``   seconds between purges                                  60
+``EXPLORER_CONCURRENCY``   default queue concurrency limit of an event             2
+``GRADIO_SERVER_NAME``     interface to listen on                                  127.0.0.1
+``GRADIO_SERVER_PORT``     port                                                    7860
+========================== ======================================================= ===========
+
+ZeroGPU. :func:`endpoint` decorates model-heavy handlers with ``spaces.GPU`` when the
+``spaces`` package is importable (Hugging Face Spaces), and is a no-op otherwise.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCRATCH = "explorer-scratch"
+#: Queue limits of the model-heavy events (requests of one event processed at once).
+CONCURRENCY = {"findings": 2, "attribute": 1}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Serving settings (see the module docstring for the environment variables)."""
+
+    default_model: str | None = None
+    upload_ttl_s: int = 600
+    purge_every_s: int = 60
+    concurrency: int = 2
+    host: str = "127.0.0.1"
+    port: int = 7860
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ServeSettings:
+        env = os.environ if env is None else env
+
+        def number(key: str, default: int, low: int) -> int:
+            raw = env.get(key, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError(f"{key} must be a whole number, got {raw!r}") from None
+            if value < low:
+                raise ValueError(f"{key} must be at least {low}, got {value}")
+            return value
+
+        return cls(
+            default_model=env.get("EXPLORER_DEFAULT_MODEL", "").strip() or None,
+            upload_ttl_s=number("EXPLORER_UPLOAD_TTL", cls.upload_ttl_s, 1),
+            purge_every_s=number("EXPLORER_PURGE_EVERY", cls.purge_every_s, 1),
+            concurrency=number("EXPLORER_CONCURRENCY", cls.concurrency, 1),
+            host=env.get("GRADIO_SERVER_NAME", cls.host),
+            port=number("GRADIO_SERVER_PORT", cls.port, 1),
+        )
+
+    @property
+    def delete_cache(self) -> tuple[int, int]:
+        """Gradio's ``(frequency, age)``: purge every ``purge_every_s``, files older than the TTL."""
+        return (self.purge_every_s, self.upload_ttl_s)
+
+
+def _interrupt(signum, frame) -> None:  # pragma: no cover - runs in the served process
+    raise KeyboardInterrupt
+
+
+def prepare_environment() -> Path:
+    """Before Gradio is imported: analytics off and a private temp folder removed at exit.
+
+    SIGTERM is turned into the Ctrl-C path, so a stopped server also removes its folder.
+    """
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        folder = tempfile.mkdtemp(prefix="cxr-explorer-")  # created with mode 0700
+        os.environ["GRADIO_TEMP_DIR"] = folder
+        atexit.register(shutil.rmtree, folder, True)
+    return Path(os.environ["GRADIO_TEMP_DIR"])
+
+
+# --- scratch files ----------------------------------------------------------------------------
+
+
+def scratch_root() -> Path:
+    """Where the app writes files it hands back (inside Gradio's temp folder when set)."""
+    base = os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()
+    return Path(base) / f"{SCRATCH}-{os.getuid() if hasattr(os, 'getuid') else 0}"
+
+
+def scratch_dir() -> Path:
+    """A new private folder under :func:`scratch_root` (purged with the rest)."""
+    root = scratch_root()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=root))
+
+
+def scratch_file(name: str, data: bytes | str) -> str:
+    """Write ``data`` as ``name`` in a fresh scratch folder; return its path."""
+    path = scratch_dir() / Path(name).name
+    if isinstance(data, str):
+        path.write_text(data, encoding="utf-8")
+    else:
+        path.write_bytes(data)
+    return str(path)
+
+
+def purge_scratch(age_s: float) -> int:
+    """Delete scratch folders older than ``age_s`` seconds; return how many went."""
+    root = scratch_root()
+    if not root.is_dir():
+        return 0
+    now, gone = time.time(), 0
+    for entry in root.iterdir():
+        try:
+            if now - entry.stat().st_mtime >= age_s:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                gone += 1
+        except FileNotFoundError:
+            continue
+    return gone
+
+
+def start_purger(settings: ServeSettings) -> threading.Thread:
+    """A daemon thread purging scratch files on Gradio's schedule; also purges at exit."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(settings.purge_every_s)
+            purge_scratch(settings.upload_ttl_s)
+
+    atexit.register(purge_scratch, 0)
+    thread = threading.Thread(target=loop, name="scratch-purge", daemon=True)
+    thread.start()
+    return thread
+
+
+def launch(demo: Any, settings: ServeSettings, **kwargs: Any) -> Any:
+    """Queue (with the concurrency limit), start the scratch purge, and serve ``demo``."""
+    start_purger(settings)
+    demo.queue(default_concurrency_limit=settings.concurrency)
+    return demo.launch(server_name=settings.host, server_port=settings.port, **kwargs)
+
+
+# --- endpoints: gauge and ZeroGPU -------------------------------------------------------------
+
+
+class Gauge:
+    """Per-endpoint counters: calls, failures, requests in flight now and at most at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.in_flight: Counter[str] = Counter()
+        self.peak: Counter[str] = Counter()
+
+    def enter(self, name: str) -> None:
+        with self._lock:
+            self.calls[name] += 1
+            self.in_flight[name] += 1
+            self.peak[name] = max(self.peak[name], self.in_flight[name])
+
+    def leave(self, name: str, ok: bool) -> None:
+        with self._lock:
+            self.in_flight[name] -= 1
+            if not ok:
+                self.failed[name] += 1
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {
+                name: {
+                    "calls": self.calls[name],
+                    "failed": self.failed[name],
+                    "in_flight": self.in_flight[name],
+                    "peak_in_flight": self.peak[name],
+                }
+                for name in sorted(self.calls)
+            }
+
+    def reset_peaks(self) -> None:
+        with self._lock:
+            self.peak = Counter(self.in_flight)
+
+
+GAUGE = Gauge()
+
+
+def _spaces_gpu(duration: int) -> Callable[[Callable], Callable]:
+    try:
+        import spaces  # type: ignore[import-not-found]  # only on Hugging Face Spaces
+    except ImportError:
+        spaces = None
+    # (this repository's own ``spaces/`` folder imports as an empty namespace package)
+    gpu = getattr(spaces, "GPU", None)
+    return gpu(duration=duration) if gpu is not None else (lambda fn: fn)
+
+
+def endpoint(name: str, gpu_seconds: int | None = None) -> Callable[[Callable], Callable]:
+    """Count calls of a handler in :data:`GAUGE`; with ``gpu_seconds``, run it under ZeroGPU."""
+
+    def wrap(fn: Callable) -> Callable:
+        inner = _spaces_gpu(gpu_seconds)(fn) if gpu_seconds else fn
+
+        @functools.wraps(fn)
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            GAUGE.enter(name)
+            ok = False
+            try:
+                result = inner(*args, **kwargs)
+                ok = True
+                return result
+            finally:
+                GAUGE.leave(name, ok)
+
+        return counted
+
+    return wrap
+
+
+# --- health -----------------------------------------------------------------------------------
+
+
+def memory_mb() -> dict[str, float]:
+    """Resident memory now and at peak of this process, in MB (Linux ``/proc``, else rusage)."""
+    try:
+        fields = dict(
+            line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
+        )
+        now = int(fields["VmRSS"].split()[0]) / 1024
+        peak = int(fields["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        now = peak
+    return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak, 1)}
+
+
+def health() -> dict[str, Any]:
+    """What an operator (or the load test) needs: memory, loaded models, endpoint counters."""
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    return {
+        "status": "ok",
+        **memory_mb(),
+        "models_loaded": sorted({name for name, _ in reg.loaded()}),
+        "endpoints": GAUGE.snapshot(),
+        "concurrency_limits": dict(CONCURRENCY),
+    }
