@@ -34,6 +34,10 @@ class ImageTooLargeError(ImageLoadError):
     """The image's pixel count is beyond what the app accepts (decompression-bomb guard)."""
 
 
+class ImageTooSmallError(ImageLoadError):
+    """The image has too few pixels to be a radiograph a model can read (e.g. 1 x 1)."""
+
+
 class MissingPixelDataError(ImageLoadError):
     """A DICOM file that holds no image (e.g. a structured report or a header-only file)."""
 

@@ -1226,7 +1226,7 @@ def negate(text: str) -> str:
     if not text or not text.strip():
         raise NegationError(text, "empty text")
     lead, core, trail = _split_edges(text)
-    if not re.search(r"[A-Za-z]", core):
+    if not re.search(r"[^\W\d_]", core):
         raise NegationError(text, "no words")
     phrase_mode = not re.search(r"[.!?]", trail)
     if not phrase_mode and not _negatable(core):

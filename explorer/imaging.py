@@ -56,6 +56,7 @@ from explorer.errors import (
     EmptyFileError,
     ImageLoadError,
     ImageTooLargeError,
+    ImageTooSmallError,
     MissingPixelDataError,
     UnsupportedFormatError,
     UnsupportedTransferSyntaxError,
@@ -65,10 +66,12 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_INFLATED_BYTES",
     "MAX_PIXELS",
+    "MIN_SIDE",
     "ImageMeta",
     "LoadedImage",
     "describe",
     "load_image",
+    "require_min_size",
     "to_uint8",
 ]
 
@@ -387,6 +390,27 @@ def _file_too_large() -> ImageTooLargeError:
         f"The file is larger than the {limit_mb} MB this app accepts; please upload a single "
         "chest X-ray exported as a PNG, JPEG or DICOM file."
     )
+
+
+MIN_SIDE = 32
+
+
+def require_min_size(img: LoadedImage, min_side: int = MIN_SIDE) -> LoadedImage:
+    """Return ``img`` if both sides have at least ``min_side`` pixels.
+
+    :func:`load_image` decodes any valid image; the app and the CLI call this before scoring,
+    since a model cannot read a radiograph from a thumbnail or a single pixel.
+
+    Raises:
+        ImageTooSmallError: A side is shorter than ``min_side``.
+    """
+    h, w = img.pixels.shape
+    if min(h, w) < min_side:
+        raise ImageTooSmallError(
+            f"The image is only {w} x {h} pixels; a chest X-ray needs at least {min_side} "
+            "pixels on each side (please upload the full-size export)."
+        )
+    return img
 
 
 def _check_pixel_count(width: int, height: int) -> None:

@@ -184,11 +184,23 @@ def _read_table(path: Path | str | bytes, filename: str):
     except Exception as err:  # pandas raises many types for damaged files
         kind = "Parquet" if suffix in (".parquet", ".pq") else "CSV"
         raise CorpusError(
-            f"{Path(filename).name} could not be read as {kind} ({type(err).__name__})."
+            f"{Path(filename).name} could not be read as {kind}: {_table_problem(err, kind)}."
         ) from None
     raise CorpusError(
         f"{Path(filename).name}: report tables must be CSV, TSV or Parquet files, not '{suffix or 'no extension'}'."
     )
+
+
+def _table_problem(err: Exception, kind: str) -> str:
+    """Why pandas could not read a table, in words."""
+    name = type(err).__name__
+    if name == "EmptyDataError":
+        return "the file is empty"
+    if isinstance(err, UnicodeDecodeError):
+        return "it is not UTF-8 text (save it as 'CSV UTF-8')"
+    if name == "ParserError":
+        return "its rows do not have the same number of columns, or it is not text"
+    return f"the file is damaged or is not a {kind} file"
 
 
 def label_columns(columns: Sequence[str]) -> dict[str, str]:

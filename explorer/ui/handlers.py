@@ -59,7 +59,7 @@ def _loaded(path: str | None):
     """The upload decoded in memory, or a ``gr.Error`` saying what is wrong with it."""
     from pathlib import Path
 
-    from explorer.imaging import load_image
+    from explorer.imaging import load_image, require_min_size
 
     if not path:
         raise gr.Error(
@@ -72,7 +72,7 @@ def _loaded(path: str | None):
             print_exception=False,
         )
     try:
-        return load_image(path)
+        return require_min_size(load_image(path))
     except ExplorerError as err:
         raise user_error(err) from None
 
