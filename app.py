@@ -3,11 +3,16 @@
 Settings come from environment variables; see ``explorer/ui/serving.py``.
 """
 
+import logging
 import os
 
 from explorer.ui.serving import ServeSettings, launch, prepare_environment
 
 prepare_environment()  # before Gradio is imported: private temp folder, analytics off
+logging.basicConfig(
+    level=os.environ.get("EXPLORER_LOG_LEVEL", "WARNING").upper(),
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+)
 
 from explorer.ui import build_demo  # noqa: E402
 

@@ -21,6 +21,8 @@ variable                   meaning                                              
 ``EXPLORER_CONCURRENCY``   default queue concurrency limit of an event             2
 ``GRADIO_SERVER_NAME``     interface to listen on                                  127.0.0.1
 ``GRADIO_SERVER_PORT``     port                                                    7860
+``EXPLORER_LOG_LEVEL``     log level of ``app.py`` (no file names or tags are      WARNING
+                           ever logged)
 ========================== ======================================================= ===========
 
 ZeroGPU. :func:`endpoint` decorates model-heavy handlers with ``spaces.GPU`` when the
@@ -153,6 +155,28 @@ def purge_scratch(age_s: float) -> int:
     return gone
 
 
+def purge_upload_leftovers(age_s: float) -> int:
+    """Delete Gradio's empty upload staging files (``tmp*``) older than ``age_s`` seconds.
+
+    Gradio stages each upload in a ``tmp*`` file at the top of its temp folder and leaves it
+    behind, empty, after moving the content into its cache. Only done in a private folder
+    (no group or other access), so a shared ``/tmp`` is never touched.
+    """
+    folder = os.environ.get("GRADIO_TEMP_DIR")
+    if not folder or not Path(folder).is_dir() or Path(folder).stat().st_mode & 0o077:
+        return 0
+    now, gone = time.time(), 0
+    for entry in Path(folder).glob("tmp*"):
+        try:
+            st = entry.lstat()
+            if entry.is_file() and st.st_size == 0 and now - st.st_mtime >= age_s:
+                entry.unlink()
+                gone += 1
+        except FileNotFoundError:
+            continue
+    return gone
+
+
 def start_purger(settings: ServeSettings) -> threading.Thread:
     """A daemon thread purging scratch files on Gradio's schedule; also purges at exit."""
 
@@ -160,6 +184,7 @@ def start_purger(settings: ServeSettings) -> threading.Thread:
         while True:
             time.sleep(settings.purge_every_s)
             purge_scratch(settings.upload_ttl_s)
+            purge_upload_leftovers(settings.upload_ttl_s)
 
     atexit.register(purge_scratch, 0)
     thread = threading.Thread(target=loop, name="scratch-purge", daemon=True)

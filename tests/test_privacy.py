@@ -1,0 +1,124 @@
+"""Privacy through the real server: a DICOM with planted patient identifiers leaves no trace.
+
+The app runs as ``python app.py`` in a child process (as on the Space) with a short upload
+lifetime, logging at INFO. After the planted DICOM is inspected, scored and explained, the
+identifiers must appear in no response, no downloaded file and no log line; the file's name in
+no log line; and once the purge interval has passed, no file may be left in the server's temp
+folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+pytest.importorskip("gradio")
+from conftest import default_model_ready  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
+
+from explorer.load import AppProcess  # noqa: E402
+from explorer.ui.app import EXAMPLES_DIR  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not default_model_ready(), reason="embedded default model not built"
+)
+
+PLANTED = {
+    "PatientName": "Plantedsurname^Plantedgiven",
+    "PatientID": "PID-PLANTED-90210",
+    "PatientBirthDate": "19491231",
+    "OtherPatientIDs": "OTHER-PLANTED-777",
+    "InstitutionName": "Planted General Hospital",
+    "ReferringPhysicianName": "Refdoc^Planted",
+    "AccessionNumber": "ACC-PLANTED-5150",
+}
+SECRETS = ("Plantedsurname", "Plantedgiven", "PID-PLANTED-90210", "19491231", "OTHER-PLANTED-777")
+SECRETS += ("Planted General", "Refdoc", "ACC-PLANTED-5150")
+FILE_STEM = "jane-doe-mrn-90210"
+TTL_S, PURGE_S = 3, 1
+
+
+def _planted_dicom(folder: Path) -> Path:
+    ds = pydicom.dcmread(EXAMPLES_DIR / "siim-pneumothorax-sample.dcm")
+    for key, value in PLANTED.items():
+        setattr(ds, key, value)
+    path = folder / f"{FILE_STEM}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    assert all(s.encode() in raw for s in SECRETS)  # they are really in the upload
+    return path
+
+
+def _files_under(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def _text_of(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def test_planted_identifiers_leave_no_trace(tmp_path):
+    server_tmp = tmp_path / "server-tmp"
+    server_tmp.mkdir(mode=0o700)
+    downloads = tmp_path / "client-downloads"
+    upload = _planted_dicom(tmp_path)
+    env = {
+        "GRADIO_TEMP_DIR": str(server_tmp),
+        "EXPLORER_UPLOAD_TTL": str(TTL_S),
+        "EXPLORER_PURGE_EVERY": str(PURGE_S),
+        "EXPLORER_LOG_LEVEL": "INFO",
+        "EXPLORER_DEFAULT_MODEL": "",
+    }
+    with AppProcess(env=env, log_path=tmp_path / "app.log") as app:
+        client = Client(app.url, verbose=False, download_files=str(downloads))
+        image, meta = client.predict(handle_file(str(upload)), api_name="/inspect")
+        findings = client.predict(
+            handle_file(str(upload)),
+            "phantom-negaware",
+            "",
+            "",
+            ["there_is"],
+            "",
+            api_name="/findings",
+        )
+        explained = client.predict(
+            handle_file(str(upload)),
+            "phantom-negaware",
+            "Pneumothorax",
+            "gradcam",
+            0.5,
+            False,
+            api_name="/attribute",
+        )
+        responses = json.dumps([image, meta, findings, explained], default=str)
+        rows = meta["data"] if isinstance(meta, dict) else meta
+        shown = dict((r[0], r[1]) for r in rows)
+        assert shown["format"] == "DICOM"  # the upload was really read
+        # While the session is live, the upload is in the server's temp folder ...
+        during = _files_under(server_tmp)
+        assert during
+        time.sleep(TTL_S + 3 * PURGE_S + 1)
+        # ... and once it is older than the lifetime, nothing is left.
+        left = _files_under(server_tmp)
+        log = app.log()
+    assert not left, f"files left behind: {[p.name for p in left]}"
+    for secret in SECRETS:
+        assert secret not in responses, f"{secret} in a response"
+        assert secret not in log, f"{secret} in the server log"
+        for path in _files_under(downloads):
+            assert secret not in _text_of(path), f"{secret} in downloaded {path.name}"
+    assert FILE_STEM not in log
+    assert "INFO" in log or "loading model" in log  # the log was really captured at INFO
+    # Nothing named after the upload anywhere in the system temp folder either.
+    tmp_root = Path(os.environ.get("TMPDIR", "/tmp"))
+    pytest_root = tmp_path.parents[1]  # this and earlier runs' own inputs live there
+    stray = [p for p in tmp_root.glob(f"**/{FILE_STEM}*") if pytest_root not in p.parents]
+    assert not stray, stray
