@@ -14,6 +14,7 @@ the privacy tests and the performance bench (cold start).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -23,7 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +120,26 @@ class LoadResult:
     peak_in_flight: int
     concurrency_limit: int
     max_rss_growth: float
-    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Why the run failed (empty when it passed)."""
+        out = []
+        if self.failed:
+            out.append(f"{self.failed} requests failed")
+        lost = self.sent - self.completed - self.failed
+        if lost:
+            out.append(f"{lost} requests lost")
+        if self.peak_in_flight > self.concurrency_limit:
+            out.append(
+                f"{self.peak_in_flight} findings requests ran at once "
+                f"(limit {self.concurrency_limit})"
+            )
+        if self.rss_growth > self.max_rss_growth:
+            out.append(
+                f"resident memory grew {self.rss_growth:.1%} (allowed {self.max_rss_growth:.0%})"
+            )
+        return tuple(out)
 
     @property
     def passed(self) -> bool:
@@ -130,7 +150,12 @@ class LoadResult:
         return self.rss_after_run_mb / self.rss_after_warmup_mb - 1.0
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "rss_growth": self.rss_growth, "passed": self.passed}
+        return {
+            **asdict(self),
+            "rss_growth": self.rss_growth,
+            "problems": list(self.problems),
+            "passed": self.passed,
+        }
 
     def to_markdown(self) -> str:
         rows = [
@@ -249,18 +274,5 @@ def run_load(
         concurrency_limit=limit,
         max_rss_growth=max_rss_growth,
     )
-    problems = []
-    if errors:
-        problems.append(f"{len(errors)} requests failed")
-    if completed + len(errors) != sent:
-        problems.append(f"{sent - completed - len(errors)} requests lost")
-    if peak > limit:
-        problems.append(f"{peak} findings requests ran at once (limit {limit})")
-    if result.rss_growth > max_rss_growth:
-        problems.append(
-            f"resident memory grew {result.rss_growth:.1%} (allowed {max_rss_growth:.0%})"
-        )
-    import shutil
-
     shutil.rmtree(download, ignore_errors=True)
-    return LoadResult(**{**asdict(result), "problems": tuple(problems)})
+    return result

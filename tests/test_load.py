@@ -1,0 +1,62 @@
+"""The load test script, with small numbers: no request lost, the queue limit holds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("gradio")
+from conftest import default_model_ready  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not default_model_ready(), reason="embedded default model not built"
+)
+
+
+def test_load_script_with_small_numbers(capsys):
+    from explorer.cli import main
+
+    status = main(["load", "--clients", "4", "--requests", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert status == 0, out["problems"]
+    assert out["sent"] == out["completed"] == 12 and out["failed"] == 0
+    # Four clients at once against a limit of two: the queue held them to exactly two.
+    assert out["peak_in_flight"] == out["concurrency_limit"] == 2
+    assert out["rss_growth"] <= 0.10 and out["cold_start_s"] > 0
+    assert 0 < out["median_s"] <= out["p95_s"] <= out["max_s"]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"completed": 9}, "1 requests lost"),
+        ({"completed": 8, "failed": 2}, "2 requests failed"),
+        ({"peak_in_flight": 3}, "3 findings requests ran at once (limit 2)"),
+        ({"rss_after_run_mb": 111.0}, "resident memory grew 11.0%"),
+    ],
+)
+def test_load_verdict_names_each_failure(change, problem):
+    from explorer.load import LoadResult
+
+    ok = dict(
+        clients=2,
+        requests_each=5,
+        sent=10,
+        completed=10,
+        failed=0,
+        errors=(),
+        wall_s=1.0,
+        median_s=0.1,
+        p95_s=0.1,
+        max_s=0.1,
+        throughput_per_s=10.0,
+        rss_after_warmup_mb=100.0,
+        rss_after_run_mb=105.0,
+        peak_in_flight=2,
+        concurrency_limit=2,
+        max_rss_growth=0.1,
+    )
+    assert LoadResult(**ok).passed and "| verdict | pass |" in LoadResult(**ok).to_markdown()
+    bad = LoadResult(**{**ok, **change})
+    assert not bad.passed and problem in bad.to_markdown()

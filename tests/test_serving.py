@@ -1,0 +1,163 @@
+"""Serving settings, the default-model fallback, ZeroGPU wrapping, the gauge and the purges."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+from explorer.models import default_registry, registry  # noqa: E402
+from explorer.ui import serving  # noqa: E402
+from explorer.ui.serving import Gauge, ServeSettings, endpoint  # noqa: E402
+
+
+def test_settings_from_environment():
+    s = ServeSettings.from_env(
+        {
+            "EXPLORER_DEFAULT_MODEL": " biomedclip ",
+            "EXPLORER_UPLOAD_TTL": "120",
+            "EXPLORER_PURGE_EVERY": "30",
+            "GRADIO_SERVER_PORT": "8001",
+        }
+    )
+    assert s.default_model == "biomedclip" and s.delete_cache == (30, 120) and s.port == 8001
+    assert ServeSettings.from_env({}).default_model is None
+    with pytest.raises(ValueError, match="EXPLORER_UPLOAD_TTL must be a whole number"):
+        ServeSettings.from_env({"EXPLORER_UPLOAD_TTL": "soon"})
+    with pytest.raises(ValueError, match="at least 1"):
+        ServeSettings.from_env({"EXPLORER_CONCURRENCY": "0"})
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    registry.hub_reachable.cache_clear()
+    yield
+    registry.hub_reachable.cache_clear()
+
+
+def test_requested_default_falls_back_with_a_notice_when_the_hub_is_unreachable(offline):
+    reg = default_registry()
+    name, notice = reg.preferred("biomedclip")
+    assert name == reg.default == "phantom-negaware"
+    assert "biomedclip" in notice and "cannot load here" in notice and reg.default in notice
+    assert reg.preferred("no-such-model")[1].startswith("The requested default model")
+    assert reg.preferred(None) == (reg.default, None)
+    assert reg.preferred("phantom-infonce") == ("phantom-infonce", None)  # shipped: loads
+
+
+def test_app_opens_on_the_embedded_default_and_says_why(offline):
+    from explorer.ui import build_demo
+
+    demo = build_demo(ServeSettings(default_model="biomedclip"))
+    notices = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "start-notice"]
+    assert len(notices) == 1 and "biomedclip" in notices[0].value
+    dropdowns = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Model"]
+    assert dropdowns and all(d.value == "phantom-negaware" for d in dropdowns)
+    plain = build_demo(ServeSettings())
+    assert not [b for b in plain.blocks.values() if getattr(b, "elem_id", None) == "start-notice"]
+
+
+def test_endpoint_uses_zerogpu_when_spaces_is_importable(monkeypatch):
+    calls = []
+
+    def gpu(duration):
+        def wrap(fn):
+            def on_gpu(*args, **kwargs):
+                calls.append(duration)
+                return fn(*args, **kwargs)
+
+            return on_gpu
+
+        return wrap
+
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+
+    @endpoint("test-gpu", gpu_seconds=42)
+    def handler(x, progress=None):
+        return x * 2
+
+    assert handler(3) == 6 and calls == [42]
+    assert list(inspect.signature(handler).parameters) == ["x", "progress"]  # Gradio reads it
+
+
+def test_endpoint_is_plain_without_spaces(monkeypatch):
+    # This repository's spaces/ folder imports as an empty namespace package: no GPU there.
+    monkeypatch.setitem(sys.modules, "spaces", types.ModuleType("spaces"))
+
+    @endpoint("test-plain", gpu_seconds=10)
+    def handler(x):
+        return x + 1
+
+    assert handler(1) == 2
+
+
+def test_gauge_counts_peak_concurrency_and_failures():
+    gauge = Gauge()
+    gate = threading.Barrier(3)
+
+    def work(fail: bool) -> None:
+        gauge.enter("e")
+        gate.wait()
+        time.sleep(0.05)
+        gauge.leave("e", ok=not fail)
+
+    threads = [threading.Thread(target=work, args=(i == 0,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = gauge.snapshot()["e"]
+    assert snap == {"calls": 3, "failed": 1, "in_flight": 0, "peak_in_flight": 3}
+
+
+def test_endpoint_counts_errors_raised_by_the_handler():
+    @endpoint("test-error")
+    def broken():
+        raise RuntimeError("boom")
+
+    before = serving.GAUGE.snapshot().get("test-error", {"failed": 0})["failed"]
+    with pytest.raises(RuntimeError):
+        broken()
+    assert serving.GAUGE.snapshot()["test-error"]["failed"] == before + 1
+
+
+def test_scratch_files_are_purged_by_age(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    old = serving.scratch_file("cases.csv", "a,b\n1,2\n")
+    new = serving.scratch_file("image.png", b"\x89PNG")
+    assert Path(old).read_text() == "a,b\n1,2\n"
+    past = time.time() - 100
+    os.utime(os.path.dirname(old), (past, past))
+    assert serving.purge_scratch(50) == 1
+    assert not os.path.exists(old) and os.path.exists(new)
+    assert serving.purge_scratch(0) == 1 and not os.path.exists(new)
+
+
+def test_upload_leftovers_purged_only_in_a_private_folder(tmp_path, monkeypatch):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    for folder in (private, shared):
+        (folder / "tmpabc123").write_bytes(b"")
+        (folder / "tmpkeep").write_bytes(b"not empty")
+        monkeypatch.setenv("GRADIO_TEMP_DIR", str(folder))
+        serving.purge_upload_leftovers(0)
+    assert not (private / "tmpabc123").exists() and (private / "tmpkeep").exists()
+    assert (shared / "tmpabc123").exists()
+
+
+def test_health_reports_memory_models_and_limits():
+    report = serving.health()
+    assert report["status"] == "ok" and report["rss_mb"] > 10
+    assert report["peak_rss_mb"] >= report["rss_mb"]
+    assert report["concurrency_limits"]["findings"] >= 1
