@@ -1,7 +1,8 @@
 """The app in a real headless browser (Chromium via Playwright): what a person clicks works.
 
-Skipped when Playwright or a Chromium binary is missing (``apt-get install chromium``). Set
-``SCREENSHOT_DIR`` to keep a screenshot of each view.
+Skipped when Playwright or a Chromium binary is missing (``apt-get install chromium``). A
+screenshot of each view is kept as a test artefact in ``artifacts/screenshots/`` (or in
+``SCREENSHOT_DIR``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)"),
 ]
-SHOTS = os.environ.get("SCREENSHOT_DIR")
+SHOTS = Path(
+    os.environ.get("SCREENSHOT_DIR")
+    or Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+)
 #: No background networking: the sandbox refuses outside connections and Chromium retries them.
 #: The GPU stays enabled: the map is a WebGL scatter (SwiftShader renders it headless).
 CHROMIUM_ARGS = [
@@ -47,9 +51,10 @@ def page(app_url):
 
 
 def _shot(pg, name: str) -> None:
-    if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        pg.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000  # a real picture of the page, not a blank one
 
 
 def _upload(pg, path: Path) -> None:
@@ -70,6 +75,14 @@ def test_findings_view_in_the_browser(page, samples_dir):
     page.wait_for_timeout(1000)
     _shot(page, "1-findings")
     assert page.locator("text=Pleural Effusion").count() > 0
+    # Download the scores as a person would: the CSV has one row per CheXpert finding.
+    link = page.locator("#findings-csv a").first
+    with page.expect_download() as info:
+        link.click()
+    text = Path(info.value.path()).read_text()
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("finding,") and len(lines) == 15, text[:300]
+    assert any(line.startswith("Pleural Effusion,") for line in lines)
 
 
 def test_attribution_view_in_the_browser(page):
@@ -87,6 +100,16 @@ def test_attribution_view_in_the_browser(page):
     _shot(page, "2-attribution")
 
 
+#: Page coordinates of the first point of the named trace of the map (plotly's own axes).
+HOVER_TARGET_JS = """(name) => {
+  const gd = document.querySelector('div.cxr-map');  // plotly draws into this div
+  const trace = gd._fullData.find(t => t.name === name);
+  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+  const box = gd.getBoundingClientRect();
+  return [box.left + xa._offset + xa.l2p(trace.x[0]), box.top + ya._offset + ya.l2p(trace.y[0])];
+}"""
+
+
 def test_report_map_lasso_selection_fills_the_table(page, samples_dir):
     page.get_by_role("tab", name="Report map").click()
     page.get_by_role("button", name="Open map").click()
@@ -97,6 +120,12 @@ def test_report_map_lasso_selection_fills_the_table(page, samples_dir):
     page.get_by_role("button", name="Place my image").click()
     page.locator(".cxr-map .legendtext", has_text="your image").wait_for(timeout=180_000)
     page.locator(".cxr-map .legendtext", has_text="nearest reports").wait_for()
+    # Hover the star of the placed image: plotly shows its label.
+    page.locator(".cxr-map").first.scroll_into_view_if_needed()
+    x, y = page.evaluate(HOVER_TARGET_JS, "your image")
+    page.mouse.move(x, y, steps=5)
+    page.locator(".cxr-map .hovertext", has_text="your image").wait_for(timeout=30_000)
+    _shot(page, "3a-report-map-hover")
     # Drag a lasso around the middle of the plot, as a person would (mouse events need the
     # plot inside the viewport).
     page.locator(".cxr-map").first.scroll_into_view_if_needed()

@@ -132,7 +132,7 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                         table = gr.Dataframe(
                             headers=SCORE_COLUMNS, label="Scores", interactive=False
                         )
-                        csv = gr.File(label="Download CSV")
+                        csv = gr.File(label="Download CSV", elem_id="findings-csv")
                     with gr.Column(visible=False) as second:
                         card2 = gr.Markdown()
                         plot2 = gr.Plot(label="Second model")
