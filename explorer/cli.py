@@ -508,6 +508,49 @@ def _load(args: argparse.Namespace) -> int:
         return run(app.url, app.ready_s)
 
 
+# --- bench -----------------------------------------------------------------------------------
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", action="append", help="model to measure (repeatable; default: the default)"
+    )
+    p.add_argument("--images", type=int, default=20, help="distinct images cycled (default 20)")
+    p.add_argument("--repeats", type=int, default=30, help="timed calls per latency (default 30)")
+    p.add_argument("--ig-steps", type=int, help="IG integration points (default: the app's)")
+    p.add_argument("--embed-reports", type=int, help="IU reports to embed (default: all)")
+    p.add_argument("--single-reports", type=int, default=200, help="reports embedded one by one")
+    p.add_argument(
+        "--map",
+        action="append",
+        dest="maps",
+        metavar="CORPUS",
+        help="corpus whose map is built from scratch (repeatable; default: iu; 'none' skips)",
+    )
+    p.add_argument("--no-app", action="store_true", help="skip the app's cold start and memory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+@command("bench", "performance bench: latency, peer pipeline, attribution, maps, app", _bench_args)
+def _bench(args: argparse.Namespace) -> int:
+    from explorer.bench import run_bench
+
+    maps = [m for m in (args.maps or ["iu"]) if m != "none"]
+    report = run_bench(
+        args.model,
+        images=args.images,
+        repeats=args.repeats,
+        ig_steps=args.ig_steps,
+        embed_reports=args.embed_reports,
+        single_reports=args.single_reports,
+        map_corpora=maps,
+        app=not args.no_app,
+        say=lambda msg: sys.stderr.write(f"bench: {msg}\n"),
+    )
+    _emit(report.as_dict(), args.json, report.to_markdown())
+    return 0
+
+
 # --- entry point ------------------------------------------------------------------------------
 
 

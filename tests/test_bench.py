@@ -1,0 +1,70 @@
+"""The performance bench runs at tiny sizes, and its agreement checks hold."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import default_model_ready
+
+pytestmark = pytest.mark.skipif(
+    not default_model_ready(), reason="embedded default model not built"
+)
+
+
+@pytest.fixture(scope="module")
+def report():
+    from explorer.bench import run_bench
+
+    return run_bench(
+        images=2,
+        repeats=2,
+        attribution_repeats=1,
+        ig_steps=4,
+        embed_reports=24,
+        single_reports=6,
+        map_corpora=["phantom:40"],
+        app=False,
+    )
+
+
+def _row(report, measure):
+    return next(r for r in report.rows if r.measure.startswith(measure))
+
+
+def test_bench_measures_every_section(report):
+    sections = {r.section for r in report.rows}
+    assert sections == {"findings", "peer", "attribution", "embedding", "map"}
+    for r in report.rows:
+        assert r.value is not None and math.isfinite(r.value) and r.value >= 0, r
+    assert _row(report, "query / bare forward").target == "<= 1.5"
+    assert "steps=4" in _row(report, "ig median").note
+    assert "cores" in report.machine
+
+
+def test_pipeline_and_ours_give_the_same_probabilities(report):
+    row = _row(report, "max |P ours - P pipeline|")
+    assert row.met and row.value <= 1e-4
+
+
+def test_batched_and_single_embeddings_agree(report):
+    row = _row(report, "max |batched - single|")
+    assert row.met and row.value <= 1e-4
+
+
+def test_map_reopens_from_cache(report):
+    assert _row(report, "reopen phantom-40").met
+
+
+def test_table_names_misses():
+    from explorer.bench import BenchReport, BenchRow
+
+    table = BenchReport(
+        "test machine",
+        (
+            BenchRow("peer", "pipeline / ours", "m", 2.0, "x", ">= 3", False),
+            BenchRow("app", "cold start", "m", None, "s", note="not run"),
+        ),
+    ).to_markdown()
+    assert "| peer | pipeline / ours | m | 2.00 x | >= 3 | **no** |" in table
+    assert "| app | cold start | m | n/a |" in table and table.startswith("Machine: test machine")
