@@ -158,13 +158,15 @@ def bench_findings(model, images: Sequence[np.ndarray], repeats: int) -> list[Be
         )
 
     query(0)  # warms the text-embedding cache (once per model and prompt set)
-    counter = iter(range(1, 10**9))
-    times = _timed(lambda: query(next(counter)), repeats)
     tensors = [model.preprocess(im) for im in images]
+    times, bare = [], []
     with torch.inference_mode():
         model.encode_image(tensors[0])
-        counter = iter(range(10**9))
-        bare = _timed(lambda: model.encode_image(tensors[next(counter) % len(tensors)]), repeats)
+    # Interleaved, so drift in the machine's speed hits both figures alike.
+    for k in range(repeats):
+        times += _timed(lambda k=k: query(k + 1), 1)
+        with torch.inference_mode():
+            bare += _timed(lambda k=k: model.encode_image(tensors[(k + 1) % len(tensors)]), 1)
     med, bare_med = statistics.median(times), statistics.median(bare)
     ratio = med / bare_med
     return [

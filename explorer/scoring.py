@@ -21,6 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -138,6 +139,21 @@ class TextEmbeddingCache:
 TEXT_CACHE = TextEmbeddingCache()
 
 
+def _template_key(templates: Sequence[str | PromptTemplate] | None):
+    return None if templates is None else tuple(templates)
+
+
+@lru_cache(maxsize=256)
+def _pairs(
+    findings: tuple[str, ...], templates: tuple | None, negations: tuple[tuple[str, str], ...]
+) -> dict[str, tuple[PromptPair, ...]]:
+    """:func:`build_pairs`, memoised: a query with the same prompts skips the negation engine.
+
+    Callers must not mutate the returned dict (``score_findings`` only reads it).
+    """
+    return build_pairs(findings, templates, dict(negations))
+
+
 def build_pairs(
     findings: Iterable[str],
     templates: Sequence[str | PromptTemplate] | None = None,
@@ -190,33 +206,34 @@ def score_findings(
         explorer.findings.NegationError: a custom finding cannot be negated automatically.
     """
     cache = TEXT_CACHE if cache is None else cache
-    all_findings = list(dict.fromkeys([*findings, *custom]))
-    pairs = build_pairs(all_findings, templates, negations)
+    all_findings = tuple(dict.fromkeys([*findings, *custom]))
+    pairs = _pairs(all_findings, _template_key(templates), tuple(sorted((negations or {}).items())))
     if image_embedding is None:
-        image_embedding = model.embed_image(pixels)
+        with torch.inference_mode():
+            image_embedding = model.embed_image(pixels)
     img = image_embedding.float().cpu().reshape(-1)
     scale = model.logit_scale
     texts = [t for ps in pairs.values() for p in ps for t in (p.affirmed, p.negated)]
-    emb = cache.embed(model, texts)
+    # All pairs at once: [P, 2] similarities, the pairwise softmax and the prompts' cosine.
+    block = cache.embed(model, texts).reshape(-1, 2, img.shape[0])
+    sims = block @ img
+    probs = torch.softmax(scale * sims, dim=-1)[:, 0]
+    text_cos = (block[:, 0] * block[:, 1]).sum(-1)
+    per_pair = torch.stack([sims[:, 0], sims[:, 1], probs, text_cos], dim=1).numpy()
     scores, k = [], 0
     for finding, ps in pairs.items():
         n = len(ps)
-        block = emb[k : k + 2 * n].reshape(n, 2, -1)
-        k += 2 * n
-        sims = block @ img  # [n, 2]
-        probs = torch.softmax(scale * sims, dim=-1)[:, 0]
-        text_cos = (block[:, 0] * block[:, 1]).sum(-1)
-        p = float(probs.mean())
-        tc = float(text_cos.mean())
+        s_aff, s_neg, p, tc = (float(v) for v in per_pair[k : k + n].mean(axis=0))
+        k += n
         scores.append(
             FindingScore(
                 finding=finding,
                 affirmed=tuple(x.affirmed for x in ps),
                 negated=tuple(x.negated for x in ps),
-                sim_affirmed=float(sims[:, 0].mean()),
-                sim_negated=float(sims[:, 1].mean()),
+                sim_affirmed=s_aff,
+                sim_negated=s_neg,
                 prob_affirmed=p,
-                margin=float((sims[:, 0] - sims[:, 1]).mean()),
+                margin=s_aff - s_neg,
                 text_cosine=tc,
                 negation_blind=abs(p - 0.5) < blind_margin or tc >= blind_text_cosine,
                 custom=finding not in findings,
