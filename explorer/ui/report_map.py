@@ -206,10 +206,6 @@ def open_map(
             shutil.rmtree(temp_dir, ignore_errors=True)
         raise user_error(err) from None
     figure = _figure_json(report_map, colour_by or "cluster")
-    if fresh:
-        # Compile UMAP's transform now, after plotly is imported here: two threads importing
-        # plotly's dependencies at once can deadlock in importlib.
-        threading.Thread(target=report_map.warm_up, name="map-warm-up", daemon=True).start()
     return figure, _summary(report_map, notice), _cluster_rows(report_map), key
 
 
@@ -230,12 +226,13 @@ def prebuild_default() -> threading.Thread:
             spec = CORPORA[DEFAULT_CORPUS]
             built = build_map(_corpus(spec), model)
             STORE.put(f"{spec}:{model.name}", built, None)
-            built.warm_up()
             log.info("default report map ready")
         except Exception:  # a failed warm-up must not stop the app; "Open map" retries
             log.exception("building the default report map failed")
 
-    import plotly.graph_objects  # noqa: F401 - imported before the thread (see open_map)
+    # Import plotly here, not in the thread: two threads importing its dependencies at once can
+    # deadlock in importlib.
+    import plotly.graph_objects  # noqa: F401
 
     thread = threading.Thread(target=work, name="prebuild-map", daemon=True)
     thread.start()
