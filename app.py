@@ -6,7 +6,7 @@ Settings come from environment variables; see ``explorer/ui/serving.py``.
 import logging
 import os
 
-from explorer.ui.serving import ServeSettings, launch, prepare_environment
+from explorer.ui.serving import ServeSettings, launch, prepare_environment, warm_up
 
 prepare_environment()  # before Gradio is imported: private temp folder, analytics off
 logging.basicConfig(
@@ -26,4 +26,5 @@ if os.environ.get("EXPLORER_PREBUILD_MAP", "1" if os.environ.get("SPACE_ID") els
     prebuild_default()
 
 if __name__ == "__main__":
+    warm_up(settings)
     launch(demo, settings)

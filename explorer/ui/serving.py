@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -197,6 +198,40 @@ def launch(demo: Any, settings: ServeSettings, **kwargs: Any) -> Any:
     start_purger(settings)
     demo.queue(default_concurrency_limit=settings.concurrency)
     return demo.launch(server_name=settings.host, server_port=settings.port, **kwargs)
+
+
+def warm_up(settings: ServeSettings) -> threading.Thread:
+    """Load the opening model and embed every prompt template in the background.
+
+    Started by ``app.py`` next to the server, so the first findings answer does not pay for
+    loading weights and encoding 14 x 2 x templates prompts.
+    """
+    import plotly.graph_objects  # noqa: F401 - imported here: two threads importing it deadlock
+
+    def work() -> None:
+        import numpy as np
+
+        from explorer.models import default_registry
+        from explorer.plots import findings_figure
+        from explorer.scoring import score_findings
+
+        t0 = time.perf_counter()
+        try:
+            model, _ = default_registry().load_or_default(
+                default_registry().preferred(settings.default_model)[0]
+            )
+            result = score_findings(model, np.zeros((64, 64), dtype=np.float32))
+            findings_figure(result).to_json()  # plotly builds its validators on first use
+            result.to_frame().to_csv()
+            logging.getLogger(__name__).info(
+                "warmed up %s in %.1f s", model.name, time.perf_counter() - t0
+            )
+        except Exception:  # the first request retries and reports any error to the user
+            logging.getLogger(__name__).exception("warming up the default model failed")
+
+    thread = threading.Thread(target=work, name="warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 # --- endpoints: gauge and ZeroGPU -------------------------------------------------------------
