@@ -218,3 +218,30 @@ def test_map_figure_rows_round_trip(tmp_path, monkeypatch, tiny_model):
     assert any(t.name.startswith("positive") for t in by_finding.data)
     with pytest.raises(ValueError, match="reference"):
         map_figure(built, "disagreement")
+
+
+def test_exact_knn_graph_matches_brute_force(monkeypatch):
+    from explorer.reports import map as map_mod
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    monkeypatch.setattr(map_mod, "KNN_ROWS", 64)  # several chunks
+    idx, dist = map_mod.knn_graph(x, 5)
+    sims = x @ x.T
+    np.fill_diagonal(sims, np.inf)
+    expected = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    assert (idx[:, 0] == np.arange(300)).all() and (dist[:, 0] == 0).all()
+    assert (np.sort(idx[:, 1:], 1) == np.sort(expected[:, 1:], 1)).all()
+    np.testing.assert_allclose(
+        dist[:, 1:], 1 - np.take_along_axis(x @ x.T, idx[:, 1:], 1), atol=1e-6
+    )
+
+
+def test_membership_weights_sum_to_log2_k():
+    from explorer.reports.map import membership_weights
+
+    d = np.array([0.1, 0.12, 0.2, 0.35, 0.5, 0.6, 0.9, 1.0])
+    w = membership_weights(d)
+    assert w[0] == pytest.approx(1.0) and np.all(np.diff(w) <= 0)
+    assert w.sum() == pytest.approx(np.log2(len(d)), abs=1e-4)

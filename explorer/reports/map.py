@@ -8,10 +8,11 @@ weights and the build settings, so a changed corpus or a retrained model gets a 
 2. ``emb-XXXXX.npy``: text embeddings in chunks of :data:`CHUNK` reports (an interrupted build
    restarts at the first missing chunk);
 3. ``clusters.npy``: soft-label clusters (:mod:`explorer.reports.clusters`);
-4. ``xy.npy``: a seeded 2-D UMAP of the embeddings. Its cosine k-nearest-neighbour graph is
-   computed exactly here (a matrix product in chunks) and handed to UMAP, which otherwise
-   calls a Python distance function per pair below 4,096 points or JIT-compiles NN-descent
-   above: 30 s of the IU build went there, now under 1 s;
+4. ``xy.npy``: a seeded 2-D UMAP of the embeddings. Up to :data:`EXACT_KNN_MAX` reports its
+   cosine k-nearest-neighbour graph is computed exactly here (a matrix product in chunks) and
+   handed to UMAP, which would otherwise call a Python distance function per pair below 4,096
+   points (30 s of the IU build went there; now under 1 s). Above it UMAP's NN-descent is
+   faster than the exact graph (100,000 reports: over 5 min exact);
 5. ``map.json``: cluster names, the alignment figure and stage timings, written last, so a map
    with ``map.json`` is complete and :func:`open_map` loads it without recomputing anything.
 
@@ -59,6 +60,8 @@ _ROOT = Path(__file__).resolve().parents[2]
 Progress = Callable[[str, float], None]
 #: Rows of the similarity matrix computed at once by :func:`knn_graph` (memory: rows x n floats).
 KNN_ROWS = 1024
+#: Largest corpus whose neighbour graph is computed exactly (above: UMAP's NN-descent).
+EXACT_KNN_MAX = 20_000
 
 
 def maps_dir() -> Path:
@@ -351,7 +354,9 @@ def build_map(
         import umap
 
         k = min(settings.n_neighbors, max(2, len(corpus) - 1))
-        idx, dist = knn_graph(embeddings, k)
+        exact = {}
+        if len(embeddings) <= EXACT_KNN_MAX:
+            exact["precomputed_knn"] = (*knn_graph(embeddings, k), None)
         reducer = umap.UMAP(
             n_neighbors=k,
             min_dist=settings.min_dist,
@@ -359,7 +364,7 @@ def build_map(
             random_state=settings.seed,
             n_components=2,
             n_jobs=1,  # a seeded UMAP is single-threaded anyway; say so to silence the warning
-            precomputed_knn=(idx, dist, None),
+            **exact,
         )
         with warnings.catch_warnings():  # "no search index: transform unavailable" (not used)
             warnings.simplefilter("ignore", UserWarning)
