@@ -181,7 +181,7 @@ CASES = [
     Case(
         "control-characters",
         "/findings",
-        "plain text",
+        "contains control characters",
         args=("effusion\x00\x1b[31m", ""),
     ),
     Case("too-many-findings", "/findings", "at most 10", args=("\n".join("abcdefghijk"), "")),

@@ -99,9 +99,16 @@ def parse_custom_findings(text: str | None) -> list[str]:
             print_exception=False,
         )
     for ln in lines:
-        if len(ln) > MAX_PROMPT_CHARS or any(ord(c) < 32 for c in ln):
+        if len(ln) > MAX_PROMPT_CHARS:
             raise gr.Error(
-                f"Each extra finding must be plain text of at most {MAX_PROMPT_CHARS} characters.",
+                f"Each extra finding must be at most {MAX_PROMPT_CHARS} characters "
+                f"(one has {len(ln):,}).",
+                print_exception=False,
+            )
+        if any(ord(c) < 32 or ord(c) == 127 for c in ln):
+            raise gr.Error(
+                "Extra findings must be plain text: one contains control characters "
+                "(such as tabs, escapes or NUL).",
                 print_exception=False,
             )
     return lines
