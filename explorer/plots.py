@@ -231,7 +231,7 @@ def map_figure(
                     "color": "#d62728",
                     "line": {"width": 1.5, "color": "#fff"},
                 },
-                hovertext=["your image (UMAP transform of its embedding)"],
+                hovertext=["your image (placed among its nearest reports)"],
                 hoverinfo="text",
             )
         )
