@@ -65,6 +65,8 @@ def _upload(pg, path: Path) -> None:
     box.locator("input[type=file]").set_input_files(str(path))  # waits for the input
     pg.locator("#cxr-upload", has_text=path.stem).wait_for()
     pg.wait_for_timeout(1500)
+    # Clearing the previous file must not pop up an error.
+    assert pg.get_by_text("Please upload a chest X-ray").count() == 0
 
 
 def test_findings_view_in_the_browser(page, samples_dir):

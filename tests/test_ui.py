@@ -245,3 +245,8 @@ def test_lesson_runs_offline_and_offers_a_handout(client):
     assert "reports placed by phantom-negaware" in texts[3]
     with open(handout, encoding="utf-8") as fh:
         assert fh.read().count("<section>") == 4
+
+
+def test_clearing_the_upload_clears_the_view_without_an_error(client):
+    image, rows = client.predict(None, api_name="/inspect")
+    assert image is None and not _meta(rows)

@@ -19,10 +19,15 @@ def user_error(err: ExplorerError) -> gr.Error:
 
 
 @endpoint("inspect")
-def inspect_upload(path: str | None) -> tuple[np.ndarray, list[list[str]]]:
-    """An uploaded file -> the normalised grayscale image and its safe metadata rows."""
+def inspect_upload(path: str | None) -> tuple[np.ndarray | None, list[list[str]]]:
+    """An uploaded file -> the normalised grayscale image and its safe metadata rows.
+
+    A cleared upload (``None``) clears both, without an error: the person removed the file.
+    """
     from explorer.imaging import describe, to_uint8
 
+    if not path:
+        return None, []
     img = _loaded(path)
     rows = [[key, _cell(value)] for key, value in describe(img).items()]
     return to_uint8(img.pixels), rows
