@@ -32,6 +32,7 @@ ZeroGPU. :func:`endpoint` decorates model-heavy handlers with ``spaces.GPU`` whe
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import os
@@ -107,6 +108,8 @@ def prepare_environment() -> Path:
         signal.signal(signal.SIGTERM, _interrupt)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    with contextlib.suppress(ImportError):  # on ZeroGPU it must come before torch's CUDA init
+        import spaces  # noqa: F401  # type: ignore[import-not-found]
     if not os.environ.get("GRADIO_TEMP_DIR"):
         folder = tempfile.mkdtemp(prefix="cxr-explorer-")  # created with mode 0700
         os.environ["GRADIO_TEMP_DIR"] = folder
