@@ -54,6 +54,7 @@ class AppProcess:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.env = {**os.environ, **(env or {}), "GRADIO_SERVER_PORT": str(self.port)}
         self.env.setdefault("GRADIO_SERVER_NAME", "127.0.0.1")
+        self._own_log = log_path is None  # a log folder we create, we remove on exit
         self.log_path = log_path or Path(tempfile.mkdtemp(prefix="cxr-app-log-")) / "app.log"
         self.timeout_s = timeout_s
         self.ready_s: float | None = None
@@ -71,8 +72,9 @@ class AppProcess:
         )
         while time.perf_counter() - t0 < self.timeout_s:
             if self.proc.poll() is not None:
+                text = self.log()
                 self.__exit__(None, None, None)
-                raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{text}")
             try:
                 with urllib.request.urlopen(self.url, timeout=2) as resp:
                     if resp.status == 200:
@@ -80,8 +82,9 @@ class AppProcess:
                         return self
             except OSError:
                 time.sleep(0.25)
+        text = self.log()
         self.__exit__(None, None, None)
-        raise RuntimeError(f"the app did not serve within {self.timeout_s:.0f} s:\n{self.log()}")
+        raise RuntimeError(f"the app did not serve within {self.timeout_s:.0f} s:\n{text}")
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -92,6 +95,8 @@ class AppProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        if self._own_log:
+            shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
     def log(self) -> str:
         """Everything the app printed so far."""

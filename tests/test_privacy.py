@@ -122,3 +122,13 @@ def test_planted_identifiers_leave_no_trace(tmp_path):
     pytest_root = tmp_path.parents[1]  # this and earlier runs' own inputs live there
     stray = [p for p in tmp_root.glob(f"**/{FILE_STEM}*") if pytest_root not in p.parents]
     assert not stray, stray
+
+
+def test_stopping_the_server_removes_its_private_folder(tmp_path):
+    """SIGINT, as Ctrl-C; the folder goes before the graceful shutdown, which could hang."""
+    with AppProcess(env={"TMPDIR": str(tmp_path), "EXPLORER_DEFAULT_MODEL": ""}) as app:
+        client = Client(app.url, verbose=False, download_files=str(tmp_path / "downloads"))
+        client.predict(handle_file(str(EXAMPLES_DIR / "00000001_000.png")), api_name="/inspect")
+        folders = list(tmp_path.glob("cxr-explorer-*"))
+        assert len(folders) == 1 and _files_under(folders[0])  # the upload is there
+    assert not folders[0].exists()

@@ -161,3 +161,14 @@ def test_health_reports_memory_models_and_limits():
     assert report["status"] == "ok" and report["rss_mb"] > 10
     assert report["peak_rss_mb"] >= report["rss_mb"]
     assert report["concurrency_limits"]["findings"] >= 1
+
+
+def test_stop_signal_removes_own_folders_before_interrupting(tmp_path, monkeypatch):
+    own = tmp_path / "cxr-explorer-own"
+    (own / "hash").mkdir(parents=True)
+    (own / "hash" / "upload.dcm").write_bytes(b"DICM")
+    monkeypatch.setattr(serving, "_OWN_FOLDERS", [str(own)])
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(own))
+    with pytest.raises(KeyboardInterrupt):
+        serving._stop(2, None)
+    assert not own.exists()

@@ -93,19 +93,35 @@ class ServeSettings:
         return (self.purge_every_s, self.upload_ttl_s)
 
 
-def _interrupt(signum, frame) -> None:  # pragma: no cover - runs in the served process
+#: Temp folders this process created (removed at exit, and at once on SIGINT / SIGTERM).
+_OWN_FOLDERS: list[str] = []
+
+
+def remove_own_folders() -> None:
+    """Delete the private temp folders this process created, and the scratch files."""
+    purge_scratch(0)
+    for folder in _OWN_FOLDERS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop(signum, frame) -> None:
+    # Files first: a graceful shutdown can wait on open client connections and then be killed,
+    # which would skip ``atexit``. Then the usual Ctrl-C path closes the server.
+    remove_own_folders()
     raise KeyboardInterrupt
 
 
 def prepare_environment() -> Path:
-    """Before Gradio is imported: analytics off and a private temp folder removed at exit.
+    """Before Gradio is imported: analytics off and a private temp folder.
 
-    SIGTERM is turned into the Ctrl-C path, so a stopped server also removes its folder.
+    The folder (mode 0700) is removed at exit and, at once, on SIGINT or SIGTERM, so stopping
+    the server leaves no upload behind even if its shutdown hangs and it is killed.
     """
     import signal
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     with contextlib.suppress(ImportError):  # on ZeroGPU it must come before torch's CUDA init
@@ -113,7 +129,8 @@ def prepare_environment() -> Path:
     if not os.environ.get("GRADIO_TEMP_DIR"):
         folder = tempfile.mkdtemp(prefix="cxr-explorer-")  # created with mode 0700
         os.environ["GRADIO_TEMP_DIR"] = folder
-        atexit.register(shutil.rmtree, folder, True)
+        _OWN_FOLDERS.append(folder)
+        atexit.register(remove_own_folders)
     return Path(os.environ["GRADIO_TEMP_DIR"])
 
 
