@@ -159,7 +159,7 @@ def read_batch(
     images: str | Path, labels_csv: str | Path | None = None, progress: Progress | None = None
 ) -> Batch:
     """A folder or ZIP of images (+ optional label CSV), or ``"phantom:N"`` -> :class:`Batch`."""
-    from explorer.imaging import load_image, require_min_size
+    from explorer.imaging import load_radiograph
 
     spec = str(images)
     if spec.lower().startswith("phantom"):
@@ -187,7 +187,7 @@ def read_batch(
             continue
         seen.add(name)
         try:
-            pixels = require_min_size(load_image(data)).pixels
+            pixels = load_radiograph(data).pixels
         except ExplorerError as err:
             problems.append((name, str(err)))
             continue

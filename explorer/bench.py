@@ -105,18 +105,11 @@ def machine() -> str:
     )
 
 
-def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def _p95(xs: Sequence[float]) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
+def _seconds(fn: Callable, *args, **kwargs) -> float:
+    """Wall time of one call of ``fn(*args, **kwargs)``."""
+    t0 = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - t0
 
 
 def bench_images(count: int, size: int = 512) -> list[np.ndarray]:
@@ -150,6 +143,7 @@ def bench_findings(model, images: Sequence[np.ndarray], repeats: int) -> list[Be
     import torch
 
     from explorer.findings import CHEXPERT_FINDINGS
+    from explorer.load import p95
     from explorer.scoring import score_findings
 
     def query(k: int):
@@ -163,15 +157,15 @@ def bench_findings(model, images: Sequence[np.ndarray], repeats: int) -> list[Be
     with torch.inference_mode():
         model.encode_image(tensors[0])
     # Interleaved, so drift in the machine's speed hits both figures alike.
-    for k in range(repeats):
-        times += _timed(lambda k=k: query(k + 1), 1)
+    for k in range(1, repeats + 1):
+        times.append(_seconds(query, k))
         with torch.inference_mode():
-            bare += _timed(lambda k=k: model.encode_image(tensors[(k + 1) % len(tensors)]), 1)
+            bare.append(_seconds(model.encode_image, tensors[k % len(tensors)]))
     med, bare_med = statistics.median(times), statistics.median(bare)
     ratio = med / bare_med
     return [
         BenchRow("findings", "query median (28 prompts)", model.name, med * 1e3, "ms"),
-        BenchRow("findings", "query p95", model.name, _p95(times) * 1e3, "ms"),
+        BenchRow("findings", "query p95", model.name, p95(times) * 1e3, "ms"),
         BenchRow("findings", "bare image forward median", model.name, bare_med * 1e3, "ms"),
         BenchRow(
             "findings",
@@ -193,12 +187,12 @@ def _pipeline(model):
     import torch
     from transformers import pipeline
 
-    source = getattr(model.spec, "source", "")
     from explorer.models.registry import local_path
 
-    path = local_path(source)
     if model.spec.backend != "transformers":
         return None, "the pipeline cannot load an open_clip checkpoint"
+    source = model.spec.source
+    path = local_path(source)
     device = 0 if model.device.type == "cuda" else -1
     pipe = pipeline(
         "zero-shot-image-classification",
@@ -233,11 +227,10 @@ def bench_peer(model, images: Sequence[np.ndarray], repeats: int, ours_median: f
     affirmed, negated = _pairs_texts()
     pil = [_to_pil(im) for im in images]
     _pipeline_pairwise(pipe, pil[0], affirmed, negated)
-    counter = iter(range(1, 10**9))
-    times = _timed(
-        lambda: _pipeline_pairwise(pipe, pil[next(counter) % len(pil)], affirmed, negated),
-        repeats,
-    )
+    times = [
+        _seconds(_pipeline_pairwise, pipe, pil[k % len(pil)], affirmed, negated)
+        for k in range(1, repeats + 1)
+    ]
     # Agreement where the computation is the same: images already at the model's input size.
     size = model.spec.preprocess.image_size
     diffs = []
@@ -279,15 +272,13 @@ def bench_attribution(model, image: np.ndarray, repeats: int, ig_steps: int | No
         ("gradcam", {}, None),
         ("occlusion", {}, None),
     ):
-        attribute_image(model, image, prompt, method, **kwargs)  # warm-up
-        last = {}
-
-        def run(method=method, kwargs=kwargs, last=last):
-            last["result"] = attribute_image(model, image, prompt, method, **kwargs)
-
-        times = _timed(run, repeats)
+        warm = attribute_image(model, image, prompt, method, **kwargs)
+        times = [
+            _seconds(attribute_image, model, image, prompt, method, **kwargs)
+            for _ in range(repeats)
+        ]
         med = statistics.median(times)
-        params = ", ".join(f"{k}={v}" for k, v in last["result"].params.items())
+        params = ", ".join(f"{k}={v}" for k, v in warm.params.items())
         rows.append(
             BenchRow(
                 "attribution",
@@ -393,17 +384,15 @@ def bench_map(model, spec: str, target_s: float | None) -> list[BenchRow]:
 def bench_app(image: Path = EXAMPLES / "00000001_000.png", with_map: bool = True):
     from gradio_client import Client, handle_file
 
-    from explorer.findings import prompt_templates
-    from explorer.load import AppProcess
+    from explorer.load import AppProcess, findings_args
     from explorer.models import default_registry
 
     model = default_registry().default
-    templates = [t.id for t in prompt_templates()]
     with AppProcess() as app:
         client = Client(app.url, verbose=False, download_files=False)
-        t0 = time.perf_counter()
-        client.predict(handle_file(str(image)), model, "", "", templates, "", api_name="/findings")
-        first = app.ready_s + (time.perf_counter() - t0)
+        first = app.ready_s + _seconds(
+            client.predict, *findings_args(image, model), api_name="/findings"
+        )
         if with_map:
             client.predict(
                 "IU / Open-i reports (3,955 real reports)",

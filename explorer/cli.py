@@ -110,11 +110,11 @@ def _score(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from explorer.findings import CHEXPERT_FINDINGS
-    from explorer.imaging import load_image, require_min_size
+    from explorer.imaging import load_radiograph
     from explorer.models import load_model
     from explorer.scoring import score_findings
 
-    pixels = require_min_size(load_image(args.image)).pixels
+    pixels = load_radiograph(args.image).pixels
     model = load_model(args.model)
     result = score_findings(
         model, pixels, CHEXPERT_FINDINGS, custom=args.finding, templates=args.template
@@ -151,11 +151,11 @@ def _attribute(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from explorer.attribution import attribute_image
-    from explorer.imaging import load_image, require_min_size
+    from explorer.imaging import load_radiograph
     from explorer.models import load_model
     from explorer.plots import overlay
 
-    pixels = require_min_size(load_image(args.image)).pixels
+    pixels = load_radiograph(args.image).pixels
     model = load_model(args.model)
     kwargs = {"steps": args.steps} if args.method == "ig" else {}
     attr = attribute_image(model, pixels, args.prompt, args.method, **kwargs)
@@ -372,14 +372,9 @@ def _map(args: argparse.Namespace) -> int:
         "clusters: " + "; ".join(f"{c.name} ({c.size})" for c in report_map.clusters),
     ]
     if args.action == "place":
-        from explorer.imaging import load_image, require_min_size
+        from explorer.imaging import load_radiograph
 
-        emb = (
-            model.embed_image(require_min_size(load_image(args.image)).pixels)
-            .float()
-            .cpu()
-            .numpy()[0]
-        )
+        emb = model.embed_image(load_radiograph(args.image).pixels).float().cpu().numpy()[0]
         placement = report_map.place(emb, args.k)
         data["placement"] = {
             "xy": placement.xy,

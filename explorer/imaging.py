@@ -71,6 +71,7 @@ __all__ = [
     "LoadedImage",
     "describe",
     "load_image",
+    "load_radiograph",
     "require_min_size",
     "to_uint8",
 ]
@@ -411,6 +412,11 @@ def require_min_size(img: LoadedImage, min_side: int = MIN_SIDE) -> LoadedImage:
             "pixels on each side (please upload the full-size export)."
         )
     return img
+
+
+def load_radiograph(source: bytes | str | os.PathLike[str]) -> LoadedImage:
+    """:func:`load_image`, then :func:`require_min_size`: what the app and the CLI score."""
+    return require_min_size(load_image(source))
 
 
 def _check_pixel_count(width: int, height: int) -> None:

@@ -31,6 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGE = ROOT / "assets" / "examples" / "00000001_000.png"
 
 
+def p95(xs: list[float]) -> float:
+    """95th percentile, nearest rank (the value 95% of the sorted samples do not exceed)."""
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(0.95 * len(xs)))]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,7 +189,8 @@ class LoadResult:
         return "\n".join(["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
 
 
-def _findings_args(image: Path, model: str | None) -> tuple:
+def findings_args(image: Path, model: str | None = None) -> tuple:
+    """Arguments of ``/findings`` for ``image``: every prompt template, no extra findings."""
     from gradio_client import handle_file
 
     from explorer.findings import prompt_templates
@@ -214,11 +221,10 @@ def run_load(
 
     download = Path(tempfile.mkdtemp(prefix="cxr-load-"))
     probe = Client(url, verbose=False, download_files=str(download))
-    args = _findings_args(image, model)
+    args = findings_args(image, model)
     for _ in range(warmup):
         probe.predict(*args, api_name="/findings")
     before = _health(probe)
-    start_peak = before["endpoints"].get("findings", {}).get("peak_in_flight", 0)
 
     latencies: list[float] = []
     errors: list[str] = []
@@ -256,11 +262,11 @@ def run_load(
         t.join()
     wall = time.perf_counter() - t0
     after = _health(probe)
-    stats = after["endpoints"].get("findings", {})
-    peak = max(int(stats.get("peak_in_flight", 0)), int(start_peak))
+    # The gauge keeps the highest count since the server started, warm-up included.
+    peak = int(after["endpoints"].get("findings", {}).get("peak_in_flight", 0))
     limit = int(after["concurrency_limits"]["findings"])
     sent = clients * requests
-    lat = sorted(latencies) or [float("nan")]
+    lat = latencies or [float("nan")]
     result = LoadResult(
         clients=clients,
         requests_each=requests,
@@ -270,8 +276,8 @@ def run_load(
         errors=tuple(sorted(set(errors)))[:10],
         wall_s=wall,
         median_s=statistics.median(lat),
-        p95_s=lat[min(len(lat) - 1, int(0.95 * len(lat)))],
-        max_s=lat[-1],
+        p95_s=p95(lat),
+        max_s=max(lat),
         throughput_per_s=completed / wall if wall else 0.0,
         rss_after_warmup_mb=float(before["rss_mb"]),
         rss_after_run_mb=float(after["rss_mb"]),

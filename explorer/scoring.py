@@ -139,10 +139,6 @@ class TextEmbeddingCache:
 TEXT_CACHE = TextEmbeddingCache()
 
 
-def _template_key(templates: Sequence[str | PromptTemplate] | None):
-    return None if templates is None else tuple(templates)
-
-
 @lru_cache(maxsize=256)
 def _pairs(
     findings: tuple[str, ...], templates: tuple | None, negations: tuple[tuple[str, str], ...]
@@ -207,7 +203,11 @@ def score_findings(
     """
     cache = TEXT_CACHE if cache is None else cache
     all_findings = tuple(dict.fromkeys([*findings, *custom]))
-    pairs = _pairs(all_findings, _template_key(templates), tuple(sorted((negations or {}).items())))
+    pairs = _pairs(
+        all_findings,
+        None if templates is None else tuple(templates),
+        tuple(sorted((negations or {}).items())),
+    )
     if image_embedding is None:
         with torch.inference_mode():
             image_embedding = model.embed_image(pixels)

@@ -18,22 +18,15 @@ def samples_dir() -> Path:
     return SAMPLES_DIR
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url():
     """The real app served on a free local port for one test module; yields its URL."""
     pytest.importorskip("gradio")
+    from explorer.load import free_port
     from explorer.ui import build_demo
     from explorer.ui.serving import ServeSettings, launch
 
-    port = _free_port()
+    port = free_port()
     settings = ServeSettings(port=port)
     demo = build_demo(settings)
     launch(demo, settings, prevent_thread_lock=True, quiet=True)

@@ -121,28 +121,28 @@ class ReportMap:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def neighbours(self, embedding: np.ndarray, k: int = 10) -> tuple[Neighbour, ...]:
-        """The ``k`` reports most similar (cosine) to an embedding from the same model."""
+    def _similarities(self, embedding: np.ndarray) -> np.ndarray:
+        """Cosine of every report with an embedding from the same model."""
         e = np.asarray(embedding, dtype=np.float32).reshape(-1)
-        e = e / max(float(np.linalg.norm(e)), 1e-8)
-        sims = self.embeddings @ e
-        k = min(k, len(sims))
-        top = np.argpartition(-sims, k - 1)[:k]
-        top = top[np.argsort(-sims[top], kind="stable")]
+        return self.embeddings @ (e / max(float(np.linalg.norm(e)), 1e-8))
+
+    def _nearest(self, sims: np.ndarray, k: int) -> tuple[Neighbour, ...]:
+        top = _top_k(sims, k)
         return tuple(
             Neighbour(int(i), self.ids[i], round(float(sims[i]), 4), self.texts[i]) for i in top
         )
 
+    def neighbours(self, embedding: np.ndarray, k: int = 10) -> tuple[Neighbour, ...]:
+        """The ``k`` reports most similar (cosine) to an embedding from the same model."""
+        return self._nearest(self._similarities(embedding), k)
+
     def place(self, embedding: np.ndarray, k: int = 10) -> Placement:
         """Place an embedding (e.g. an image's) in the map and list its nearest reports."""
-        e = np.asarray(embedding, dtype=np.float32).reshape(-1)
-        e = e / max(float(np.linalg.norm(e)), 1e-8)
-        sims = self.embeddings @ e
-        m = min(self.n_neighbors, len(sims))
-        top = np.argpartition(-sims, m - 1)[:m]
+        sims = self._similarities(embedding)
+        top = _top_k(sims, self.n_neighbors)
         weights = membership_weights(1.0 - sims[top])
         xy = (weights[:, None] * self.xy[top]).sum(0) / weights.sum()
-        return Placement((float(xy[0]), float(xy[1])), self.neighbours(e, k))
+        return Placement((float(xy[0]), float(xy[1])), self._nearest(sims, k))
 
     def selection(self, indices: Sequence[int]):
         """Selected reports as a table (id, cluster, labels, text) and per-finding counts.
@@ -212,6 +212,13 @@ def map_folder(
         f"{FORMAT_VERSION}".encode()
     ).hexdigest()[:12]
     return (root or maps_dir()) / model_name / f"{corpus.name}-{key}"
+
+
+def _top_k(sims: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest values, largest first (ties in index order)."""
+    k = min(k, len(sims))
+    top = np.argpartition(-sims, k - 1)[:k]
+    return top[np.argsort(-sims[top], kind="stable")]
 
 
 def knn_graph(embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from explorer.ui import batch_view, handlers, lesson_view, report_map
-from explorer.ui.serving import CONCURRENCY, ServeSettings
+from explorer.ui.serving import CONCURRENCY, ServeSettings, health
 
 TITLE = "CXR Negation Explorer"
 DISCLAIMER = (
@@ -205,6 +205,6 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                 refresh.click(handlers.model_rows, outputs=models_table, api_name="models")
                 demo.load(handlers.model_rows, outputs=models_table, api_name=False)
                 with gr.Accordion("Server health", open=False):
-                    health = gr.JSON(label="Memory, loaded models, requests per endpoint")
-                    gr.Button("Check").click(handlers.health, outputs=health, api_name="health")
+                    health_json = gr.JSON(label="Memory, loaded models, requests per endpoint")
+                    gr.Button("Check").click(health, outputs=health_json, api_name="health")
     return demo

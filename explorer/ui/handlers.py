@@ -64,7 +64,7 @@ def _loaded(path: str | None):
     """The upload decoded in memory, or a ``gr.Error`` saying what is wrong with it."""
     from pathlib import Path
 
-    from explorer.imaging import load_image, require_min_size
+    from explorer.imaging import load_radiograph
 
     if not path:
         raise gr.Error(
@@ -77,7 +77,7 @@ def _loaded(path: str | None):
             print_exception=False,
         )
     try:
-        return require_min_size(load_image(path))
+        return load_radiograph(path)
     except ExplorerError as err:
         raise user_error(err) from None
 
@@ -306,10 +306,3 @@ def explain(
         token_highlights(tokens_n.tokens, tokens_n.scores),
         info,
     )
-
-
-def health() -> dict:
-    """Server health for operators and the load test (no user data)."""
-    from explorer.ui.serving import health as report
-
-    return report()

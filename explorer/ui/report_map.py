@@ -190,8 +190,7 @@ def open_map(
             corpus = _corpus(spec)
             key = f"{spec}:{model.name}"
         report_map = STORE.get(key)
-        fresh = report_map is None
-        if fresh:
+        if report_map is None:
             if spec == "upload":
                 temp_dir = str(scratch_dir())
             report_map = build_map(

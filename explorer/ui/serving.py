@@ -236,10 +236,9 @@ def warm_up(settings: ServeSettings) -> threading.Thread:
         from explorer.scoring import score_findings
 
         t0 = time.perf_counter()
+        reg = default_registry()
         try:
-            model, _ = default_registry().load_or_default(
-                default_registry().preferred(settings.default_model)[0]
-            )
+            model, _ = reg.load_or_default(reg.preferred(settings.default_model)[0])
             result = score_findings(model, np.zeros((64, 64), dtype=np.float32))
             findings_figure(result).to_json()  # plotly builds its validators on first use
             result.to_frame().to_csv()
@@ -290,10 +289,6 @@ class Gauge:
                 }
                 for name in sorted(self.calls)
             }
-
-    def reset_peaks(self) -> None:
-        with self._lock:
-            self.peak = Counter(self.in_flight)
 
 
 GAUGE = Gauge()
