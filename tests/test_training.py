@@ -176,3 +176,91 @@ def test_ddp_two_cpu_processes_keep_replicas_identical(tmp_path, cache_dir):
     assert meta["world_size"] == 2
     a, b = meta["replica_checksums"]
     assert a == b
+
+
+# --- stage 1 (supervised image tower) and stage 2 on a locked tower ---------------------------
+
+
+def test_shifted_moves_each_image_within_the_limit():
+    from explorer.training.pretrain import shifted
+
+    img = np.arange(3 * 20 * 20, dtype=np.float32).reshape(3, 20, 20)
+    assert np.array_equal(shifted(img, np.random.default_rng(0), shift=0), img)
+    out = shifted(img, np.random.default_rng(0), shift=3)
+    assert out.shape == img.shape
+    for k in range(3):  # every output is a translated copy of its own input (edges repeated)
+        padded = np.pad(img[k], 3, mode="edge")
+        windows = [padded[dy : dy + 20, dx : dx + 20] for dy in range(7) for dx in range(7)]
+        assert any(np.array_equal(out[k], w) for w in windows)
+    again = shifted(img, np.random.default_rng(0), shift=3)
+    assert np.array_equal(out, again)
+
+
+def test_stage1_learns_the_labels_and_is_cached(tiny_set, tmp_path):
+    from explorer.training.pretrain import VisionPretrain, pretrain_vision
+
+    cfg = TrainConfig.from_file(_write(tmp_path, _config(tmp_path, "infonce")))
+    settings = VisionPretrain(steps=30, batch_size=12, lr=3e-3, warmup_steps=1)
+    torch.manual_seed(0)
+    model, _ = build_dual_encoder(cfg.model, pretrained_text=False)
+    before = {k: v.clone() for k, v in model.vision_model.state_dict().items()}
+    args = (tiny_set, settings, cfg.preprocess, tmp_path / "work", "k1", 0, torch.device("cpu"))
+    summary = pretrain_vision(model.vision_model, *args, progress=False)
+    assert summary["steps"] == 30 and summary["bce_last_50"] < 0.69  # below chance (ln 2)
+    after = model.vision_model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert (tmp_path / "work" / "vision-k1.pt").exists()
+    # a second call with the same key loads the cached tower instead of training again
+    fresh, _ = build_dual_encoder(cfg.model, pretrained_text=False)
+    assert pretrain_vision(fresh.vision_model, *args, progress=False) == summary
+    for k, v in fresh.vision_model.state_dict().items():
+        assert torch.equal(v, after[k])
+
+
+def test_pooled_path_matches_the_pixel_path(tiny_set, tmp_path):
+    cfg = TrainConfig.from_file(_write(tmp_path, _config(tmp_path, "infonce")))
+    model, _ = build_dual_encoder(cfg.model, pretrained_text=False)
+    model.eval()
+    from explorer.models.base import prepare_pixels
+    from explorer.training.pretrain import pooled_features
+
+    px = prepare_pixels(tiny_set.pixels(np.arange(4)), cfg.preprocess)
+    ids = torch.tensor([[101, 2053, 102]] * 4)
+    wrapper = TrainingWrapper(model)
+    with torch.no_grad():
+        a = wrapper(pixel_values=px, input_ids=ids, attention_mask=torch.ones_like(ids))[0]
+        pooled = pooled_features(model.vision_model, tiny_set, cfg.preprocess, torch.device("cpu"))
+        b = wrapper(pooled=pooled[:4], input_ids=ids, attention_mask=torch.ones_like(ids))[0]
+    assert pooled.shape[0] == len(tiny_set)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_train_with_a_locked_image_tower_keeps_stage1_weights(tmp_path, cache_dir):
+    cfg = _config(tmp_path, "negaware", steps=3)
+    cfg["name"] = "tiny-lit"
+    cfg["vision_pretrain"] = {"steps": 3, "batch_size": 6, "warmup_steps": 1}
+    cfg["lock_image"] = True
+    proc = _run(
+        [sys.executable, "-m", "explorer", "train", "--config", str(_write(tmp_path, cfg))],
+        cache_dir,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "stage 1: image tower" in proc.stderr  # its progress bar
+    (tower_file,) = (tmp_path / "work").glob("vision-*.pt")
+    tower = torch.load(tower_file, weights_only=True)
+    from safetensors.torch import load_file
+
+    exported = load_file(str(Path(cfg["out_dir"]) / "model.safetensors"))
+    for key, value in tower.items():
+        saved = exported[f"vision_model.{key}"].float()
+        torch.testing.assert_close(saved, value.half().float())  # only the fp16 export rounding
+    meta = json.loads((Path(cfg["out_dir"]) / "training_config.json").read_text())
+    assert meta["stage1"]["steps"] == 3 and meta["config"]["lock_image"] is True
+    # a stage-2 run with a different loss reuses the same tower (same key) without retraining
+    cfg2 = {**cfg, "name": "tiny-lit-2", "loss": "infonce", "out_dir": str(tmp_path / "out2")}
+    proc = _run(
+        [sys.executable, "-m", "explorer", "-v", "train", "--config", str(_write(tmp_path, cfg2))],
+        cache_dir,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "reusing the image tower" in proc.stderr

@@ -515,6 +515,11 @@ def _positive(inst: FindingInstance, w: _Writer, section: str) -> list[tuple[str
     if name == "rib fracture":
         rib = inst.location or "rib"
         rib_n = rib.replace(" rib", "")
+        haematoma = (
+            " An adjacent extrapleural haematoma is noted."
+            if "extrapleural haematoma" in inst.details
+            else ""
+        )
         return [
             (
                 w.pick(
@@ -524,7 +529,8 @@ def _positive(inst: FindingInstance, w: _Writer, section: str) -> list[tuple[str
                         f"Displaced {side} {rib_n} rib fracture.",
                         f"Fracture of the {side} {rib} with a small step-off.",
                     ]
-                ),
+                )
+                + haematoma,
                 (),
             )
         ]

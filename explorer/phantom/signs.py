@@ -356,7 +356,7 @@ def _draw_atelectasis(spec: FindingSpec, scene: Scene, rng: np.random.Generator)
                     ],
                     6,
                 )
-                draw_polyline(layer, _to_image(geom, pts), float(rng.uniform(0.009, 0.013)), 0.55)
+                draw_polyline(layer, _to_image(geom, pts), float(rng.uniform(0.013, 0.019)), 0.6)
         elif sev == "moderate":
             details = ("volume loss",)
             dome = np.float32(geom.dome_left if side > 0 else geom.dome_right)
@@ -453,8 +453,8 @@ def _draw_nodule(spec: FindingSpec, scene: Scene, rng: np.random.Generator) -> D
     geom = scene.geom
     side = _sides(spec.laterality)[0]
     large = spec.severity == "large"
-    # 1 cm is about 0.055 image units: nodules 0.8-1.6 cm, masses 3.2-4.8 cm across.
-    radius = float(rng.uniform(0.088, 0.13) if large else rng.uniform(0.022, 0.044))
+    # 1 cm is about 0.055 image units: nodules 1.0-1.6 cm, masses 3.2-4.8 cm across.
+    radius = float(rng.uniform(0.088, 0.13) if large else rng.uniform(0.028, 0.044))
     zone = str(rng.choice(["upper", "mid", "lower"], p=[0.45, 0.35, 0.2]))
     lob_amp = float(rng.uniform(0.04, 0.1)) if large else 0.0
     lob_phase = float(rng.uniform(0, 2 * math.pi))
@@ -493,31 +493,51 @@ def _draw_nodule(spec: FindingSpec, scene: Scene, rng: np.random.Generator) -> D
     sphere = np.sqrt(q)
     edge = np.clip((rad - r) / np.float32(scene.pixel) + 0.5, 0.0, 1.0)
     scene.extra += np.maximum(sphere, edge * 0.35) * np.float32(0.06 + 0.9 * radius)
-    _add_opacity(scene, sphere * np.float32(0.4 if large else 0.25))
+    _add_opacity(scene, sphere * np.float32(0.4 if large else 0.32))
     mask = r < rad
     return Drawn(mask=mask, location=zone)
 
 
 # --- rib fracture -----------------------------------------------------------------------------
 
+#: Share of rib fractures drawn with an adjacent extrapleural haematoma.
+HEMATOMA_FRACTION = 0.8
+
 
 def _adjust_fracture(spec: FindingSpec, geom: Geometry, rng: np.random.Generator) -> None:
     side = _sides(spec.laterality)[0]
     rib = int(rng.integers(3, 9))  # 0-based index: 4th to 9th rib
     a_f = float(rng.uniform(0.58, 0.85))
-    shift = float(rng.uniform(0.25, 0.35)) * (1 if rng.random() < 0.5 else -1)
-    gap = float(rng.uniform(0.035, 0.05))
+    shift = float(rng.uniform(0.35, 0.5)) * (1 if rng.random() < 0.5 else -1)
+    gap = float(rng.uniform(0.05, 0.075))
     geom.rib_fracture = (side, rib, a_f, shift, gap)
 
 
 def _draw_fracture(spec: FindingSpec, scene: Scene, rng: np.random.Generator) -> Drawn:
     geom = scene.geom
-    _side, rib, _a_f, _shift, _gap = geom.rib_fracture  # type: ignore[misc]
+    side, rib, _a_f, _shift, _gap = geom.rib_fracture  # type: ignore[misc]
     if scene.fracture_region is None:  # bones() computes it; make sure it has run
         scene.bones()
     region = scene.fracture_region
     mask = ndimage.binary_dilation(region, iterations=max(1, scene.size // 160))
-    return Drawn(mask=mask, location=f"{ordinal(rib + 1)} rib", details=("lateral",))
+    details: tuple[str, ...] = ("lateral",)
+    if region.any() and rng.random() < HEMATOMA_FRACTION:
+        # Extrapleural haematoma: a lens of soft tissue along the chest wall at the fracture,
+        # widest at the break and tapering above and below it (the lung edge is pushed in).
+        v_c = float(scene.v[region].mean())
+        half = float(rng.uniform(0.12, 0.18))
+        depth = float(rng.uniform(0.05, 0.075))
+        along = np.clip(1.0 - ((scene.v - np.float32(v_c)) / np.float32(half)) ** 2, 0.0, 1.0)
+        thick = np.float32(depth) * np.sqrt(along)
+        wall = scene.dlat * np.float32(scene.geom.w)
+        lens = np.clip((thick - wall) / np.float32(2 * scene.pixel), 0.0, 1.0)
+        lens *= _side_mask(scene, side) & (along > 0) & (scene.a > 0.6) & (wall > -0.01)
+        lens *= scene.ddia > 0
+        _add_opacity(scene, lens * np.float32(0.85))
+        scene.extra += lens * np.float32(0.2)
+        mask |= lens > 0.5
+        details += ("extrapleural haematoma",)
+    return Drawn(mask=mask, location=f"{ordinal(rib + 1)} rib", details=details)
 
 
 # --- support devices --------------------------------------------------------------------------

@@ -130,13 +130,28 @@ class TrainingWrapper(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, pixel_values, input_ids, attention_mask, neg_ids=None, neg_mask=None):
+    def forward(
+        self,
+        pixel_values=None,
+        input_ids=None,
+        attention_mask=None,
+        neg_ids=None,
+        neg_mask=None,
+        pooled=None,
+    ):
+        """Normalised image, text and flipped-text embeddings and the logit scale.
+
+        ``pooled``: the image tower's pooled features, given instead of ``pixel_values`` when
+        the tower is locked (only the projection runs).
+        """
         from explorer.models.base import as_features
 
         m = self.model
-        img = nn.functional.normalize(
-            as_features(m.get_image_features(pixel_values=pixel_values)), dim=-1
-        )
+        if pooled is not None:
+            image = m.visual_projection(pooled)
+        else:
+            image = as_features(m.get_image_features(pixel_values=pixel_values))
+        img = nn.functional.normalize(image, dim=-1)
         txt = nn.functional.normalize(
             as_features(m.get_text_features(input_ids=input_ids, attention_mask=attention_mask)),
             dim=-1,

@@ -28,6 +28,7 @@ from explorer.soft_labels import clinical_similarity
 from explorer.training import losses
 from explorer.training.data import TRAIN_SEED, build_phantom_set, claims_vector, sample_view
 from explorer.training.model import EncoderConfig, TrainingWrapper, build_dual_encoder, export
+from explorer.training.pretrain import VisionPretrain, cache_key, pooled_features, pretrain_vision
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class TrainConfig:
     threads: int = 0  # 0 = torch default
     pretrained_text: bool = True
     work_dir: str = ".cache/train"
+    vision_pretrain: VisionPretrain = field(default_factory=VisionPretrain)
+    lock_image: bool = False  # stage 2 keeps the image tower fixed (LiT) and caches its features
     model: EncoderConfig = field(default_factory=EncoderConfig)
 
     @classmethod
@@ -65,6 +68,7 @@ class TrainConfig:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         data.update({k: v for k, v in overrides.items() if v is not None})
         model = data.pop("model", {})
+        stage1 = VisionPretrain(**data.pop("vision_pretrain", {}))
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -72,7 +76,7 @@ class TrainConfig:
         if data.get("loss", "negaware") not in losses.LOSSES:
             raise ValueError(f"loss must be one of {losses.LOSSES}")
         enc = EncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
-        return cls(**data, model=enc)
+        return cls(**data, vision_pretrain=stage1, model=enc)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -131,12 +135,18 @@ def _schedule(cfg: TrainConfig):
 
 
 def batch_loss(
-    wrapper, tokenizer, data, index, rng, cfg: TrainConfig, device
+    wrapper, tokenizer, data, index, rng, cfg: TrainConfig, device, pooled=None
 ) -> tuple[torch.Tensor, dict]:
-    """Build one batch from ``data`` rows ``index`` and return (loss, stats)."""
+    """Build one batch from ``data`` rows ``index`` and return (loss, stats).
+
+    ``pooled``: the locked image tower's features of every row of ``data`` (or ``None``).
+    """
     with_neg = cfg.loss == "negaware"
     views = [sample_view(data.reports[i], rng, cfg.p_full_report, with_neg) for i in index]
-    pixels = prepare_pixels(data.pixels(index), cfg.preprocess).to(device)
+    if pooled is not None:  # locked image tower: its features were computed once
+        image_input = {"pooled": pooled[index].to(device)}
+    else:
+        image_input = {"pixel_values": prepare_pixels(data.pixels(index), cfg.preprocess).to(device)}
     enc = tokenizer(
         [v.text for v in views],
         padding=True,
@@ -157,7 +167,11 @@ def batch_loss(
         ).to(device)
         neg_ids, neg_mask = neg["input_ids"], neg["attention_mask"]
     img, txt, negf, scale = wrapper(
-        pixels, enc["input_ids"], enc["attention_mask"], neg_ids, neg_mask
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        neg_ids=neg_ids,
+        neg_mask=neg_mask,
+        **image_input,
     )
     report_claims = np.stack([claims_vector(data.reports[i].sentences) for i in index])
     sim = clinical_similarity(report_claims, np.stack([v.claims for v in views])).to(device)
@@ -189,6 +203,35 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model, tokenizer = build_dual_encoder(cfg.model, pretrained_text=cfg.pretrained_text)
     model.to(device).train()
+
+    if rank == 0:
+        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size)
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size)
+
+    stage1 = {}
+    if cfg.vision_pretrain.steps:
+        key = cache_key(cfg.vision_pretrain, asdict(cfg.model), cfg.train_images, cfg.seed)
+        stage1 = pretrain_vision(
+            model.vision_model,
+            data,
+            cfg.vision_pretrain,
+            cfg.preprocess,
+            _resolve(cfg.work_dir),
+            key,
+            cfg.seed,
+            device,
+            rank,
+            world,
+            progress,
+        )
+    pooled = None
+    if cfg.lock_image:
+        model.vision_model.requires_grad_(False)
+        pooled = pooled_features(model.vision_model, data, cfg.preprocess, device)
+        model.vision_model.eval()
     wrapper = TrainingWrapper(model)
     if world > 1:
         wrapper = torch.nn.parallel.DistributedDataParallel(
@@ -216,13 +259,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= start]
             log_path.write_text("".join(r + "\n" for r in kept))
 
-    if rank == 0:
-        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size)
-    if world > 1:
-        dist.barrier()
-    if rank != 0:
-        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size)
-
     work.mkdir(parents=True, exist_ok=True)
     bar = None
     if progress and rank == 0:
@@ -233,7 +269,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     for step in range(start, cfg.steps):
         rng = np.random.default_rng([cfg.seed, rank, step])
         index = rng.choice(len(data), size=cfg.batch_size, replace=False)
-        loss, stats = batch_loss(wrapper, tokenizer, data, index, rng, cfg, device)
+        loss, stats = batch_loss(wrapper, tokenizer, data, index, rng, cfg, device, pooled)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(
@@ -273,6 +309,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             "world_size": world,
             "device": str(device),
             "train_seconds": round(time.time() - t0, 1),
+            "stage1": stage1,
             "replica_checksums": checksums,
         }
         (out / "training_config.json").write_text(json.dumps(meta, indent=2, default=str))

@@ -1,0 +1,215 @@
+r"""Stage 1 of phantom training: the image tower learns the findings from their labels.
+
+Why a supervised warm start. Trained contrastively from scratch on this machine's budget, the
+image tower learned only the large signs (heart size, edema) and missed the small ones
+(pneumothorax, nodules, rib fractures): a linear probe on its features scored them at AUC
+0.55-0.65, so no text tower could tell "no pneumothorax" from "pneumothorax" *for that image*.
+The labels the soft-label loss already uses (:data:`~explorer.phantom.PHANTOM_FINDINGS`) give a
+far denser signal per step, so stage 1 trains the ConvNeXt with a linear head on them:
+
+    L_bce = - 1/(B F) sum_i sum_f [ y_if log sigma(w_f . h_i + b_f)
+                                    + (1 - y_if) log (1 - sigma(w_f . h_i + b_f)) ]
+
+with ``h_i`` the tower's pooled feature of image ``i`` and ``y_if`` = 1 when finding ``f`` is
+present. The head is thrown away; stage 2 (:mod:`explorer.training.trainer`) then trains the
+projections and the text tower contrastively on top of the *locked* image tower (LiT, Zhai et
+al. 2022), with loss (a) or (b) + (c). Both shipped models share one stage-1 tower, so they
+differ only in the contrastive loss, which is what the comparison is about.
+
+Images get a random shift of up to :data:`SHIFT` pixels (edge-padded) per step. The result is
+cached in the training work folder under a key of everything that defines it, so the second
+model's command reuses the first one's tower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from explorer.models.base import prepare_pixels
+from explorer.models.spec import Preprocess
+
+log = logging.getLogger(__name__)
+
+SHIFT = 6
+
+
+@dataclass(frozen=True)
+class VisionPretrain:
+    """Stage-1 settings (a training config's ``vision_pretrain`` section); ``steps`` 0 = off."""
+
+    steps: int = 0
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    max_minutes: float = 0.0
+    checkpoint_every: int = 250
+
+
+class _Classifier(nn.Module):
+    def __init__(self, tower: nn.Module, n_out: int) -> None:
+        super().__init__()
+        self.tower = tower
+        self.head = nn.Linear(tower.config.hidden_size, n_out)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tower(pixel_values=pixel_values).pooler_output)
+
+
+def shifted(pixels: np.ndarray, rng: np.random.Generator, shift: int = SHIFT) -> np.ndarray:
+    """Each ``[S, S]`` image of a batch moved by up to ``shift`` pixels (edges repeated)."""
+    n, h, w = pixels.shape
+    padded = np.pad(pixels, ((0, 0), (shift, shift), (shift, shift)), mode="edge")
+    out = np.empty_like(pixels)
+    offsets = rng.integers(0, 2 * shift + 1, size=(n, 2))
+    for k, (dy, dx) in enumerate(offsets):
+        out[k] = padded[k, dy : dy + h, dx : dx + w]
+    return out
+
+
+def cache_key(settings: VisionPretrain, model_cfg: dict, train_images: int, seed: int) -> str:
+    """A short hash of everything that determines the stage-1 tower."""
+    from explorer.training.data import _code_version
+
+    blob = json.dumps(
+        [asdict(settings), model_cfg, train_images, seed, _code_version(), SHIFT],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def pretrain_vision(
+    tower: nn.Module,
+    data,
+    settings: VisionPretrain,
+    preprocess: Preprocess,
+    work: Path,
+    key: str,
+    seed: int,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Train ``tower`` in place on ``data``'s labels, or load the cached result.
+
+    Returns a summary (steps run, seconds, final loss) that is also written beside the weights.
+    """
+    done = work / f"vision-{key}.pt"
+    summary_path = work / f"vision-{key}.json"
+    if done.exists():
+        tower.load_state_dict(torch.load(done, map_location=device, weights_only=True))
+        log.info("stage 1: reusing the image tower %s", done.name)
+        return json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    n_out = data.truth.shape[1]
+    torch.manual_seed(seed + 1)  # the same head on every rank
+    model = _Classifier(tower, n_out).to(device).train()
+    net: nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+
+    def factor(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        progress_ = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    state_path = work / f"vision-{key}-state.pt"
+    start = 0
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+        log.info("stage 1: resuming from step %d", start)
+    work.mkdir(parents=True, exist_ok=True)
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=settings.steps, initial=start, desc="stage 1: image tower", unit="step")
+    targets = torch.as_tensor(data.truth > 0, dtype=torch.float32)
+    t0 = time.time()
+    step, loss_value, losses = start, float("nan"), []
+    for step in range(start, settings.steps):
+        rng = np.random.default_rng([seed, 1, rank, step])
+        index = rng.choice(len(data), size=settings.batch_size, replace=False)
+        pixels = prepare_pixels(shifted(data.pixels(index), rng), preprocess).to(device)
+        loss = F.binary_cross_entropy_with_logits(net(pixels), targets[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        loss_value = float(loss.detach())
+        losses.append(loss_value)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(bce=f"{np.mean(losses[-50:]):.3f}")
+        if rank == 0 and (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
+            tmp = state_path.with_suffix(".tmp")
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step + 1,
+                },
+                tmp,
+            )
+            tmp.replace(state_path)
+        if settings.max_minutes and time.time() - t0 > 60 * settings.max_minutes:
+            log.warning("stage 1: time budget reached at step %d", step + 1)
+            break
+    if bar is not None:
+        bar.close()
+    summary = {
+        "steps": step + 1,
+        "seconds": round(time.time() - t0, 1),
+        "bce_last_50": round(float(np.mean(losses[-50:])), 4) if losses else None,
+    }
+    if rank == 0:
+        tmp = done.with_suffix(".tmp")
+        torch.save(tower.state_dict(), tmp)
+        tmp.replace(done)
+        summary_path.write_text(json.dumps(summary))
+        state_path.unlink(missing_ok=True)
+    if world > 1:
+        dist.barrier()
+    return summary
+
+
+@torch.inference_mode()
+def pooled_features(
+    tower: nn.Module, data, preprocess: Preprocess, device: torch.device, batch: int = 128
+) -> torch.Tensor:
+    """The locked tower's pooled feature of every image of ``data`` (``[N, hidden]``, on CPU)."""
+    was_training = tower.training
+    tower.eval()
+    out = []
+    for lo in range(0, len(data), batch):
+        index = np.arange(lo, min(lo + batch, len(data)))
+        pixels = prepare_pixels(data.pixels(index), preprocess).to(device)
+        out.append(tower(pixel_values=pixels).pooler_output.float().cpu())
+    tower.train(was_training)
+    return torch.cat(out)
