@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch import nn
 
 from explorer.models.base import prepare_pixels
 from explorer.models.spec import Preprocess
+from explorer.training.loop import atomic_save, load_state, save_state, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -125,22 +125,13 @@ def pretrain_vision(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
-
-    def factor(step: int) -> float:
-        if step < settings.warmup_steps:
-            return (step + 1) / settings.warmup_steps
-        progress_ = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(settings.warmup_steps, settings.steps)
+    )
     state_path = work / f"vision-{key}-state.pt"
     start = 0
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = int(state["step"])
+        start = load_state(state_path, device, model, optimizer, scheduler)
         log.info("stage 1: resuming from step %d", start)
     work.mkdir(parents=True, exist_ok=True)
     bar = None
@@ -150,7 +141,7 @@ def pretrain_vision(
         bar = tqdm(total=settings.steps, initial=start, desc="stage 1: image tower", unit="step")
     targets = torch.as_tensor(data.truth > 0, dtype=torch.float32)
     t0 = time.time()
-    step, loss_value, losses = start, float("nan"), []
+    step, losses = start, []
     for step in range(start, settings.steps):
         rng = np.random.default_rng([seed, 1, rank, step])
         index = rng.choice(len(data), size=settings.batch_size, replace=False)
@@ -161,23 +152,12 @@ def pretrain_vision(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        loss_value = float(loss.detach())
-        losses.append(loss_value)
+        losses.append(float(loss.detach()))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(bce=f"{np.mean(losses[-50:]):.3f}")
         if rank == 0 and (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
-            tmp = state_path.with_suffix(".tmp")
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step + 1,
-                },
-                tmp,
-            )
-            tmp.replace(state_path)
+            save_state(state_path, model, optimizer, scheduler, step + 1)
         if settings.max_minutes and time.time() - t0 > 60 * settings.max_minutes:
             log.warning("stage 1: time budget reached at step %d", step + 1)
             break
@@ -189,9 +169,7 @@ def pretrain_vision(
         "bce_last_50": round(float(np.mean(losses[-50:])), 4) if losses else None,
     }
     if rank == 0:
-        tmp = done.with_suffix(".tmp")
-        torch.save(tower.state_dict(), tmp)
-        tmp.replace(done)
+        atomic_save(tower.state_dict(), done)
         summary_path.write_text(json.dumps(summary))
         state_path.unlink(missing_ok=True)
     if world > 1:

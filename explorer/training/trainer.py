@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -27,6 +26,7 @@ from explorer.models.spec import PROJECT_ROOT, Preprocess
 from explorer.soft_labels import clinical_similarity
 from explorer.training import losses
 from explorer.training.data import TRAIN_SEED, build_phantom_set, claims_vector, sample_view
+from explorer.training.loop import load_state, save_state, warmup_cosine
 from explorer.training.model import EncoderConfig, TrainingWrapper, build_dual_encoder, export
 from explorer.training.pretrain import VisionPretrain, cache_key, pooled_features, pretrain_vision
 
@@ -124,16 +124,6 @@ def _param_groups(model, cfg: TrainConfig) -> list[dict]:
     return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
 
 
-def _schedule(cfg: TrainConfig):
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def batch_loss(
     wrapper, tokenizer, data, index, rng, cfg: TrainConfig, device, pooled=None
 ) -> tuple[torch.Tensor, dict]:
@@ -144,9 +134,11 @@ def batch_loss(
     with_neg = cfg.loss == "negaware"
     views = [sample_view(data.reports[i], rng, cfg.p_full_report, with_neg) for i in index]
     if pooled is not None:  # locked image tower: its features were computed once
-        image_input = {"pooled": pooled[index].to(device)}
+        image_input = {"pooled": pooled[index]}
     else:
-        image_input = {"pixel_values": prepare_pixels(data.pixels(index), cfg.preprocess).to(device)}
+        image_input = {
+            "pixel_values": prepare_pixels(data.pixels(index), cfg.preprocess).to(device)
+        }
     enc = tokenizer(
         [v.text for v in views],
         padding=True,
@@ -230,7 +222,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     pooled = None
     if cfg.lock_image:
         model.vision_model.requires_grad_(False)
-        pooled = pooled_features(model.vision_model, data, cfg.preprocess, device)
+        pooled = pooled_features(model.vision_model, data, cfg.preprocess, device).to(device)
         model.vision_model.eval()
     wrapper = TrainingWrapper(model)
     if world > 1:
@@ -238,7 +230,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             wrapper, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps)
+    )
 
     work = _resolve(cfg.work_dir) / cfg.name
     out = _resolve(cfg.out_dir)
@@ -246,13 +240,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     log_path = work / "train_log.jsonl"
     start = 0
     if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "torch_rng" in state:
-            torch.set_rng_state(state["torch_rng"])
-        start = int(state["step"])
+        start = load_state(state_path, device, model, optimizer, scheduler)
         log.info("resuming %s from step %d", cfg.name, start)
         if rank == 0 and log_path.exists():  # drop rows logged after the checkpoint
             rows = log_path.read_text().splitlines()
@@ -290,7 +278,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                _save_state(state_path, model, optimizer, scheduler, step + 1)
+                save_state(state_path, model, optimizer, scheduler, step + 1)
         if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes:
             log.warning(
                 "%s: time budget of %.0f min reached at step %d",
@@ -336,18 +324,3 @@ def replica_checksums(model: torch.nn.Module, world: int) -> list[float]:
     gathered = [torch.zeros_like(local) for _ in range(world)]
     dist.all_gather(gathered, local)
     return [float(g) for g in gathered]
-
-
-def _save_state(path: Path, model, optimizer, scheduler, step: int) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "torch_rng": torch.get_rng_state(),
-        },
-        tmp,
-    )
-    tmp.replace(path)
