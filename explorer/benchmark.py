@@ -46,6 +46,7 @@ class BenchmarkResult:
     images: int
     task_a: float
     task_a_n: int
+    task_a_by_finding: dict[str, float]  # task A accuracy grouped by the negated finding
     task_b: float
     task_b_n: int
     auc: dict[str, float]
@@ -96,24 +97,29 @@ def _embed_images(model: VisionLanguageModel, data: PhantomSet, batch: int = 64)
     return torch.cat(out)
 
 
-def hard_negative_texts(data: PhantomSet) -> tuple[list[str], list[str | None], list[str | None]]:
-    """Per image: true report, report with one present finding negated, and with it omitted."""
-    true, negated, omitted = [], [], []
+def hard_negative_texts(
+    data: PhantomSet,
+) -> tuple[list[str], list[str | None], list[str | None], list[str | None]]:
+    """Per image: true report, report with one present finding negated, with it omitted, and
+    which finding that was (None for an image without a finding to negate)."""
+    true, negated, omitted, which = [], [], [], []
     for k, report in enumerate(data.reports):
         true.append(report.text)
         rng = np.random.default_rng(data.seeds[k])
         present = [f for f in PHANTOM_FINDINGS if data.truth[k, PHANTOM_FINDINGS.index(f)] > 0]
         rng.shuffle(present)
-        neg = omit = None
+        neg = omit = chosen = None
         for finding in present:
             flipped = flip_finding(report.sentences, finding)
             if flipped is not None and join_sentences(flipped) != report.text:
                 neg = join_sentences(flipped)
                 omit = report.without(finding).text
+                chosen = finding
                 break
         negated.append(neg)
         omitted.append(omit)
-    return true, negated, omitted
+        which.append(chosen)
+    return true, negated, omitted, which
 
 
 def run_benchmark(
@@ -124,7 +130,7 @@ def run_benchmark(
 
     data = build_phantom_set(images, HELDOUT_SEED, size)
     img = _embed_images(model, data)
-    true, negated, omitted = hard_negative_texts(data)
+    true, negated, omitted, which = hard_negative_texts(data)
     t_true = _embed_texts(model, true)
     s_true = (img * t_true).sum(-1)
 
@@ -133,7 +139,14 @@ def run_benchmark(
     t_omit = _embed_texts(model, [omitted[k] for k in has])
     s_neg = (img[has] * t_neg).sum(-1)
     s_omit = (img[has] * t_omit).sum(-1)
-    task_a = float((s_true[has] > s_neg).float().mean()) if has else float("nan")
+    right = (s_true[has] > s_neg).numpy()
+    task_a = float(right.mean()) if has else float("nan")
+    negated_finding = np.array([which[k] for k in has], dtype=object)
+    by_finding = {
+        f: float(right[negated_finding == f].mean())
+        for f in PHANTOM_FINDINGS
+        if (negated_finding == f).any()
+    }
     task_b = (
         float(((s_true[has] > s_neg) & (s_true[has] > s_omit)).float().mean())
         if has
@@ -161,6 +174,7 @@ def run_benchmark(
         images=len(data),
         task_a=task_a,
         task_a_n=len(has),
+        task_a_by_finding=by_finding,
         task_b=task_b,
         task_b_n=len(has),
         auc=aucs,
@@ -175,6 +189,10 @@ def format_table(results: Sequence[BenchmarkResult]) -> str:
     sep = "|---|" + "---|" * len(results)
     rows = [
         ("task A (true vs negated)", [r.task_a for r in results]),
+        *[
+            (f"task A, {f} negated", [r.task_a_by_finding.get(f, float("nan")) for r in results])
+            for f in PHANTOM_FINDINGS
+        ],
         ("task B (true vs negated vs omitted)", [r.task_b for r in results]),
         ("zero-shot AUC, mean", [r.mean_auc for r in results]),
         *[(f"AUC {f}", [r.auc.get(f, float("nan")) for r in results]) for f in PHANTOM_FINDINGS],

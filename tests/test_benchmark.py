@@ -32,13 +32,14 @@ def tiny_heldout(tmp_path_factory):
 
 def test_hard_negatives_flip_a_present_finding(tiny_heldout):
     data = data_mod.build_phantom_set(12, data_mod.HELDOUT_SEED, 64, workers=1)
-    true, negated, omitted = hard_negative_texts(data)
-    assert len(true) == len(negated) == 12
+    true, negated, omitted, which = hard_negative_texts(data)
+    assert len(true) == len(negated) == len(which) == 12
     for k, neg in enumerate(negated):
         if (data.truth[k] > 0).any():
             assert neg is not None and neg != true[k] and omitted[k] != true[k]
+            assert data.truth[k, PHANTOM_FINDINGS.index(which[k])] > 0  # a present finding
         else:
-            assert neg is None
+            assert neg is None and which[k] is None
 
 
 def test_run_benchmark_on_tiny_model(tiny_heldout, tmp_path):
@@ -47,10 +48,17 @@ def test_run_benchmark_on_tiny_model(tiny_heldout, tmp_path):
     result = run_benchmark(model, images=24, size=64)
     assert result.images == 24 and 0 < result.task_a_n <= 24
     assert 0.0 <= result.task_b <= result.task_a <= 1.0
+    # the per-finding accuracies are the overall one, split by the negated finding
+    assert set(result.task_a_by_finding) <= set(PHANTOM_FINDINGS)
+    _, _, _, which = hard_negative_texts(data_mod.build_phantom_set(24, data_mod.HELDOUT_SEED, 64))
+    counts = {f: sum(w == f for w in which) for f in result.task_a_by_finding}
+    pooled = sum(result.task_a_by_finding[f] * n for f, n in counts.items()) / result.task_a_n
+    assert pooled == pytest.approx(result.task_a)
     assert set(result.auc) == set(PHANTOM_FINDINGS)
     assert result.recall["R@1"] <= result.recall["R@5"] <= result.recall["R@10"] <= 1.0
     table = format_table([result])
     assert "task A" in table and spec.name in table
+    assert f"task A, {next(iter(result.task_a_by_finding))} negated" in table
 
 
 def test_pointing_game_on_tiny_model(tiny_heldout, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from explorer.training import data as data_mod
 from explorer.training.data import build_phantom_set, claims_vector, flip_finding, sample_view
@@ -141,17 +142,27 @@ def test_train_cli_exports_loadable_model_and_resumes(tmp_path, cache_dir):
     assert (out / "model.safetensors").exists() and (out / "train_log.jsonl").exists()
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    # rerun with more steps resumes from the checkpoint at step 2 (written every step but the last)
-    cfg["steps"] = 4
-    path = _write(tmp_path, cfg)
-    proc = _run(
-        [sys.executable, "-m", "explorer", "-v", "train", "--config", str(path), "--no-progress"],
-        cache_dir,
-    )
+    first = load_file(out / "model.safetensors")
+    verbose = [sys.executable, "-m", "explorer", "-v", "train", "--config", str(path)]
+    # a rerun of the same config resumes from the checkpoint at step 2 (written every step but
+    # the last), redoes step 3 and ends with the same weights
+    proc = _run([*verbose, "--no-progress"], cache_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming tiny-negaware from step 2" in proc.stderr
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # rows after the checkpoint were redone
+    assert [r["step"] for r in rows] == [1, 2, 3]  # rows after the checkpoint were redone
+    again = load_file(out / "model.safetensors")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    # a changed config must not resume the other run's checkpoint: it trains afresh
+    cfg["steps"] = 4
+    path = _write(tmp_path, cfg)
+    proc = _run([*verbose[:-1], str(path), "--no-progress"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (
+        "resuming tiny-negaware" not in proc.stderr and "written by another config" in proc.stderr
+    )
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
     # the export loads through the registry's transformers adapter
     from explorer.models import ModelRegistry, ModelSpec, Preprocess
 

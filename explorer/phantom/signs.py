@@ -180,7 +180,7 @@ def _draw_pneumothorax(spec: FindingSpec, scene: Scene, rng: np.random.Generator
     geom = scene.geom
     side = _sides(spec.laterality)[0]
     sev = spec.severity or "moderate"
-    depth = {"small": (0.035, 0.06), "moderate": (0.07, 0.11), "large": (0.14, 0.22)}[sev]
+    depth = {"small": (0.05, 0.08), "moderate": (0.09, 0.14), "large": (0.16, 0.24)}[sev]
     d_top = float(rng.uniform(*depth))
     v_end = {
         "small": geom.apex + float(rng.uniform(0.3, 0.45)),
@@ -199,13 +199,14 @@ def _draw_pneumothorax(spec: FindingSpec, scene: Scene, rng: np.random.Generator
     cap = np.clip((np.float32(geom.apex + 0.2) - scene.v) * np.float32(1 / 0.05), 0.0, 1.0)
     space *= np.maximum(lateral, cap)
     # The pleural space is pure air: darker than lung and without any markings.
-    scene.air_extra += space * np.float32(0.25) * (scene.lung + np.float32(0.5))
+    scene.air_extra += space * np.float32(0.4) * (scene.lung + np.float32(0.5))
     scene.vessel_gate *= 1.0 - space
     # Thin white visceral pleural line along the retracted lung edge.
-    lw = np.float32(0.0055)
+    # At least a pixel wide so that it survives a 160 px image.
+    lw = np.float32(max(0.0055, 0.6 * scene.pixel))
     line = np.exp(-(((dist - gap) / lw) ** 2)) * (gap > 2 * px) * on_side
     line *= np.maximum(lateral, cap)
-    scene.extra += line * np.float32(0.16)
+    scene.extra += line * np.float32(0.22)
     # The collapsed lung is a little denser.
     collapse = {"small": 0.0, "moderate": 0.08, "large": 0.22}[sev]
     if collapse:
@@ -453,8 +454,8 @@ def _draw_nodule(spec: FindingSpec, scene: Scene, rng: np.random.Generator) -> D
     geom = scene.geom
     side = _sides(spec.laterality)[0]
     large = spec.severity == "large"
-    # 1 cm is about 0.055 image units: nodules 1.0-1.6 cm, masses 3.2-4.8 cm across.
-    radius = float(rng.uniform(0.088, 0.13) if large else rng.uniform(0.028, 0.044))
+    # 1 cm is about 0.055 image units: nodules 1.3-2.0 cm, masses 3.2-4.8 cm across.
+    radius = float(rng.uniform(0.088, 0.13) if large else rng.uniform(0.036, 0.055))
     zone = str(rng.choice(["upper", "mid", "lower"], p=[0.45, 0.35, 0.2]))
     lob_amp = float(rng.uniform(0.04, 0.1)) if large else 0.0
     lob_phase = float(rng.uniform(0, 2 * math.pi))
@@ -493,7 +494,7 @@ def _draw_nodule(spec: FindingSpec, scene: Scene, rng: np.random.Generator) -> D
     sphere = np.sqrt(q)
     edge = np.clip((rad - r) / np.float32(scene.pixel) + 0.5, 0.0, 1.0)
     scene.extra += np.maximum(sphere, edge * 0.35) * np.float32(0.06 + 0.9 * radius)
-    _add_opacity(scene, sphere * np.float32(0.4 if large else 0.32))
+    _add_opacity(scene, sphere * np.float32(0.45 if large else 0.42))
     mask = r < rad
     return Drawn(mask=mask, location=zone)
 
@@ -526,15 +527,15 @@ def _draw_fracture(spec: FindingSpec, scene: Scene, rng: np.random.Generator) ->
         # widest at the break and tapering above and below it (the lung edge is pushed in).
         v_c = float(scene.v[region].mean())
         half = float(rng.uniform(0.12, 0.18))
-        depth = float(rng.uniform(0.05, 0.075))
+        depth = float(rng.uniform(0.065, 0.095))
         along = np.clip(1.0 - ((scene.v - np.float32(v_c)) / np.float32(half)) ** 2, 0.0, 1.0)
         thick = np.float32(depth) * np.sqrt(along)
         wall = scene.dlat * np.float32(scene.geom.w)
         lens = np.clip((thick - wall) / np.float32(2 * scene.pixel), 0.0, 1.0)
         lens *= _side_mask(scene, side) & (along > 0) & (scene.a > 0.6) & (wall > -0.01)
         lens *= scene.ddia > 0
-        _add_opacity(scene, lens * np.float32(0.85))
-        scene.extra += lens * np.float32(0.2)
+        _add_opacity(scene, lens * np.float32(1.0))
+        scene.extra += lens * np.float32(0.3)
         mask |= lens > 0.5
         details += ("extrapleural haematoma",)
     return Drawn(mask=mask, location=f"{ordinal(rib + 1)} rib", details=details)

@@ -27,8 +27,12 @@ def atomic_save(obj, path: Path) -> None:
     tmp.replace(path)
 
 
-def save_state(path: Path, model, optimizer, scheduler, step: int) -> None:
-    """Everything needed to resume training after ``step`` steps."""
+def save_state(path: Path, model, optimizer, scheduler, step: int, key: str = "") -> None:
+    """Everything needed to resume training after ``step`` steps.
+
+    ``key`` names the run (a hash of its config and data); :func:`load_state` only resumes
+    a checkpoint whose key matches.
+    """
     atomic_save(
         {
             "model": model.state_dict(),
@@ -36,14 +40,21 @@ def save_state(path: Path, model, optimizer, scheduler, step: int) -> None:
             "scheduler": scheduler.state_dict(),
             "step": step,
             "torch_rng": torch.get_rng_state(),
+            "key": key,
         },
         path,
     )
 
 
-def load_state(path: Path, device, model, optimizer, scheduler) -> int:
-    """Restore a :func:`save_state` checkpoint in place; returns the step to resume from."""
+def load_state(path: Path, device, model, optimizer, scheduler, key: str = "") -> int | None:
+    """Restore a :func:`save_state` checkpoint in place; returns the step to resume from.
+
+    Returns None, touching nothing, when the checkpoint was written by a run with another
+    ``key`` (a changed config or renderer): resuming it would mix two trainings.
+    """
     state = torch.load(path, map_location=device, weights_only=False)
+    if state.get("key", "") != key:
+        return None
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

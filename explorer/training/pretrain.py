@@ -131,7 +131,7 @@ def pretrain_vision(
     state_path = work / f"vision-{key}-state.pt"
     start = 0
     if state_path.exists():
-        start = load_state(state_path, device, model, optimizer, scheduler)
+        start = load_state(state_path, device, model, optimizer, scheduler, key) or 0
         log.info("stage 1: resuming from step %d", start)
     work.mkdir(parents=True, exist_ok=True)
     bar = None
@@ -157,7 +157,7 @@ def pretrain_vision(
             bar.update(1)
             bar.set_postfix(bce=f"{np.mean(losses[-50:]):.3f}")
         if rank == 0 and (step + 1) % settings.checkpoint_every == 0 and step + 1 < settings.steps:
-            save_state(state_path, model, optimizer, scheduler, step + 1)
+            save_state(state_path, model, optimizer, scheduler, step + 1, key)
         if settings.max_minutes and time.time() - t0 > 60 * settings.max_minutes:
             log.warning("stage 1: time budget reached at step %d", step + 1)
             break

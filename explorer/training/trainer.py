@@ -10,6 +10,7 @@ are written by rank 0 every ``checkpoint_every`` steps; a rerun with the same co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +26,13 @@ from explorer.models.base import default_device, prepare_pixels
 from explorer.models.spec import PROJECT_ROOT, Preprocess
 from explorer.soft_labels import clinical_similarity
 from explorer.training import losses
-from explorer.training.data import TRAIN_SEED, build_phantom_set, claims_vector, sample_view
+from explorer.training.data import (
+    TRAIN_SEED,
+    _code_version,
+    build_phantom_set,
+    claims_vector,
+    sample_view,
+)
 from explorer.training.loop import load_state, save_state, warmup_cosine
 from explorer.training.model import EncoderConfig, TrainingWrapper, build_dual_encoder, export
 from explorer.training.pretrain import VisionPretrain, cache_key, pooled_features, pretrain_vision
@@ -238,16 +245,22 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out = _resolve(cfg.out_dir)
     state_path = work / "train_state.pt"
     log_path = work / "train_log.jsonl"
+    run_key = run_fingerprint(cfg)
     start = 0
     if state_path.exists():
-        start = load_state(state_path, device, model, optimizer, scheduler)
-        log.info("resuming %s from step %d", cfg.name, start)
-        if rank == 0 and log_path.exists():  # drop rows logged after the checkpoint
-            rows = log_path.read_text().splitlines()
-            kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= start]
-            log_path.write_text("".join(r + "\n" for r in kept))
-
+        resumed = load_state(state_path, device, model, optimizer, scheduler, run_key)
+        if resumed is None:
+            log.warning(
+                "%s: ignoring %s, written by another config or renderer", cfg.name, state_path
+            )
+        else:
+            start = resumed
+            log.info("resuming %s from step %d", cfg.name, start)
     work.mkdir(parents=True, exist_ok=True)
+    if rank == 0:  # keep the rows up to the checkpoint (none on a fresh start)
+        rows = log_path.read_text().splitlines() if log_path.exists() else []
+        kept = [r for r in rows if r.strip() and start and json.loads(r)["step"] <= start]
+        log_path.write_text("".join(r + "\n" for r in kept))
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
@@ -278,7 +291,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
                 with log_path.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
             if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-                save_state(state_path, model, optimizer, scheduler, step + 1)
+                save_state(state_path, model, optimizer, scheduler, step + 1, run_key)
         if cfg.max_minutes and time.time() - t0 > 60 * cfg.max_minutes:
             log.warning(
                 "%s: time budget of %.0f min reached at step %d",
@@ -306,6 +319,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     if world > 1:
         dist.barrier()
     return out
+
+
+#: Settings that do not change what a run computes (resuming with new values is fine).
+_NOT_IN_FINGERPRINT = frozenset(
+    {"out_dir", "work_dir", "checkpoint_every", "max_minutes", "log_every", "threads"}
+)
+
+
+def run_fingerprint(cfg: TrainConfig) -> str:
+    """A short hash of the config and the phantom renderer: which checkpoints a run may resume."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    blob = json.dumps([settings, _code_version()], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def replica_checksums(model: torch.nn.Module, world: int) -> list[float]:
