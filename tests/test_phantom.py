@@ -464,3 +464,21 @@ def test_without_rewrites_combined_negatives() -> None:
     assert reduced.sentences[0].findings == ("pleural effusion",)
     with pytest.raises(ValueError):
         ReportSentence("x.", "discussion", (), NEGATIVE)
+
+
+def test_shipped_example_phantoms_match_the_renderer() -> None:
+    """The app re-renders an example's masks from its seed: the PNG must be that rendering."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(__file__).resolve().parents[1] / "assets" / "examples"
+    meta = json.loads((folder / "phantoms.json").read_text())
+    assert meta
+    for name, case in meta.items():
+        specs = [FindingSpec(f["name"], f["laterality"], f["severity"]) for f in case["findings"]]
+        ph = render_phantom(case["seed"], specs, case["size"])
+        shipped = np.asarray(Image.open(folder / name), dtype=np.int16)
+        rendered = np.round(ph.image * 255).astype(np.int16)
+        assert np.abs(shipped - rendered).max() <= 1, f"{name} is stale: re-render it"
