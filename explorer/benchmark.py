@@ -147,11 +147,7 @@ def run_benchmark(
         for f in PHANTOM_FINDINGS
         if (negated_finding == f).any()
     }
-    task_b = (
-        float(((s_true[has] > s_neg) & (s_true[has] > s_omit)).float().mean())
-        if has
-        else float("nan")
-    )
+    task_b = float((right & (s_true[has] > s_omit).numpy()).mean()) if has else float("nan")
 
     scale = model.logit_scale
     aucs = {}

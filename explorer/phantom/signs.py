@@ -532,9 +532,14 @@ def _draw_fracture(spec: FindingSpec, scene: Scene, rng: np.random.Generator) ->
         thick = np.float32(depth) * np.sqrt(along)
         wall = scene.dlat * np.float32(scene.geom.w)
         lens = np.clip((thick - wall) / np.float32(2 * scene.pixel), 0.0, 1.0)
-        lens *= _side_mask(scene, side) & (along > 0) & (scene.a > 0.6) & (wall > -0.01)
-        lens *= scene.ddia > 0
-        _add_opacity(scene, lens * np.float32(1.0))
+        lens *= (
+            _side_mask(scene, side)
+            & (along > 0)
+            & (scene.a > 0.6)
+            & (wall > -0.01)
+            & (scene.ddia > 0)
+        )
+        _add_opacity(scene, lens)
         scene.extra += lens * np.float32(0.3)
         mask |= lens > 0.5
         details += ("extrapleural haematoma",)

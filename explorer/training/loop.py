@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -18,6 +20,12 @@ def warmup_cosine(warmup_steps: int, steps: int):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def digest(parts: list) -> str:
+    """A short, stable hash of JSON-able ``parts`` (names cached towers and resumable runs)."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def atomic_save(obj, path: Path) -> None:

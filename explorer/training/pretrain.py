@@ -23,7 +23,6 @@ model's command reuses the first one's tower.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -38,7 +37,7 @@ from torch import nn
 
 from explorer.models.base import prepare_pixels
 from explorer.models.spec import Preprocess
-from explorer.training.loop import atomic_save, load_state, save_state, warmup_cosine
+from explorer.training.loop import atomic_save, digest, load_state, save_state, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +82,7 @@ def cache_key(settings: VisionPretrain, model_cfg: dict, train_images: int, seed
     """A short hash of everything that determines the stage-1 tower."""
     from explorer.training.data import _code_version
 
-    blob = json.dumps(
-        [asdict(settings), model_cfg, train_images, seed, _code_version(), SHIFT],
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+    return digest([asdict(settings), model_cfg, train_images, seed, _code_version(), SHIFT])
 
 
 def pretrain_vision(

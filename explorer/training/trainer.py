@@ -10,7 +10,6 @@ are written by rank 0 every ``checkpoint_every`` steps; a rerun with the same co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from explorer.training.data import (
     claims_vector,
     sample_view,
 )
-from explorer.training.loop import load_state, save_state, warmup_cosine
+from explorer.training.loop import digest, load_state, save_state, warmup_cosine
 from explorer.training.model import EncoderConfig, TrainingWrapper, build_dual_encoder, export
 from explorer.training.pretrain import VisionPretrain, cache_key, pooled_features, pretrain_vision
 
@@ -330,8 +329,7 @@ _NOT_IN_FINGERPRINT = frozenset(
 def run_fingerprint(cfg: TrainConfig) -> str:
     """A short hash of the config and the phantom renderer: which checkpoints a run may resume."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
-    blob = json.dumps([settings, _code_version()], sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+    return digest([settings, _code_version()])
 
 
 def replica_checksums(model: torch.nn.Module, world: int) -> list[float]:
