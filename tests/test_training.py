@@ -193,18 +193,21 @@ def test_ddp_two_cpu_processes_keep_replicas_identical(tmp_path, cache_dir):
 
 
 def test_shifted_moves_each_image_within_the_limit():
-    from explorer.training.pretrain import shifted
+    from explorer.training.pretrain import shift_offsets, shifted
 
     img = np.arange(3 * 20 * 20, dtype=np.float32).reshape(3, 20, 20)
-    assert np.array_equal(shifted(img, np.random.default_rng(0), shift=0), img)
-    out = shifted(img, np.random.default_rng(0), shift=3)
+    assert np.array_equal(shifted(img, np.zeros((3, 2), int), shift=0), img)
+    offsets = shift_offsets(3, np.random.default_rng(0), shift=3)
+    assert offsets.shape == (3, 2) and offsets.min() >= 0 and offsets.max() <= 6
+    out = shifted(img, offsets, shift=3)
     assert out.shape == img.shape
-    for k in range(3):  # every output is a translated copy of its own input (edges repeated)
-        padded = np.pad(img[k], 3, mode="edge")
-        windows = [padded[dy : dy + 20, dx : dx + 20] for dy in range(7) for dx in range(7)]
-        assert any(np.array_equal(out[k], w) for w in windows)
-    again = shifted(img, np.random.default_rng(0), shift=3)
-    assert np.array_equal(out, again)
+    for k, (dy, dx) in enumerate(offsets):  # a translated copy of its own input, edges repeated
+        assert np.array_equal(out[k], np.pad(img[k], 3, mode="edge")[dy : dy + 20, dx : dx + 20])
+    # a stack of maps per image ([B, F, S, S]) moves as one, like its image
+    maps = np.stack([img, img[::-1]], axis=1)
+    moved = shifted(maps, offsets, shift=3)
+    assert np.array_equal(moved[:, 0], out)
+    assert np.array_equal(moved[:, 1], shifted(img[::-1].copy(), offsets, shift=3))
 
 
 def test_stage1_learns_the_labels_and_is_cached(tiny_set, tmp_path):
@@ -226,6 +229,44 @@ def test_stage1_learns_the_labels_and_is_cached(tiny_set, tmp_path):
     assert pretrain_vision(fresh.vision_model, *args, progress=False) == summary
     for k, v in fresh.vision_model.state_dict().items():
         assert torch.equal(v, after[k])
+
+
+@pytest.fixture(scope="module")
+def masked_set(cache_dir):
+    return build_phantom_set(24, 4242, 64, keep_masks=True, workers=1)
+
+
+def test_cell_targets_mark_the_cells_a_mask_touches(masked_set):
+    from explorer.phantom import PHANTOM_FINDINGS
+    from explorer.training.pretrain import cell_targets
+
+    index = np.arange(6)
+    still = np.full((6, 2), 3)  # offset == shift: no movement
+    fine, coarse = cell_targets(masked_set, index, still, [8, 2], shift=3)
+    assert fine.shape == (6, len(PHANTOM_FINDINGS), 8, 8) and coarse.shape[-1] == 2
+    for b, k in enumerate(index):
+        for j, name in enumerate(PHANTOM_FINDINGS):
+            mask = masked_set.masks[k].get(name, np.zeros((64, 64), bool))
+            expect = mask.reshape(8, 8, 8, 8).any(axis=(1, 3))  # 8x8 cells of 8 px
+            assert np.array_equal(fine[b, j].numpy() > 0, expect), (k, name)
+    assert float(fine.sum()) > 0  # the set has findings with masks
+    # the targets move with the image: a shift by a whole cell moves a mask by one cell
+    moved = cell_targets(masked_set, index, np.full((6, 2), 0), [8], shift=8)[0]
+    assert torch.equal(moved[..., 1:, 1:], fine[..., :-1, :-1])
+
+
+def test_stage1_with_lesion_maps_learns_them(masked_set, tiny_set, tmp_path):
+    from explorer.training.pretrain import VisionPretrain, pretrain_vision
+
+    cfg = TrainConfig.from_file(_write(tmp_path, _config(tmp_path, "infonce")))
+    settings = VisionPretrain(steps=30, batch_size=12, lr=3e-3, warmup_steps=1, mask_weight=1.0)
+    torch.manual_seed(0)
+    model, _ = build_dual_encoder(cfg.model, pretrained_text=False)
+    args = (settings, cfg.preprocess, tmp_path / "work", "k2", 0, torch.device("cpu"))
+    summary = pretrain_vision(model.vision_model, masked_set, *args, progress=False)
+    assert summary["bce_last_50"] < 0.69 and summary["cell_bce_last_50"] < 0.69
+    with pytest.raises(ValueError, match="keep_masks"):
+        pretrain_vision(model.vision_model, tiny_set, *args[:3], "k3", 0, torch.device("cpu"))
 
 
 def test_pooled_path_matches_the_pixel_path(tiny_set, tmp_path):

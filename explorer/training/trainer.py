@@ -202,12 +202,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     model, tokenizer = build_dual_encoder(cfg.model, pretrained_text=cfg.pretrained_text)
     model.to(device).train()
 
+    masks = cfg.vision_pretrain.steps > 0 and cfg.vision_pretrain.mask_weight > 0
     if rank == 0:
-        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size)
+        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size, masks)
     if world > 1:
         dist.barrier()
     if rank != 0:
-        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size)
+        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size, masks)
 
     stage1 = {}
     if cfg.vision_pretrain.steps:
