@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from explorer.errors import ExplorerError
-from explorer.models.base import VisionLanguageModel, prepare_pixels
+from explorer.models.base import MODEL_LOCK, VisionLanguageModel, prepare_pixels
 from explorer.models.spec import Preprocess
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ IG_INTEGRATION = "gausslegendre"
 Progress = Callable[[float, str], None]
 ForwardFunc = Callable[[torch.Tensor], torch.Tensor]
 
-_LOCK = threading.RLock()
+_LOCK = MODEL_LOCK  # one attribution at a time, and no embedding meanwhile
 
 
 class AttributionError(ExplorerError):

@@ -175,6 +175,28 @@ def test_text_attribution(registry, image, name):
     assert not _param_grads(model)
 
 
+def test_embedding_from_another_thread_waits_for_a_running_attribution(registry, image):
+    """A forward pass from another thread (the server's warm-up, a second request) while an
+    attribution hooks the model would be recorded by Captum's layer hooks as the attribution's
+    own activation (seen on CI: a warm-up's batch of prompt embeddings became the text
+    baseline and LayerIntegratedGradients failed). So embedding waits for the attribution."""
+    import threading
+
+    from explorer.attribution import _attribution_mode
+
+    model = registry.load(NAMES[0], "cpu")
+    done = threading.Event()
+    worker = threading.Thread(
+        target=lambda: (model.embed_texts(["no effusion"]), model.embed_image(image), done.set())
+    )
+    with _attribution_mode(model):
+        worker.start()
+        assert not done.wait(0.5)  # held back while the attribution runs
+        model.embed_texts(["the attribution itself may embed"])  # re-entrant
+    assert done.wait(60)
+    worker.join()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_attribution_leaves_the_model_as_found(registry, image, name):
     model = registry.load(name, "cpu")

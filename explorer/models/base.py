@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -98,6 +99,14 @@ def prepare_pixels(pixels: np.ndarray | torch.Tensor, pre: Preprocess) -> torch.
     return (x - mean) / std
 
 
+#: Held by an attribution for its whole call and by :meth:`VisionLanguageModel.embed_texts` /
+#: :meth:`~VisionLanguageModel.embed_image`. Attributions hook model layers (Captum's
+#: LayerIntegratedGradients records every call of the token-embedding layer, from any thread),
+#: so a forward pass from another thread meanwhile (the server's warm-up, a second request)
+#: would be recorded as the attribution's own activation. Re-entrant: an attribution embeds too.
+MODEL_LOCK = threading.RLock()
+
+
 class VisionLanguageModel(abc.ABC):
     """A loaded CLIP-style dual encoder behind one interface.
 
@@ -168,13 +177,13 @@ class VisionLanguageModel(abc.ABC):
         """The underlying ``nn.Module`` (for ``.parameters()``, ``.to()``, hooks)."""
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Convenience: tokenise and encode without gradients."""
-        with torch.no_grad():
+        """Convenience: tokenise and encode without gradients (waits for a running attribution)."""
+        with MODEL_LOCK, torch.no_grad():
             return self.encode_text(self.tokenize(list(texts)))
 
     def embed_image(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Convenience: preprocess and encode without gradients."""
-        with torch.no_grad():
+        """Convenience: preprocess and encode without gradients (waits for a running attribution)."""
+        with MODEL_LOCK, torch.no_grad():
             return self.encode_image(self.preprocess(pixels))
 
 
