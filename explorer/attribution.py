@@ -72,8 +72,6 @@ IG_INTEGRATION = "gausslegendre"
 Progress = Callable[[float, str], None]
 ForwardFunc = Callable[[torch.Tensor], torch.Tensor]
 
-_LOCK = MODEL_LOCK  # one attribution at a time, and no embedding meanwhile
-
 
 class AttributionError(ExplorerError):
     """An attribution could not be computed (for instance the model produced NaNs)."""
@@ -445,7 +443,7 @@ def _attribution_mode(model: VisionLanguageModel) -> Iterator[None]:
     """Eval mode for the call (restored afterwards), one attribution at a time."""
     module = model.module
     was_training = module.training
-    with _LOCK:
+    with MODEL_LOCK:  # one attribution at a time, and no embedding meanwhile
         if was_training:
             module.eval()
         try:

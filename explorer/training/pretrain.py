@@ -23,8 +23,8 @@ it:
 with ``m_s,if(cell)`` = 1 when any pixel of finding ``f``'s mask falls in that cell of stage ``s``
 (max-pooled from the pixel mask, shifted with the image). This dense signal says which pixels
 carry each sign, the way a segmentation dataset would; only stage 1 sees it, the shipped model
-never reads a mask. The heads are thrown away; stage 2 (:mod:`explorer.training.trainer`) then trains the
-projections and the text tower contrastively on top of the *locked* image tower (LiT, Zhai et
+never reads a mask. The heads are thrown away; stage 2 (:mod:`explorer.training.trainer`) then
+trains the projections and the text tower contrastively on top of the *locked* image tower (LiT, Zhai et
 al. 2022), with loss (a) or (b) + (c). Both shipped models share one stage-1 tower, so they
 differ only in the contrastive loss, which is what the comparison is about.
 
@@ -82,12 +82,11 @@ class _Classifier(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         out = self.tower(pixel_values=pixel_values, output_hidden_states=bool(self.cell_heads))
+        logits = self.head(out.pooler_output)
         if not self.cell_heads:
-            return self.head(out.pooler_output), []
+            return logits, []
         stages = out.hidden_states[-len(self.cell_heads) :]
-        return self.head(out.pooler_output), [
-            h(x) for h, x in zip(self.cell_heads, stages, strict=True)
-        ]
+        return logits, [h(x) for h, x in zip(self.cell_heads, stages, strict=True)]
 
 
 def shift_offsets(n: int, rng: np.random.Generator, shift: int = SHIFT) -> np.ndarray:
