@@ -316,3 +316,40 @@ def test_train_with_a_locked_image_tower_keeps_stage1_weights(tmp_path, cache_di
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "reusing the image tower" in proc.stderr
+
+
+def test_bucketed_text_features_match_one_padded_call(tmp_path):
+    from explorer.training.model import bucketed_text_features
+
+    cfg = TrainConfig.from_file(_write(tmp_path, _config(tmp_path, "negaware")))
+    model, tokenizer = build_dual_encoder(cfg.model, pretrained_text=False)
+    model.eval()
+    words = "no left pleural effusion is seen the heart size is normal".split()
+    rng = np.random.default_rng(3)
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 40, size=37)]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    lengths = enc["attention_mask"].sum(1)
+    assert lengths.min() < enc["input_ids"].shape[1] // 2  # the padding is real
+    with torch.no_grad():
+        whole = model.get_text_features(**enc)
+        whole = getattr(whole, "pooler_output", whole)
+        chunked = bucketed_text_features(model, enc["input_ids"], enc["attention_mask"], chunk=8)
+    torch.testing.assert_close(chunked, whole, atol=2e-5, rtol=1e-4)
+    # the wrapper's true and flipped texts go through it together, in their own order
+    half = len(texts) // 2
+    a = tokenizer(texts[:half], padding=True, return_tensors="pt")
+    b = tokenizer(texts[half : 2 * half], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        _, txt, neg, _ = TrainingWrapper(model)(
+            pooled=torch.zeros(half, model.config.vision_config.hidden_size),
+            input_ids=a["input_ids"],
+            attention_mask=a["attention_mask"],
+            neg_ids=b["input_ids"],
+            neg_mask=b["attention_mask"],
+        )
+    torch.testing.assert_close(
+        txt, torch.nn.functional.normalize(whole[:half], dim=-1), atol=2e-5, rtol=1e-4
+    )
+    torch.testing.assert_close(
+        neg, torch.nn.functional.normalize(whole[half : 2 * half], dim=-1), atol=2e-5, rtol=1e-4
+    )

@@ -152,16 +152,62 @@ class TrainingWrapper(nn.Module):
         else:
             image = as_features(m.get_image_features(pixel_values=pixel_values))
         img = nn.functional.normalize(image, dim=-1)
-        txt = nn.functional.normalize(
-            as_features(m.get_text_features(input_ids=input_ids, attention_mask=attention_mask)),
+        ids, masks = [input_ids], [attention_mask]
+        if neg_ids is not None:
+            ids.append(neg_ids)
+            masks.append(neg_mask)
+        width = max(t.shape[1] for t in ids)
+        texts = nn.functional.normalize(
+            bucketed_text_features(
+                m,
+                torch.cat([nn.functional.pad(t, (0, width - t.shape[1])) for t in ids]),
+                torch.cat([nn.functional.pad(t, (0, width - t.shape[1])) for t in masks]),
+            ),
             dim=-1,
         )
-        neg = None
+        txt, neg = texts[: len(input_ids)], None
         if neg_ids is not None:
-            neg = nn.functional.normalize(
-                as_features(m.get_text_features(input_ids=neg_ids, attention_mask=neg_mask)), dim=-1
-            )
+            neg = texts[len(input_ids) :]
         return img, txt, neg, m.logit_scale.exp().clamp(max=100.0)
+
+
+def bucketed_text_features(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk: int = 16
+) -> torch.Tensor:
+    """``get_text_features`` of right-padded texts, run in chunks of similar length.
+
+    A batch mixes one-sentence views (about 15 tokens) with full reports (up to about 180), so
+    padding every row to the longest wastes most of the text tower's compute. Rows are sorted
+    by length, each chunk is cut to its own longest row, and the features are put back in the
+    input order. Padding is masked, so each row's features are those of the unchunked call
+    (up to float rounding). Left-padded input is run unchunked.
+    """
+    from explorer.models.base import as_features
+
+    lengths = attention_mask.sum(dim=1)
+    right_padded = bool(
+        (
+            attention_mask
+            == (torch.arange(attention_mask.shape[1], device=lengths.device) < lengths[:, None])
+        ).all()
+    )
+    if not right_padded or len(input_ids) <= chunk:
+        return as_features(
+            model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        )
+    order = torch.argsort(lengths, descending=True)
+    parts = []
+    for lo in range(0, len(order), chunk):
+        rows = order[lo : lo + chunk]
+        width = int(lengths[rows].max())
+        parts.append(
+            as_features(
+                model.get_text_features(
+                    input_ids=input_ids[rows, :width], attention_mask=attention_mask[rows, :width]
+                )
+            )
+        )
+    return torch.cat(parts)[torch.argsort(order)]
 
 
 def export(model: nn.Module, tokenizer, cfg: EncoderConfig, folder: Path) -> Path:
