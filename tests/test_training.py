@@ -324,7 +324,19 @@ def test_bucketed_text_features_match_one_padded_call(tmp_path):
     cfg = TrainConfig.from_file(_write(tmp_path, _config(tmp_path, "negaware")))
     model, tokenizer = build_dual_encoder(cfg.model, pretrained_text=False)
     model.eval()
-    words = "no left pleural effusion is seen the heart size is normal".split()
+    words = [
+        "no",
+        "left",
+        "pleural",
+        "effusion",
+        "is",
+        "seen",
+        "the",
+        "heart",
+        "size",
+        "is",
+        "normal",
+    ]
     rng = np.random.default_rng(3)
     texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 40, size=37)]
     enc = tokenizer(texts, padding=True, return_tensors="pt")
@@ -353,3 +365,18 @@ def test_bucketed_text_features_match_one_padded_call(tmp_path):
     torch.testing.assert_close(
         neg, torch.nn.functional.normalize(whole[half : 2 * half], dim=-1), atol=2e-5, rtol=1e-4
     )
+
+
+def test_stage1_cache_key_ignores_text_only_settings():
+    from dataclasses import asdict
+
+    from explorer.training.model import EncoderConfig
+    from explorer.training.pretrain import VisionPretrain, cache_key
+
+    settings = VisionPretrain(steps=10)
+    base = asdict(EncoderConfig(image_size=64))
+    key = cache_key(settings, base, 24, 0)
+    assert cache_key(settings, {**base, "text_max_length": 192, "projection_dim": 8}, 24, 0) == key
+    assert cache_key(settings, {**base, "image_size": 96}, 24, 0) != key
+    assert cache_key(settings, {**base, "convnext_depths": (1, 1, 3, 1)}, 24, 0) != key
+    assert cache_key(VisionPretrain(steps=11), base, 24, 0) != key

@@ -121,11 +121,24 @@ def cell_targets(
     return [F.adaptive_max_pool2d(moved, g) for g in grids]
 
 
+#: Model settings that only the text side reads: they do not change the stage-1 tower.
+TEXT_ONLY_SETTINGS = frozenset(
+    {
+        "projection_dim",
+        "logit_scale_init",
+        "freeze_text_embeddings",
+        "freeze_text_layers",
+        "text_max_length",
+    }
+)
+
+
 def cache_key(settings: VisionPretrain, model_cfg: dict, train_images: int, seed: int) -> str:
     """A short hash of everything that determines the stage-1 tower."""
     from explorer.training.data import _code_version
 
-    return digest([asdict(settings), model_cfg, train_images, seed, _code_version(), SHIFT])
+    vision = {k: v for k, v in model_cfg.items() if k not in TEXT_ONLY_SETTINGS}
+    return digest([asdict(settings), vision, train_images, seed, _code_version(), SHIFT])
 
 
 def pretrain_vision(
