@@ -319,6 +319,7 @@ def test_train_with_a_locked_image_tower_keeps_stage1_weights(tmp_path, cache_di
 
 
 def test_bucketed_text_features_match_one_padded_call(tmp_path):
+    from explorer.models.base import as_features
     from explorer.training.model import bucketed_text_features
 
     cfg = TrainConfig.from_file(_write(tmp_path, _config(tmp_path, "negaware")))
@@ -343,8 +344,7 @@ def test_bucketed_text_features_match_one_padded_call(tmp_path):
     lengths = enc["attention_mask"].sum(1)
     assert lengths.min() < enc["input_ids"].shape[1] // 2  # the padding is real
     with torch.no_grad():
-        whole = model.get_text_features(**enc)
-        whole = getattr(whole, "pooler_output", whole)
+        whole = as_features(model.get_text_features(**enc))
         chunked = bucketed_text_features(model, enc["input_ids"], enc["attention_mask"], chunk=8)
     torch.testing.assert_close(chunked, whole, atol=2e-5, rtol=1e-4)
     # the wrapper's true and flipped texts go through it together, in their own order

@@ -157,13 +157,12 @@ class TrainingWrapper(nn.Module):
             ids.append(neg_ids)
             masks.append(neg_mask)
         width = max(t.shape[1] for t in ids)
+
+        def stacked(parts: list[torch.Tensor]) -> torch.Tensor:  # right-pad to one width
+            return torch.cat([nn.functional.pad(t, (0, width - t.shape[1])) for t in parts])
+
         texts = nn.functional.normalize(
-            bucketed_text_features(
-                m,
-                torch.cat([nn.functional.pad(t, (0, width - t.shape[1])) for t in ids]),
-                torch.cat([nn.functional.pad(t, (0, width - t.shape[1])) for t in masks]),
-            ),
-            dim=-1,
+            bucketed_text_features(m, stacked(ids), stacked(masks)), dim=-1
         )
         txt, neg = texts[: len(input_ids)], None
         if neg_ids is not None:
