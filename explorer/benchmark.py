@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from explorer.models.base import VisionLanguageModel
 from explorer.phantom import PHANTOM_FINDINGS
 from explorer.training.data import (
     HELDOUT_SEED,
+    ZERO_SHOT_PHRASES,
     PhantomSet,
     build_phantom_set,
     flip_finding,
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 
 HELDOUT_IMAGES = 2000
 RENDER_SIZE = 160
-#: How a phantom finding is phrased in zero-shot prompts (default: its own name).
-ZERO_SHOT_PHRASES = {"nodule/mass": "lung nodule or mass"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,8 @@ class BenchmarkResult:
     auc: dict[str, float]
     mean_auc: float
     recall: dict[str, float]
+    #: Mean zero-shot AUC over findings when each prompt template is used alone.
+    auc_by_template: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -150,14 +151,18 @@ def run_benchmark(
     task_b = float((right & (s_true[has] > s_omit).numpy()).mean()) if has else float("nan")
 
     scale = model.logit_scale
-    aucs = {}
+    aucs, by_template = {}, {}
     for j, finding in enumerate(PHANTOM_FINDINGS):
         pairs = prompt_pairs(ZERO_SHOT_PHRASES.get(finding, finding))
         aff = _embed_texts(model, [p.affirmed for p in pairs])
         neg = _embed_texts(model, [p.negated for p in pairs])
         logits = torch.stack([img @ aff.T, img @ neg.T], dim=-1) * scale  # [N, templates, 2]
-        prob = torch.softmax(logits, dim=-1)[..., 0].mean(dim=1).numpy()
-        aucs[finding] = auc_score(data.truth[:, j] > 0, prob)
+        prob = torch.softmax(logits, dim=-1)[..., 0].numpy()
+        aucs[finding] = auc_score(data.truth[:, j] > 0, prob.mean(axis=1))
+        for t, pair in enumerate(pairs):
+            by_template.setdefault(pair.template_id, []).append(
+                auc_score(data.truth[:, j] > 0, prob[:, t])
+            )
 
     sims = img @ _embed_texts(model, true).T
     top = sims.topk(10, dim=1).indices.numpy()
@@ -176,6 +181,7 @@ def run_benchmark(
         auc=aucs,
         mean_auc=float(np.mean(valid)) if valid else float("nan"),
         recall=recall,
+        auc_by_template={t: float(np.nanmean(v)) for t, v in by_template.items()},
     )
 
 
@@ -192,6 +198,13 @@ def format_table(results: Sequence[BenchmarkResult]) -> str:
         ("task B (true vs negated vs omitted)", [r.task_b for r in results]),
         ("zero-shot AUC, mean", [r.mean_auc for r in results]),
         *[(f"AUC {f}", [r.auc.get(f, float("nan")) for r in results]) for f in PHANTOM_FINDINGS],
+        *[
+            (
+                f"mean AUC, template {t!r} alone",
+                [r.auc_by_template.get(t, float("nan")) for r in results],
+            )
+            for t in dict.fromkeys(t for r in results for t in r.auc_by_template)
+        ],
         *[(f"retrieval {k}", [r.recall[k] for r in results]) for k in ("R@1", "R@5", "R@10")],
     ]
     lines = [head, sep] + [

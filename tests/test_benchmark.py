@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from explorer.benchmark import auc_score, format_table, hard_negative_texts, run_benchmark
+from explorer.findings import prompt_pairs
 from explorer.models import ModelRegistry
 from explorer.models.tiny import build_tiny_specs
 from explorer.phantom import PHANTOM_FINDINGS
@@ -55,9 +56,12 @@ def test_run_benchmark_on_tiny_model(tiny_heldout, tmp_path):
     pooled = sum(result.task_a_by_finding[f] * n for f, n in counts.items()) / result.task_a_n
     assert pooled == pytest.approx(result.task_a)
     assert set(result.auc) == set(PHANTOM_FINDINGS)
+    assert list(result.auc_by_template) == [p.template_id for p in prompt_pairs("cardiomegaly")]
+    assert all(0.0 <= v <= 1.0 for v in result.auc_by_template.values())
     assert result.recall["R@1"] <= result.recall["R@5"] <= result.recall["R@10"] <= 1.0
     table = format_table([result])
     assert "task A" in table and spec.name in table
+    assert "mean AUC, template 'there_is' alone" in table
     assert f"task A, {next(iter(result.task_a_by_finding))} negated" in table
 
 

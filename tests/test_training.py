@@ -14,7 +14,14 @@ import torch
 from safetensors.torch import load_file
 
 from explorer.training import data as data_mod
-from explorer.training.data import build_phantom_set, claims_vector, flip_finding, sample_view
+from explorer.training.data import (
+    build_phantom_set,
+    claims_vector,
+    finding_prompt_pairs,
+    flip_finding,
+    prompt_view,
+    sample_view,
+)
 from explorer.training.model import TrainingWrapper, build_dual_encoder
 from explorer.training.trainer import TrainConfig, batch_loss
 
@@ -84,6 +91,66 @@ def test_views_and_flipped_twins(tiny_set):
         full = claims_vector(report.sentences)
         assert not np.any((full > 0) & (truth < 0)) and not np.any((full < 0) & (truth > 0))
     assert flipped >= len(tiny_set) // 2
+
+
+def test_prompt_views_state_the_truth_and_twin_with_their_negation(tiny_set):
+    from explorer.findings import negate
+
+    rng = np.random.default_rng(0)
+    seen = set()
+    for truth in tiny_set.truth:
+        for _ in range(20):
+            view = prompt_view(truth, rng, ("there_is", "bare"))
+            j = data_mod.PHANTOM_FINDINGS.index(view.flipped)
+            # one claim, on the chosen finding, with the image's ground-truth sign
+            assert np.count_nonzero(view.claims) == 1 and view.claims[j] == truth[j]
+            np.testing.assert_array_equal(view.negated_claims, -view.claims)
+            pair = (view.text, view.negated) if truth[j] > 0 else (view.negated, view.text)
+            assert pair in finding_prompt_pairs(view.flipped, ("there_is", "bare"))
+            assert negate(pair[0]) == pair[1]  # the negated prompt is the engine's negation
+            seen.add((view.flipped, bool(truth[j] > 0)))
+    assert {f for f, _ in seen} == set(data_mod.PHANTOM_FINDINGS)
+    assert {p for _, p in seen} == {True, False}
+
+
+def test_prompt_views_use_only_the_named_templates():
+    pairs = finding_prompt_pairs("nodule/mass", ("bare",))
+    # the benchmark's phrase, the app's CheXpert phrase and the report generator's noun
+    assert pairs == (
+        ("lung nodule or mass", "no lung nodule or mass"),
+        ("lung lesion", "no lung lesion"),
+        ("pulmonary nodule", "no pulmonary nodule"),
+    )
+    assert len(finding_prompt_pairs("nodule/mass")) == 3 * 6  # every template of prompts.json
+    assert all("lines or tubes" not in a for a, _ in finding_prompt_pairs("support devices"))
+
+
+class _Recorder:
+    """A tokenizer that remembers the texts it was given."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.calls = tokenizer, []
+
+    def __call__(self, texts, **kwargs):
+        self.calls.append(list(texts))
+        return self.tokenizer(texts, **kwargs)
+
+
+@pytest.mark.parametrize("p_prompt", [0.0, 1.0])
+def test_batches_use_prompt_views_as_configured(tiny_set, tmp_path, p_prompt):
+    raw = {**_config(tmp_path, "negaware"), "p_prompt": p_prompt, "prompt_templates": ["bare"]}
+    cfg = TrainConfig.from_file(_write(tmp_path, raw))
+    assert cfg.prompt_templates == ("bare",)
+    torch.manual_seed(0)
+    model, tok = build_dual_encoder(cfg.model, pretrained_text=False)
+    recorder = _Recorder(tok)
+    rng = np.random.default_rng(0)
+    batch_loss(TrainingWrapper(model), recorder, tiny_set, np.arange(6), rng, cfg, "cpu")
+    texts, twins = recorder.calls
+    bare = {
+        t for f in data_mod.PHANTOM_FINDINGS for p in finding_prompt_pairs(f, ("bare",)) for t in p
+    }
+    assert all((t in bare) == (p_prompt == 1.0) for t in texts + twins)
 
 
 def test_flip_finding_negates_present_finding(tiny_set):

@@ -20,12 +20,14 @@ import pickle
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from explorer.phantom import PHANTOM_FINDINGS, render_phantom
-from explorer.phantom.reports import Report, ReportSentence, generate_report
+from explorer.phantom.records import CHEXPERT_MAPPING
+from explorer.phantom.reports import NEGATIVE_NOUNS, Report, ReportSentence, generate_report
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,9 @@ TRAIN_SEED = 1_000_000
 HELDOUT_SEED = 9_000_000
 SEED_STRIDE = 1_000_000
 STATUS_VALUE = {1: 1.0, 0: -1.0, -1: 0.5}
+
+#: How a phantom finding is phrased in the benchmark's zero-shot prompts (default: its own name).
+ZERO_SHOT_PHRASES = {"nodule/mass": "lung nodule or mass"}
 
 CACHE_DIR = Path(os.environ.get("EXPLORER_CACHE", Path(__file__).resolve().parents[2] / ".cache"))
 
@@ -223,3 +228,57 @@ def sample_view(
             if neg_text != text:
                 return TextView(text, claims, neg_text, claims_vector(flipped), finding)
     return TextView(text, claims, None, None, None)
+
+
+@cache
+def finding_prompt_pairs(finding: str, templates: tuple[str, ...] = ()) -> tuple:
+    """Every (affirmed, negated) prompt pair that states ``finding`` in a prompt view.
+
+    Phrases: the benchmark's (:data:`ZERO_SHOT_PHRASES`, else the finding's name), the app's
+    CheXpert phrase for it ("lung lesion", "fracture") and the report generator's noun
+    ("pulmonary nodule", "acute rib fracture"), each in every template of ``prompts.json``
+    named in ``templates`` (all when empty).
+    """
+    from explorer.findings import prompt_pair, prompt_pairs
+
+    chosen = templates or None
+    phrases = dict.fromkeys(
+        [
+            ZERO_SHOT_PHRASES.get(finding, finding),
+            CHEXPERT_MAPPING[finding],
+            NEGATIVE_NOUNS[finding],
+        ]
+    )
+    phrases.pop("lines or tubes", None)  # "there is lines or tubes": not a sentence
+    pairs = []
+    for phrase in phrases:
+        if chosen is None:
+            pairs.extend(prompt_pairs(phrase))
+        else:
+            pairs.extend(prompt_pair(phrase, t) for t in chosen)
+    return tuple(dict.fromkeys((p.affirmed, p.negated) for p in pairs))
+
+
+def prompt_view(
+    truth: np.ndarray, rng: np.random.Generator, templates: tuple[str, ...] = ()
+) -> TextView:
+    """A zero-shot style prompt about one finding, true of the image, and its negation as twin.
+
+    Half the time (when the image has any) the finding is a present one and the view affirms
+    it ("there is a pleural effusion"); otherwise any finding, affirmed if present and denied
+    ("there is no rib fracture") if absent. ``truth`` is the image's ground truth (+1/-1 over
+    :data:`PHANTOM_FINDINGS`), so a view may state an absent finding its report left unsaid.
+    """
+    present = np.flatnonzero(truth > 0)
+    if len(present) and rng.random() < 0.5:
+        j = int(rng.choice(present))
+    else:
+        j = int(rng.integers(len(PHANTOM_FINDINGS)))
+    finding = PHANTOM_FINDINGS[j]
+    pairs = finding_prompt_pairs(finding, tuple(templates))
+    affirmed, negated = pairs[int(rng.integers(len(pairs)))]
+    claims = np.zeros(len(PHANTOM_FINDINGS), dtype=np.float32)
+    claims[j] = 1.0 if truth[j] > 0 else -1.0
+    if truth[j] > 0:
+        return TextView(affirmed, claims, negated, -claims, finding)
+    return TextView(negated, claims, affirmed, -claims, finding)

@@ -30,6 +30,7 @@ from explorer.training.data import (
     _code_version,
     build_phantom_set,
     claims_vector,
+    prompt_view,
     sample_view,
 )
 from explorer.training.loop import digest, load_state, save_state, warmup_cosine
@@ -57,6 +58,8 @@ class TrainConfig:
     warmup_steps: int = 40
     grad_clip: float = 1.0
     p_full_report: float = 0.5
+    p_prompt: float = 0.0  # share of views that are one zero-shot style prompt (prompt_view)
+    prompt_templates: tuple[str, ...] = ()  # prompts.json template ids for them (all if empty)
     soft_mix: float = 0.5
     soft_temperature: float = 0.1
     checkpoint_every: int = 50
@@ -82,6 +85,8 @@ class TrainConfig:
         if data.get("loss", "negaware") not in losses.LOSSES:
             raise ValueError(f"loss must be one of {losses.LOSSES}")
         enc = EncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
+        if "prompt_templates" in data:
+            data["prompt_templates"] = tuple(data["prompt_templates"])
         return cls(**data, vision_pretrain=stage1, model=enc)
 
     @property
@@ -138,7 +143,12 @@ def batch_loss(
     ``pooled``: the locked image tower's features of every row of ``data`` (or ``None``).
     """
     with_neg = cfg.loss == "negaware"
-    views = [sample_view(data.reports[i], rng, cfg.p_full_report, with_neg) for i in index]
+    views = [
+        prompt_view(data.truth[i], rng, cfg.prompt_templates)
+        if rng.random() < cfg.p_prompt
+        else sample_view(data.reports[i], rng, cfg.p_full_report, with_neg)
+        for i in index
+    ]
     if pooled is not None:  # locked image tower: its features were computed once
         image_input = {"pooled": pooled[index]}
     else:
