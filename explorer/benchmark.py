@@ -231,6 +231,9 @@ class PointingResult:
     hits: dict[str, float]  # method -> hit rate over all localised findings
     per_finding: dict[str, dict[str, float]]  # method -> finding -> hit rate
     params: dict[str, dict]
+    #: Hit rate of a perfect map at Grad-CAM's grid (each cell = the share of it the mask
+    #: covers, resized like a Grad-CAM map): the most a map of that resolution could score.
+    gradcam_ceiling: float = float("nan")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -250,6 +253,7 @@ def run_pointing_game(
 
     data = build_phantom_set(images, HELDOUT_SEED, size, keep_masks=True)
     hits: dict[str, dict[str, list[bool]]] = {m: {} for m in methods}
+    ceiling: list[bool] = []
     params: dict[str, dict] = {}
     count = 0
     for k in range(len(data)):
@@ -266,12 +270,29 @@ def run_pointing_game(
                 hits[method].setdefault(finding, []).append(
                     pointing_hit(attr.attribution, mask, dilate_px)
                 )
+                if method == "gradcam":
+                    best = perfect_grid_map(mask, tuple(attr.params["grid"]))
+                    ceiling.append(pointing_hit(best, mask, dilate_px))
     rate = {
         m: float(np.mean([h for v in hits[m].values() for h in v])) if count else float("nan")
         for m in methods
     }
     per = {m: {f: float(np.mean(v)) for f, v in hits[m].items()} for m in methods}
-    return PointingResult(model.name, len(data), count, dilate_px, rate, per, params)
+    best = float(np.mean(ceiling)) if ceiling else float("nan")
+    return PointingResult(model.name, len(data), count, dilate_px, rate, per, params, best)
+
+
+def perfect_grid_map(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """The best map a ``grid``-resolution layer can draw of ``mask``, at the mask's size.
+
+    Each cell holds the share of its pixels inside the mask; the grid is resized bilinearly,
+    as Grad-CAM's is. Its pointing-game hit rate bounds any map of that resolution.
+    """
+    import torch.nn.functional as F
+
+    cells = F.adaptive_avg_pool2d(torch.from_numpy(np.asarray(mask, np.float32))[None, None], grid)
+    up = F.interpolate(cells, size=mask.shape, mode="bilinear", align_corners=False)
+    return up[0, 0].numpy()
 
 
 def format_pointing(results: Sequence[PointingResult]) -> str:
@@ -283,4 +304,15 @@ def format_pointing(results: Sequence[PointingResult]) -> str:
         f"| {m} | " + " | ".join(f"{r.hits.get(m, float('nan')):.3f}" for r in results) + " |"
         for m in methods
     ]
+    if "gradcam" in methods:
+        grids = {
+            "x".join(map(str, r.params["gradcam"]["grid"]))
+            for r in results
+            if "gradcam" in r.params
+        }
+        rows.append(
+            f"| perfect map at Grad-CAM's {'/'.join(sorted(grids))} grid (ceiling) | "
+            + " | ".join(f"{r.gradcam_ceiling:.3f}" for r in results)
+            + " |"
+        )
     return "\n".join([head, sep, *rows])

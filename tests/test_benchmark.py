@@ -76,3 +76,19 @@ def test_pointing_game_on_tiny_model(tiny_heldout, tmp_path):
     assert set(result.per_finding["gradcam"]) <= set(PHANTOM_FINDINGS)
     assert result.params["ig"]["steps"] == 4
     assert "gradcam" in format_pointing([result])
+    assert 0.0 <= result.gradcam_ceiling <= 1.0
+    grid = "x".join(map(str, result.params["gradcam"]["grid"]))
+    assert f"perfect map at Grad-CAM's {grid} grid (ceiling)" in format_pointing([result])
+
+
+def test_a_coarse_grid_cannot_point_at_a_small_lesion():
+    from explorer.attribution import pointing_hit
+    from explorer.benchmark import perfect_grid_map
+
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[10:13, 10:13] = True  # 3x3 px, inside the top-left cell of a 2x2 grid, off its centre
+    coarse = perfect_grid_map(mask, (2, 2))
+    assert coarse.shape == mask.shape and coarse.max() == pytest.approx(9 / 32**2)
+    assert not pointing_hit(coarse, mask, 3)
+    assert pointing_hit(perfect_grid_map(mask, (64, 64)), mask, 0)
+    assert pointing_hit(perfect_grid_map(mask, (16, 16)), mask, 3)
