@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from explorer.models.base import VisionLanguageModel
 from explorer.phantom import PHANTOM_FINDINGS
@@ -288,8 +289,6 @@ def perfect_grid_map(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     Each cell holds the share of its pixels inside the mask; the grid is resized bilinearly,
     as Grad-CAM's is. Its pointing-game hit rate bounds any map of that resolution.
     """
-    import torch.nn.functional as F
-
     cells = F.adaptive_avg_pool2d(torch.from_numpy(np.asarray(mask, np.float32))[None, None], grid)
     up = F.interpolate(cells, size=mask.shape, mode="bilinear", align_corners=False)
     return up[0, 0].numpy()

@@ -265,7 +265,7 @@ def prompt_view(
     """A zero-shot style prompt about one finding, true of the image, and its negation as twin.
 
     Half the time (when the image has any) the finding is a present one and the view affirms
-    it ("there is a pleural effusion"); otherwise any finding, affirmed if present and denied
+    it ("there is pleural effusion"); otherwise any finding, affirmed if present and denied
     ("there is no rib fracture") if absent. ``truth`` is the image's ground truth (+1/-1 over
     :data:`PHANTOM_FINDINGS`), so a view may state an absent finding its report left unsaid.
     """
