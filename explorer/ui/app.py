@@ -28,7 +28,9 @@ FINDINGS_HELP = (
     "For each finding the image is compared with an affirmed prompt (*there is X*) and its "
     "negation (*there is no X*). The bar shows the softmax over that pair: right of the middle "
     "the model prefers the affirmed sentence, left of it the negated one. Grey rows marked ⚠ "
-    "are **negation-blind**: the model barely separates the two sentences there."
+    "are **negation-blind**: the model barely separates the two sentences there (the pair's "
+    "probability is close to 0.5, or the table's *text cosine*, how alike the model finds the "
+    "two sentences themselves, is close to 1)."
 )
 
 
