@@ -25,11 +25,11 @@ from explorer.models.base import VisionLanguageModel
 from explorer.phantom import PHANTOM_FINDINGS
 from explorer.training.data import (
     HELDOUT_SEED,
-    ZERO_SHOT_PHRASES,
     PhantomSet,
     build_phantom_set,
     flip_finding,
     join_sentences,
+    zero_shot_phrase,
 )
 
 log = logging.getLogger(__name__)
@@ -154,16 +154,15 @@ def run_benchmark(
     scale = model.logit_scale
     aucs, by_template = {}, {}
     for j, finding in enumerate(PHANTOM_FINDINGS):
-        pairs = prompt_pairs(ZERO_SHOT_PHRASES.get(finding, finding))
+        pairs = prompt_pairs(zero_shot_phrase(finding))
         aff = _embed_texts(model, [p.affirmed for p in pairs])
         neg = _embed_texts(model, [p.negated for p in pairs])
         logits = torch.stack([img @ aff.T, img @ neg.T], dim=-1) * scale  # [N, templates, 2]
         prob = torch.softmax(logits, dim=-1)[..., 0].numpy()
-        aucs[finding] = auc_score(data.truth[:, j] > 0, prob.mean(axis=1))
+        present = data.truth[:, j] > 0
+        aucs[finding] = auc_score(present, prob.mean(axis=1))
         for t, pair in enumerate(pairs):
-            by_template.setdefault(pair.template_id, []).append(
-                auc_score(data.truth[:, j] > 0, prob[:, t])
-            )
+            by_template.setdefault(pair.template_id, []).append(auc_score(present, prob[:, t]))
 
     sims = img @ _embed_texts(model, true).T
     top = sims.topk(10, dim=1).indices.numpy()
@@ -263,7 +262,7 @@ def run_pointing_game(
             if mask.mean() >= LOCALISED_MAX_AREA or not mask.any():
                 continue
             count += 1
-            prompt = prompt_pair(ZERO_SHOT_PHRASES.get(finding, finding), "there_is").affirmed
+            prompt = prompt_pair(zero_shot_phrase(finding), "there_is").affirmed
             for method in methods:
                 kwargs = {"steps": steps} if method == "ig" else {}
                 attr = attribute_image(model, pixels, prompt, method, **kwargs)

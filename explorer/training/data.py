@@ -39,6 +39,12 @@ STATUS_VALUE = {1: 1.0, 0: -1.0, -1: 0.5}
 #: How a phantom finding is phrased in the benchmark's zero-shot prompts (default: its own name).
 ZERO_SHOT_PHRASES = {"nodule/mass": "lung nodule or mass"}
 
+
+def zero_shot_phrase(finding: str) -> str:
+    """The phrase the benchmark puts into its prompt templates for a phantom finding."""
+    return ZERO_SHOT_PHRASES.get(finding, finding)
+
+
 CACHE_DIR = Path(os.environ.get("EXPLORER_CACHE", Path(__file__).resolve().parents[2] / ".cache"))
 
 
@@ -234,28 +240,18 @@ def sample_view(
 def finding_prompt_pairs(finding: str, templates: tuple[str, ...] = ()) -> tuple:
     """Every (affirmed, negated) prompt pair that states ``finding`` in a prompt view.
 
-    Phrases: the benchmark's (:data:`ZERO_SHOT_PHRASES`, else the finding's name), the app's
+    Phrases: the benchmark's (:func:`zero_shot_phrase`), the app's
     CheXpert phrase for it ("lung lesion", "fracture") and the report generator's noun
     ("pulmonary nodule", "acute rib fracture"), each in every template of ``prompts.json``
     named in ``templates`` (all when empty).
     """
-    from explorer.findings import prompt_pair, prompt_pairs
+    from explorer.findings import prompt_pairs
 
-    chosen = templates or None
     phrases = dict.fromkeys(
-        [
-            ZERO_SHOT_PHRASES.get(finding, finding),
-            CHEXPERT_MAPPING[finding],
-            NEGATIVE_NOUNS[finding],
-        ]
+        [zero_shot_phrase(finding), CHEXPERT_MAPPING[finding], NEGATIVE_NOUNS[finding]]
     )
     phrases.pop("lines or tubes", None)  # "there is lines or tubes": not a sentence
-    pairs = []
-    for phrase in phrases:
-        if chosen is None:
-            pairs.extend(prompt_pairs(phrase))
-        else:
-            pairs.extend(prompt_pair(phrase, t) for t in chosen)
+    pairs = [p for phrase in phrases for p in prompt_pairs(phrase, templates or None)]
     return tuple(dict.fromkeys((p.affirmed, p.negated) for p in pairs))
 
 

@@ -84,15 +84,17 @@ class TrainConfig:
             raise ValueError(f"unknown training config keys: {sorted(unknown)}")
         if data.get("loss", "negaware") not in losses.LOSSES:
             raise ValueError(f"loss must be one of {losses.LOSSES}")
-        enc = EncoderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
-        if "prompt_templates" in data:
-            data["prompt_templates"] = tuple(data["prompt_templates"])
-        return cls(**data, vision_pretrain=stage1, model=enc)
+        return cls(**_tuples(data), vision_pretrain=stage1, model=EncoderConfig(**_tuples(model)))
 
     @property
     def preprocess(self) -> Preprocess:
         m = self.model
         return Preprocess(m.image_size, m.mean, m.std, "squash")
+
+
+def _tuples(section: dict) -> dict:
+    """JSON lists as tuples, so the frozen configs stay hashable."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
 
 
 def _resolve(path: str) -> Path:
