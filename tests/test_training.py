@@ -322,6 +322,18 @@ def test_cell_targets_mark_the_cells_a_mask_touches(masked_set):
     assert torch.equal(moved[..., 1:, 1:], fine[..., :-1, :-1])
 
 
+def test_cell_targets_of_images_without_masks_are_empty(masked_set):
+    from explorer.training.pretrain import cell_targets
+
+    bare = np.array([k for k in range(len(masked_set)) if not masked_set.masks[k]])
+    assert len(bare), "the fixture set should have a phantom without findings"
+    some = np.array([k for k in range(len(masked_set)) if masked_set.masks[k]][:2])
+    index = np.concatenate([bare[:1], some])
+    out = cell_targets(masked_set, index, np.full((len(index), 2), 3), [4], shift=3)[0]
+    assert float(out[0].sum()) == 0 and float(out[1:].sum()) > 0
+    assert float(cell_targets(masked_set, bare[:1], np.full((1, 2), 3), [4], shift=3)[0].sum()) == 0
+
+
 def test_stage1_with_lesion_maps_learns_them(masked_set, tiny_set, tmp_path):
     from explorer.training.pretrain import VisionPretrain, pretrain_vision
 
@@ -447,3 +459,16 @@ def test_stage1_cache_key_ignores_text_only_settings():
     assert cache_key(settings, {**base, "image_size": 96}, 24, 0) != key
     assert cache_key(settings, {**base, "convnext_depths": (1, 1, 3, 1)}, 24, 0) != key
     assert cache_key(VisionPretrain(steps=11), base, 24, 0) != key
+
+
+def test_convnext_tower_takes_its_stage_count_from_the_widths():
+    from explorer.training.model import EncoderConfig
+
+    cfg = EncoderConfig(
+        image_size=64, convnext_widths=(8, 16, 24), convnext_depths=(1, 1, 1), projection_dim=16
+    )
+    model, _ = build_dual_encoder(cfg, pretrained_text=False)
+    out = model.vision_model(pixel_values=torch.zeros(1, 3, 64, 64))
+    assert len(model.vision_model.encoder.stages) == 3
+    assert tuple(out.last_hidden_state.shape) == (1, 24, 4, 4)  # 64 px / (4 * 2 * 2)
+    assert model.get_image_features(pixel_values=torch.zeros(1, 3, 64, 64)) is not None

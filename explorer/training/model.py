@@ -83,6 +83,7 @@ def build_dual_encoder(cfg: EncoderConfig, pretrained_text: bool = True):
             num_channels=3,
             patch_size=4,
             image_size=cfg.image_size,
+            num_stages=len(cfg.convnext_widths),
             hidden_sizes=list(cfg.convnext_widths),
             depths=list(cfg.convnext_depths),
         )

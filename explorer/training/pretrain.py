@@ -108,17 +108,24 @@ def shifted(images: np.ndarray, offsets: np.ndarray, shift: int = SHIFT) -> np.n
 def cell_targets(
     data, index: np.ndarray, offsets: np.ndarray, grids: list[int], shift: int = SHIFT
 ) -> list[torch.Tensor]:
-    """Per grid size ``g``: ``[B, F, g, g]`` 1.0 where finding ``f``'s mask touches the cell."""
+    """Per grid size ``g``: ``[B, F, g, g]`` 1.0 where finding ``f``'s mask touches the cell.
+
+    Only the masks an image has are moved and pooled (about two per phantom), not a dense
+    ``[B, F, S, S]`` stack, which took an eighth of a stage-1 step.
+    """
     from explorer.phantom import PHANTOM_FINDINGS
 
     column = {f: j for j, f in enumerate(PHANTOM_FINDINGS)}
-    size = data.images.shape[-1]
-    dense = np.zeros((len(index), len(PHANTOM_FINDINGS), size, size), dtype=bool)
-    for b, k in enumerate(index):
-        for name, mask in data.masks[k].items():
-            dense[b, column[name]] = mask
-    moved = torch.from_numpy(shifted(dense, offsets, shift)).float()
-    return [F.adaptive_max_pool2d(moved, g) for g in grids]
+    where = [(b, column[name]) for b, k in enumerate(index) for name in data.masks[k]]
+    out = [torch.zeros(len(index), len(PHANTOM_FINDINGS), g, g) for g in grids]
+    if not where:
+        return out
+    masks = np.stack([data.masks[index[b]][PHANTOM_FINDINGS[j]] for b, j in where])
+    moved = torch.from_numpy(shifted(masks, offsets[[b for b, _ in where]], shift)).float()
+    rows, cols = (torch.tensor(v) for v in zip(*where, strict=True))
+    for target, g in zip(out, grids, strict=True):
+        target[rows, cols] = F.adaptive_max_pool2d(moved[:, None], g)[:, 0]
+    return out
 
 
 #: Model settings that only the text side reads: they do not change the stage-1 tower.
@@ -168,7 +175,10 @@ def pretrain_vision(
     torch.manual_seed(seed + 1)  # the same head on every rank
     if settings.mask_weight and data.masks is None:
         raise ValueError("mask_weight > 0 needs a phantom set built with keep_masks=True")
-    model = _Classifier(tower, n_out, maps=settings.mask_weight > 0).to(device).train()
+    # channels-last runs the depthwise convolutions about 10 % faster on CPU (same results up
+    # to float rounding); the tower goes back to the default layout when stage 1 ends.
+    model = _Classifier(tower, n_out, maps=settings.mask_weight > 0)
+    model = model.to(device, memory_format=torch.channels_last).train()
     net: nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -198,7 +208,8 @@ def pretrain_vision(
         rng = np.random.default_rng([seed, 1, rank, step])
         index = rng.choice(len(data), size=settings.batch_size, replace=False)
         offsets = shift_offsets(len(index), rng)
-        pixels = prepare_pixels(shifted(data.pixels(index), offsets), preprocess).to(device)
+        pixels = prepare_pixels(shifted(data.pixels(index), offsets), preprocess)
+        pixels = pixels.to(device, memory_format=torch.channels_last)
         logits, maps = net(pixels)
         bce = F.binary_cross_entropy_with_logits(logits, targets[index].to(device))
         loss = bce
@@ -233,6 +244,7 @@ def pretrain_vision(
     }
     if cell_losses:
         summary["cell_bce_last_50"] = round(float(np.mean(cell_losses[-50:])), 4)
+    tower.to(memory_format=torch.contiguous_format)
     if rank == 0:
         atomic_save(tower.state_dict(), done)
         summary_path.write_text(json.dumps(summary))
