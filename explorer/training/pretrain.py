@@ -23,7 +23,9 @@ it:
 with ``m_s,if(cell)`` = 1 when any pixel of finding ``f``'s mask falls in that cell of stage ``s``
 (max-pooled from the pixel mask, shifted with the image). This dense signal says which pixels
 carry each sign, the way a segmentation dataset would; only stage 1 sees it, the shipped model
-never reads a mask. The heads are thrown away; stage 2 (:mod:`explorer.training.trainer`) then
+never reads a mask. The shipped configs run 6,000 steps: at 4,000 the small signs were still
+underfitted (a probe scored rib fractures 0.65 on the training images and on held-out ones
+alike; 0.84 after 6,000 steps). The heads are thrown away; stage 2 (:mod:`explorer.training.trainer`) then
 trains the projections and the text tower contrastively on top of the *locked* image tower (LiT, Zhai et
 al. 2022), with loss (a) or (b) + (c). Both shipped models share one stage-1 tower, so they
 differ only in the contrastive loss, which is what the comparison is about.
