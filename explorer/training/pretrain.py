@@ -25,10 +25,11 @@ with ``m_s,if(cell)`` = 1 when any pixel of finding ``f``'s mask falls in that c
 carry each sign, the way a segmentation dataset would; only stage 1 sees it, the shipped model
 never reads a mask. The shipped configs run 6,000 steps: at 4,000 the small signs were still
 underfitted (a probe scored rib fractures 0.65 on the training images and on held-out ones
-alike; 0.84 after 6,000 steps). The heads are thrown away; stage 2 (:mod:`explorer.training.trainer`) then
-trains the projections and the text tower contrastively on top of the *locked* image tower (LiT, Zhai et
-al. 2022), with loss (a) or (b) + (c). Both shipped models share one stage-1 tower, so they
-differ only in the contrastive loss, which is what the comparison is about.
+alike; 0.84 after 6,000 steps). The heads are thrown away; stage 2
+(:mod:`explorer.training.trainer`) then trains the projections and the text tower contrastively
+on top of the *locked* image tower (LiT, Zhai et al. 2022), with loss (a) or (b) + (c). Both
+shipped models share one stage-1 tower, so they differ only in the contrastive loss, which is
+what the comparison is about.
 
 Images get a random shift of up to :data:`SHIFT` pixels (edge-padded) per step. The result is
 cached in the training work folder under a key of everything that defines it, so the second
@@ -118,13 +119,14 @@ def cell_targets(
     from explorer.phantom import PHANTOM_FINDINGS
 
     column = {f: j for j, f in enumerate(PHANTOM_FINDINGS)}
-    where = [(b, column[name]) for b, k in enumerate(index) for name in data.masks[k]]
+    where = [(b, name) for b, k in enumerate(index) for name in data.masks[k]]
     out = [torch.zeros(len(index), len(PHANTOM_FINDINGS), g, g) for g in grids]
     if not where:
         return out
-    masks = np.stack([data.masks[index[b]][PHANTOM_FINDINGS[j]] for b, j in where])
-    moved = torch.from_numpy(shifted(masks, offsets[[b for b, _ in where]], shift)).float()
-    rows, cols = (torch.tensor(v) for v in zip(*where, strict=True))
+    rows = torch.tensor([b for b, _ in where])
+    cols = torch.tensor([column[name] for _, name in where])
+    masks = np.stack([data.masks[index[b]][name] for b, name in where])
+    moved = torch.from_numpy(shifted(masks, offsets[rows.numpy()], shift)).float()
     for target, g in zip(out, grids, strict=True):
         target[rows, cols] = F.adaptive_max_pool2d(moved[:, None], g)[:, 0]
     return out
