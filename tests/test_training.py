@@ -462,6 +462,7 @@ def test_stage1_cache_key_ignores_text_only_settings():
 
 
 def test_convnext_tower_takes_its_stage_count_from_the_widths():
+    from explorer.models.base import as_features
     from explorer.training.model import EncoderConfig
 
     cfg = EncoderConfig(
@@ -471,4 +472,5 @@ def test_convnext_tower_takes_its_stage_count_from_the_widths():
     out = model.vision_model(pixel_values=torch.zeros(1, 3, 64, 64))
     assert len(model.vision_model.encoder.stages) == 3
     assert tuple(out.last_hidden_state.shape) == (1, 24, 4, 4)  # 64 px / (4 * 2 * 2)
-    assert model.get_image_features(pixel_values=torch.zeros(1, 3, 64, 64)) is not None
+    features = as_features(model.get_image_features(pixel_values=torch.zeros(1, 3, 64, 64)))
+    assert tuple(features.shape) == (1, 16)  # the projection is sized from the last width
