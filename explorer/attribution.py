@@ -23,8 +23,13 @@ Methods:
       use the layer's output. Vision transformers use the layer's *input* (the tokens the last
       block attends over): CLS-pooled towers (CLIP, ViT) never read the last block's patch
       outputs, so their gradient there is exactly zero and an output-based map would be blank.
-    * ``"occlusion"`` - :class:`captum.attr.Occlusion` with a black square window (signed:
-      positive where hiding the region lowers the similarity).
+    * ``"occlusion"`` - :class:`captum.attr.Occlusion` with a square window repainted from a
+      baseline image (signed: positive where hiding the region lowers the similarity).
+
+Baselines (``BASELINES``; IG integrates from one, occlusion paints windows with it):
+``"black"`` (all zeros), ``"mean"`` (the image's mean grey) and ``"blur"`` (the image blurred
+with sigma S/16, which removes small signs but keeps the anatomy, so the window stays a
+plausible radiograph).
 
 Text attributions use :class:`captum.attr.LayerIntegratedGradients` on the token-embedding
 layer; see :func:`attribute_text` for the baseline and the handling of special tokens.
@@ -58,8 +63,10 @@ log = logging.getLogger(__name__)
 
 #: Image attribution methods understood by :func:`attribute_image`.
 IMAGE_METHODS = ("ig", "gradcam", "occlusion")
-#: Named integrated-gradients baselines (a float in [0, 1] or an image also works).
-IG_BASELINES = ("black", "mean", "blur")
+#: Named baselines of IG and occlusion (a float in [0, 1] or an image also works).
+BASELINES = ("black", "mean", "blur")
+#: The baseline each method uses when none is given.
+DEFAULT_BASELINES = {"ig": "black", "occlusion": "black"}
 
 #: Integration points. On phantom-negaware (160 px) the completeness gap |sum(attr) - (f(x) -
 #: f(b))| / |f(x) - f(b)| with a black baseline was 2.6-5.7% at 32 points, 0.8-5% at 64, 0.02-0.8%
@@ -282,7 +289,7 @@ def occlusion(
     *,
     window: int,
     stride: int,
-    baseline: float = 0.0,
+    baseline: float | torch.Tensor = 0.0,
     batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
     progress: Progress | None = None,
 ) -> torch.Tensor:
@@ -296,7 +303,8 @@ def occlusion(
         x: The input, batch of one.
         window: Side of the square window in pixels (at most ``min(H, W)``).
         stride: Step between windows in pixels (1 to ``window``).
-        baseline: Value painted into the window.
+        baseline: Value painted into the window, or an image shaped like ``x`` whose pixels
+            under the window are painted.
         batch_size: Occluded images evaluated per forward pass.
         progress: Optional ``callable(fraction, message)``.
     """
@@ -317,7 +325,7 @@ def occlusion(
             x.detach(),
             sliding_window_shapes=(x.shape[1], window, window),
             strides=(1, stride, stride),
-            baselines=baseline,
+            baselines=baseline.detach() if isinstance(baseline, torch.Tensor) else baseline,
             perturbations_per_eval=batch_size,
         )
     return attr.detach()
@@ -453,7 +461,7 @@ def _attribution_mode(model: VisionLanguageModel) -> Iterator[None]:
                 module.train()
 
 
-def _ig_baseline(
+def _baseline_image(
     baseline: str | float | np.ndarray, x: torch.Tensor, model: VisionLanguageModel, shape: tuple
 ) -> tuple[torch.Tensor, str]:
     if isinstance(baseline, str):
@@ -471,7 +479,7 @@ def _ig_baseline(
                 torch.as_tensor(blurred, dtype=x.dtype, device=x.device)[None, None],
                 f"gaussian blur of the image (sigma {sigma:g} model pixels)",
             )
-        raise ValueError(f"baseline must be one of {IG_BASELINES}, a value or an image")
+        raise ValueError(f"baseline must be one of {BASELINES}, a value or an image")
     if isinstance(baseline, numbers.Real):
         if not 0.0 <= float(baseline) <= 1.0:
             raise ValueError(f"a constant baseline must lie in [0, 1], got {baseline}")
@@ -506,7 +514,7 @@ def attribute_image(
     *,
     steps: int = DEFAULT_STEPS,
     internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
-    baseline: str | float | np.ndarray = "black",
+    baseline: str | float | np.ndarray | None = None,
     window: int | None = None,
     stride: int | None = None,
     scaled: bool = False,
@@ -521,9 +529,10 @@ def attribute_image(
         method: ``"ig"``, ``"gradcam"`` or ``"occlusion"``.
         steps: IG integration points.
         internal_batch_size: Images per forward pass (IG points, occluded images).
-        baseline: IG baseline: ``"black"`` (zeros), ``"mean"`` (constant image mean),
-            ``"blur"`` (Gaussian blur, sigma = S/16), a constant in [0, 1], or an image of the
-            same shape as ``pixels``.
+        baseline: What IG integrates from and occlusion paints: ``"black"`` (zeros),
+            ``"mean"`` (constant image mean), ``"blur"`` (Gaussian blur, sigma = S/16), a
+            constant in [0, 1], or an image of the same shape as ``pixels``; None = the
+            method's default (:data:`DEFAULT_BASELINES`). Grad-CAM has none.
         window: Occlusion window side in model-input pixels (default ``S // 8``).
         stride: Occlusion stride in model-input pixels (default ``S // 16``).
         scaled: Explain ``logit_scale * cosine`` instead of the cosine.
@@ -554,8 +563,10 @@ def attribute_image(
         baseline_score = delta = None
         if progress is not None:
             progress(0.0, f"{method}: starting")
+        if method != "gradcam":
+            chosen = DEFAULT_BASELINES[method] if baseline is None else baseline
+            base, description = _baseline_image(chosen, x, model, shape)
         if method == "ig":
-            base, description = _ig_baseline(baseline, x, model, shape)
             with torch.no_grad():
                 baseline_score = float(forward(base)[0])
             attr, delta = integrated_gradients(
@@ -584,7 +595,7 @@ def attribute_image(
                 x,
                 window=window,
                 stride=stride,
-                baseline=0.0,
+                baseline=base,
                 batch_size=internal_batch_size,
                 progress=progress,
             )
@@ -592,7 +603,7 @@ def attribute_image(
             params |= {
                 "window": window,
                 "stride": stride,
-                "baseline": "black (0)",
+                "baseline": description,
                 "internal_batch_size": int(internal_batch_size),
             }
     model_np = model_map.detach().float().cpu().numpy()
@@ -851,7 +862,8 @@ def pointing_hit(attribution: np.ndarray, mask: np.ndarray, dilate_px: int = 3) 
 
 
 __all__ = [
-    "IG_BASELINES",
+    "BASELINES",
+    "DEFAULT_BASELINES",
     "IMAGE_METHODS",
     "AttributionError",
     "ImageAttribution",

@@ -234,6 +234,12 @@ class PointingResult:
     #: Hit rate of a perfect map at Grad-CAM's grid (each cell = the share of it the mask
     #: covers, resized like a Grad-CAM map): the most a map of that resolution could score.
     gradcam_ceiling: float = float("nan")
+    #: How many of the findings the model affirms (P(affirmed) >= 0.5 over the "there is X" /
+    #: "no X" pair), and each method's hit rate over those and over the rest: a map can hardly
+    #: point at a sign the model does not see.
+    affirmed: int = 0
+    hits_affirmed: dict[str, float] = field(default_factory=dict)
+    hits_missed: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -253,33 +259,50 @@ def run_pointing_game(
 
     data = build_phantom_set(images, HELDOUT_SEED, size, keep_masks=True)
     hits: dict[str, dict[str, list[bool]]] = {m: {} for m in methods}
+    seen: dict[str, list[bool]] = {m: [] for m in methods}  # hits where the model affirms
+    unseen: dict[str, list[bool]] = {m: [] for m in methods}
     ceiling: list[bool] = []
     params: dict[str, dict] = {}
     count = 0
     for k in range(len(data)):
         pixels = data.pixels([k])[0]
+        image = model.embed_image(pixels).float().reshape(-1)
         for finding, mask in data.masks[k].items():
             if mask.mean() >= LOCALISED_MAX_AREA or not mask.any():
                 continue
             count += 1
-            prompt = prompt_pair(zero_shot_phrase(finding), "there_is").affirmed
+            pair = prompt_pair(zero_shot_phrase(finding), "there_is")
+            texts = model.embed_texts([pair.affirmed, pair.negated]).float()
+            affirms = bool(texts[0] @ image >= texts[1] @ image)  # P(affirmed) >= 0.5
             for method in methods:
                 kwargs = {"steps": steps} if method == "ig" else {}
-                attr = attribute_image(model, pixels, prompt, method, **kwargs)
+                attr = attribute_image(model, pixels, pair.affirmed, method, **kwargs)
                 params.setdefault(method, dict(attr.params))
-                hits[method].setdefault(finding, []).append(
-                    pointing_hit(attr.attribution, mask, dilate_px)
-                )
+                hit = pointing_hit(attr.attribution, mask, dilate_px)
+                hits[method].setdefault(finding, []).append(hit)
+                (seen if affirms else unseen)[method].append(hit)
                 if method == "gradcam":
                     best = perfect_grid_map(mask, tuple(attr.params["grid"]))
                     ceiling.append(pointing_hit(best, mask, dilate_px))
-    rate = {
-        m: float(np.mean([h for v in hits[m].values() for h in v])) if count else float("nan")
-        for m in methods
-    }
+    rate = {m: _mean([h for v in hits[m].values() for h in v]) for m in methods}
     per = {m: {f: float(np.mean(v)) for f, v in hits[m].items()} for m in methods}
-    best = float(np.mean(ceiling)) if ceiling else float("nan")
-    return PointingResult(model.name, len(data), count, dilate_px, rate, per, params, best)
+    return PointingResult(
+        model.name,
+        len(data),
+        count,
+        dilate_px,
+        rate,
+        per,
+        params,
+        _mean(ceiling),
+        affirmed=len(seen[methods[0]]),
+        hits_affirmed={m: _mean(v) for m, v in seen.items()},
+        hits_missed={m: _mean(v) for m, v in unseen.items()},
+    )
+
+
+def _mean(values: Sequence[bool]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
 
 
 def perfect_grid_map(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -298,10 +321,22 @@ def format_pointing(results: Sequence[PointingResult]) -> str:
     head = "| pointing game (hit rate) | " + " | ".join(r.model for r in results) + " |"
     sep = "|---|" + "---|" * len(results)
     methods = list(dict.fromkeys(m for r in results for m in r.hits))
-    rows = [
-        f"| {m} | " + " | ".join(f"{r.hits.get(m, float('nan')):.3f}" for r in results) + " |"
-        for m in methods
-    ]
+    nan = float("nan")
+
+    def row(name: str, values: Sequence[float]) -> str:
+        return f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
+
+    rows = [row(m, [r.hits.get(m, nan) for r in results]) for m in methods]
+    rows.append(
+        "| localised findings (of which the model affirms) | "
+        + " | ".join(f"{r.findings} ({r.affirmed})" for r in results)
+        + " |"
+    )
+    for m in methods:
+        rows.append(
+            row(f"{m}, findings the model affirms", [r.hits_affirmed.get(m, nan) for r in results])
+        )
+        rows.append(row(f"{m}, findings it misses", [r.hits_missed.get(m, nan) for r in results]))
     if "gradcam" in methods:
         grids = {
             "x".join(map(str, r.params["gradcam"]["grid"]))

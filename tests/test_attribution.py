@@ -244,6 +244,17 @@ def test_pair_difference_and_progress(registry, image):
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and all(0 <= f <= 1 for f in fractions)
 
 
+def test_occlusion_states_and_uses_its_baseline(registry, image):
+    model = registry.load("tiny-dual-encoder", "cpu")
+    black = attribute_image(model, image, PROMPT, "occlusion")
+    assert black.params["baseline"] == "black (all zeros)"
+    blur = attribute_image(model, image, PROMPT, "occlusion", baseline="blur")
+    assert blur.params["baseline"].startswith("gaussian blur")
+    assert not np.allclose(blur.model_attribution, black.model_attribution)
+    with pytest.raises(ValueError, match="baseline"):
+        attribute_image(model, image, PROMPT, "occlusion", baseline="white")
+
+
 def test_ig_baselines(registry, image):
     model = registry.load("tiny-dual-encoder", "cpu")
     for baseline in ("mean", "blur", 0.5, np.full(image.shape, 0.25, np.float32)):
@@ -330,6 +341,10 @@ def test_ig_and_occlusion_on_a_known_linear_function():
     assert occ[~inside].abs().max() == 0 and (occ[inside] > 0).all()
     # non-overlapping windows: each pixel carries its window's whole drop
     torch.testing.assert_close(occ.sum() / 4, forward(x)[0], atol=1e-5, rtol=1e-5)
+    # an image baseline: each window is repainted from it, so the drop is <w, x - baseline>
+    base = torch.full_like(x, 0.25)
+    occ_base = occlusion(forward, x, window=2, stride=2, baseline=base, batch_size=5)
+    torch.testing.assert_close(occ_base.sum() / 4, forward(x - base)[0], atol=1e-5, rtol=1e-5)
 
 
 class _ToyImageTower(nn.Module):

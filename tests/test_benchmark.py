@@ -79,6 +79,38 @@ def test_pointing_game_on_tiny_model(tiny_heldout, tmp_path):
     assert 0.0 <= result.gradcam_ceiling <= 1.0
     grid = "x".join(map(str, result.params["gradcam"]["grid"]))
     assert f"perfect map at Grad-CAM's {grid} grid (ceiling)" in format_pointing([result])
+    # every localised finding is either affirmed by the model or missed, and each part's hit
+    # rate weighs into the whole
+    assert 0 <= result.affirmed <= result.findings
+    for m in ("gradcam", "ig"):
+        parts = [
+            (rate, n)
+            for rate, n in (
+                (result.hits_affirmed[m], result.affirmed),
+                (result.hits_missed[m], result.findings - result.affirmed),
+            )
+            if n
+        ]
+        assert sum(rate * n for rate, n in parts) / result.findings == pytest.approx(result.hits[m])
+    # the split follows the softmax over the "there is X" / "no X" pair
+    from explorer.benchmark import LOCALISED_MAX_AREA
+    from explorer.findings import prompt_pair
+
+    data = data_mod.build_phantom_set(6, data_mod.HELDOUT_SEED, 64, keep_masks=True)
+    affirmed = 0
+    for k in range(len(data)):
+        image = model.embed_image(data.pixels([k])[0]).reshape(-1)
+        for finding, mask in data.masks[k].items():
+            if mask.any() and mask.mean() < LOCALISED_MAX_AREA:
+                pair = prompt_pair(data_mod.zero_shot_phrase(finding), "there_is")
+                logits = (
+                    model.logit_scale * model.embed_texts([pair.affirmed, pair.negated]) @ image
+                )
+                affirmed += int(logits.softmax(0)[0] >= 0.5)
+    assert result.affirmed == affirmed
+    table = format_pointing([result])
+    assert f"{result.findings} ({result.affirmed})" in table
+    assert "ig, findings the model affirms" in table and "ig, findings it misses" in table
 
 
 def test_a_coarse_grid_cannot_point_at_a_small_lesion():
