@@ -137,6 +137,18 @@ def _attribute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("ig", "gradcam", "occlusion"), default="ig")
     p.add_argument("--model", default=None, help="registered model (default: the embedded default)")
     p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
+    p.add_argument(
+        "--baseline",
+        choices=("black", "mean", "blur"),
+        default=None,
+        help="what IG integrates from / occlusion paints (default: black)",
+    )
+    p.add_argument(
+        "--window", type=int, default=None, help="occlusion window in model pixels (default S/8)"
+    )
+    p.add_argument(
+        "--stride", type=int, default=None, help="occlusion stride in model pixels (default S/16)"
+    )
     p.add_argument("--opacity", type=float, default=0.6)
     p.add_argument("--out", required=True, help="PNG file for the overlay")
     p.add_argument("--json", action="store_true", help="print the result's numbers as JSON")
@@ -157,8 +169,22 @@ def _attribute(args: argparse.Namespace) -> int:
 
     pixels = load_radiograph(args.image).pixels
     model = load_model(args.model)
-    kwargs = {"steps": args.steps} if args.method == "ig" else {}
-    attr = attribute_image(model, pixels, args.prompt, args.method, **kwargs)
+    options = {
+        "ig": {"steps": args.steps, "baseline": args.baseline},
+        "occlusion": {"baseline": args.baseline, "window": args.window, "stride": args.stride},
+        "gradcam": {},
+    }[args.method]
+    unused = [
+        f"--{name}"
+        for name in ("baseline", "window", "stride")
+        if getattr(args, name) is not None and name not in options
+    ]
+    if unused:
+        raise ExplorerError(f"{', '.join(unused)} does not apply to --method {args.method}")
+    try:
+        attr = attribute_image(model, pixels, args.prompt, args.method, **options)
+    except ValueError as err:  # a window larger than the model's input, say
+        raise ExplorerError(f"cannot attribute: {err}") from err
     Image.fromarray(overlay(pixels, attr.attribution, args.opacity, attr.signed)).save(args.out)
     info = {
         "model": model.name,

@@ -96,6 +96,18 @@ def test_score_and_attribute_on_real_image(samples_dir, tmp_path, capsys):
     )
     info = json.loads(capsys.readouterr().out)
     assert out.stat().st_size > 1000 and info["method"] == "gradcam"
+    occ = ["attribute", image, "--prompt", "no pneumothorax", "--method", "occlusion"]
+    args = [*occ, "--baseline", "blur", "--window", "16", "--stride", "8", "--out", str(out)]
+    assert main([*args, "--json"]) == 0
+    params = json.loads(capsys.readouterr().out)["params"]
+    assert params["window"] == 16 and params["stride"] == 8
+    assert params["baseline"].startswith("gaussian blur")
+    # options of another method, or a window larger than the image, are named, not ignored
+    gradcam = ["attribute", image, "--prompt", "no pneumothorax", "--method", "gradcam"]
+    assert main([*gradcam, "--window", "16", "--out", str(out)]) == 2
+    assert "--window does not apply to --method gradcam" in capsys.readouterr().err
+    assert main([*occ, "--window", "999", "--out", str(out)]) == 2
+    assert "window must be between 1 and" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not default_model_ready(), reason="embedded default model not built")
