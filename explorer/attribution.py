@@ -8,9 +8,10 @@ Image attributions are computed with respect to the **grayscale image at the mod
 size** (one channel, values in [0, 1]); the forward function repeats it to three channels and
 normalises it with the model's mean and standard deviation exactly as
 :func:`explorer.models.base.prepare_pixels` does. Maps therefore live in image space: the
-baseline ``"black"`` (IG's and occlusion's default) is an all-zero image. Each map is kept at model resolution (``model_attribution``) and mapped back onto the
-caller's image (``attribution``): resized bilinearly, undoing the model's centre crop or
-letterbox so that a map pixel lands on the image pixel it came from.
+baseline ``"black"`` (IG's and occlusion's default) is an all-zero image. Each map is kept at
+model resolution (``model_attribution``) and mapped back onto the caller's image
+(``attribution``): resized bilinearly, undoing the model's centre crop or letterbox so that a
+map pixel lands on the image pixel it came from.
 
 Methods:
     * ``"ig"`` - :class:`captum.attr.IntegratedGradients` (signed; completeness:
