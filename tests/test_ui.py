@@ -250,3 +250,16 @@ def test_lesson_runs_offline_and_offers_a_handout(client):
 def test_clearing_the_upload_clears_the_view_without_an_error(client):
     image, rows = client.predict(None, api_name="/inspect")
     assert image is None and not _meta(rows)
+
+
+def test_selection_tables_name_their_columns_before_anything_is_selected():
+    from explorer.ui import build_demo
+
+    tables = {
+        block.label: block
+        for block in build_demo().blocks.values()
+        if isinstance(block, gradio.Dataframe)
+    }
+    assert tables["Selected reports"].headers == ["id", "cluster", "positive", "report"]
+    counts = tables["Findings in the selection"].headers
+    assert counts[0] == "finding" and "positive" in counts and "negative" in counts

@@ -18,6 +18,7 @@ import gradio as gr
 import numpy as np
 
 from explorer.errors import ExplorerError
+from explorer.findings import LABEL_NAMES
 from explorer.ui.handlers import _model, _pixels, user_error
 from explorer.ui.serving import endpoint, scratch_dir
 
@@ -361,8 +362,18 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
             )
     sel_note = gr.Markdown()
     with gr.Row():
-        selected = gr.Dataframe(label="Selected reports", interactive=False, wrap=True)
-        counts = gr.Dataframe(label="Findings in the selection", interactive=False)
+        # Headers before anything is selected (an empty table would show "1 2 3").
+        selected = gr.Dataframe(
+            headers=["id", "cluster", "positive", "report"],
+            label="Selected reports",
+            interactive=False,
+            wrap=True,
+        )
+        counts = gr.Dataframe(
+            headers=["finding", *LABEL_NAMES.values()],
+            label="Findings in the selection",
+            interactive=False,
+        )
     sel_csv = gr.File(label="Download the selection (CSV)")
 
     opened = open_btn.click(
