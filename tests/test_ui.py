@@ -94,6 +94,18 @@ def test_attribution_methods_on_phantom_example(client, method):
     assert "no" in words
 
 
+@needs_default
+def test_attribution_baseline_is_used_and_stated(client):
+    from explorer.ui.app import EXAMPLES_DIR
+
+    path = handle_file(str(EXAMPLES_DIR / "phantom-left-effusion.png"))
+    args = (path, "phantom-negaware", "Pleural Effusion", "occlusion", 0.6, False)
+    *_, info = client.predict(*args, "blur", api_name="/attribute")
+    assert "baseline=gaussian blur of the image" in info
+    *_, info = client.predict(*args, "black", api_name="/attribute")
+    assert "baseline=black (all zeros)" in info
+
+
 def test_findings_without_image_is_a_clear_error(client):
     with pytest.raises(Exception, match="upload a chest X-ray"):
         client.predict(None, "phantom-negaware", "", "", ["there_is"], "", api_name="/findings")

@@ -26,7 +26,10 @@ ATTRIBUTION_HELP = (
     "point of an occlusion or IG map falls on the true lesion for only about 4 in 10 of the "
     "findings the model gets right (large signs such as the heart almost always, nodules and "
     "rib fractures rarely; see the README's pointing game). Read a map as what moved this "
-    "model's score, not as an outline of the lesion."
+    "model's score, not as an outline of the lesion. The *baseline* is the image IG starts "
+    "from and the paint occlusion hides regions with: black, the image's mean grey, or a blur "
+    "of the image (keeps the anatomy, wipes out small signs). Maps change with it; comparing "
+    "them is a lesson in itself."
 )
 FINDINGS_HELP = (
     "For each finding the image is compared with an affirmed prompt (*there is X*) and its "
@@ -174,6 +177,11 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                     show_mask = gr.Checkbox(
                         value=True, label="Show ground-truth lesion mask (phantom examples)"
                     )
+                    baseline = gr.Radio(
+                        ["black", "mean", "blur"],
+                        value="black",
+                        label="Baseline (IG starts from it, occlusion paints with it)",
+                    )
                     explain_btn = gr.Button("Explain", variant="primary")
                 att_info = gr.Markdown()
                 with gr.Row():
@@ -187,7 +195,7 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                     tok_n = gr.HighlightedText(label="Words: negated prompt", color_map=None)
                 explain_btn.click(
                     handlers.explain,
-                    inputs=[upload, att_model, att_finding, method, opacity, show_mask],
+                    inputs=[upload, att_model, att_finding, method, opacity, show_mask, baseline],
                     outputs=[map_a, map_n, map_d, tok_a, tok_n, att_info],
                     api_name="attribute",
                     concurrency_limit=CONCURRENCY["attribute"],

@@ -241,9 +241,13 @@ def explain(
     method: str,
     opacity: float,
     show_mask: bool,
+    baseline: str = "black",
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
 ):
-    """Attribution view: maps for the affirmed and negated prompt, their difference, token weights."""
+    """Attribution view: maps for the affirmed and negated prompt, their difference, token weights.
+
+    ``baseline`` is what IG integrates from and occlusion paints (Grad-CAM has none).
+    """
     from explorer.attribution import attribute_pair, attribute_text
     from explorer.findings import prompt_pair
     from explorer.plots import mask_outline, overlay, token_highlights
@@ -265,6 +269,7 @@ def explain(
             pair.negated,
             method,
             progress=lambda f, m: progress(f * 0.8, desc=m),
+            **({} if method == "gradcam" else {"baseline": baseline or "black"}),
         )
         progress(0.85, desc="Token attributions")
         tokens_a = attribute_text(model, pixels, pair.affirmed)
