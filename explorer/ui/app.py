@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from explorer.attribution import BASELINES
 from explorer.ui import batch_view, handlers, lesson_view, report_map
 from explorer.ui.serving import CONCURRENCY, ServeSettings, health
 
@@ -178,7 +179,7 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                         value=True, label="Show ground-truth lesion mask (phantom examples)"
                     )
                     baseline = gr.Radio(
-                        ["black", "mean", "blur"],
+                        list(BASELINES),
                         value="black",
                         label="Baseline (IG starts from it, occlusion paints with it)",
                     )
