@@ -94,12 +94,20 @@ def test_attribution_view_in_the_browser(page):
     page.get_by_role("tab", name="Attribution").click()
     page.get_by_role("button", name="Explain").click()
     page.wait_for_selector("text=IG completeness", state="detached")
-    page.get_by_text("method gradcam").or_(page.get_by_text("gradcam (")).first.wait_for(
+    # the default method is the one that points best on the held-out phantoms (README)
+    page.get_by_text("method occlusion").or_(page.get_by_text("occlusion (")).first.wait_for(
         timeout=180_000
     )
     assert page.get_by_text("there is no").count() > 0  # the negated prompt's tokens
     page.wait_for_timeout(1500)
     _shot(page, "2-attribution")
+    # Grad-CAM has no baseline: its choice goes away with it and comes back for IG
+    baseline = page.get_by_text("Baseline (IG starts from it")
+    assert baseline.is_visible()
+    page.get_by_text("gradcam", exact=True).click()
+    baseline.wait_for(state="hidden", timeout=10_000)
+    page.get_by_text("ig", exact=True).click()
+    baseline.wait_for(state="visible", timeout=10_000)
 
 
 #: Page coordinates of the first point of the named trace of the map (plotly's own axes).

@@ -171,7 +171,7 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                         label="Finding",
                     )
                     method = gr.Radio(
-                        ["ig", "gradcam", "occlusion"], value="gradcam", label="Method"
+                        ["ig", "gradcam", "occlusion"], value="occlusion", label="Method"
                     )
                 with gr.Row():
                     opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Overlay opacity")
@@ -194,6 +194,9 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                 with gr.Row():
                     tok_a = gr.HighlightedText(label="Words: affirmed prompt", color_map=None)
                     tok_n = gr.HighlightedText(label="Words: negated prompt", color_map=None)
+                method.change(
+                    handlers.baseline_control, method, baseline, api_name=False, queue=False
+                )
                 explain_btn.click(
                     handlers.explain,
                     inputs=[upload, att_model, att_finding, method, opacity, show_mask, baseline],

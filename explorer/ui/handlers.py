@@ -234,6 +234,11 @@ def _phantom_mask(path: str, finding: str | None, shape: tuple[int, int]) -> np.
 
 
 @endpoint("attribute", gpu_seconds=120)
+def baseline_control(method: str):
+    """Show the baseline choice only for the methods that use one (IG and occlusion)."""
+    return gr.update(visible=method != "gradcam")
+
+
 def explain(
     path: str | None,
     model_name: str | None,
