@@ -263,7 +263,8 @@ def run_pointing_game(
     unseen: dict[str, list[bool]] = {m: [] for m in methods}
     ceiling: list[bool] = []
     params: dict[str, dict] = {}
-    count = 0
+    texts: dict[str, torch.Tensor] = {}  # finding -> its (affirmed, negated) embeddings
+    count = affirmed = 0
     for k in range(len(data)):
         pixels = data.pixels([k])[0]
         image = model.embed_image(pixels).float().reshape(-1)
@@ -272,8 +273,11 @@ def run_pointing_game(
                 continue
             count += 1
             pair = prompt_pair(zero_shot_phrase(finding), "there_is")
-            texts = model.embed_texts([pair.affirmed, pair.negated]).float()
-            affirms = bool(texts[0] @ image >= texts[1] @ image)  # P(affirmed) >= 0.5
+            if finding not in texts:
+                texts[finding] = model.embed_texts([pair.affirmed, pair.negated]).float()
+            sims = texts[finding] @ image
+            affirms = bool(sims[0] >= sims[1])  # P(affirmed) >= 0.5
+            affirmed += affirms
             for method in methods:
                 kwargs = {"steps": steps} if method == "ig" else {}
                 attr = attribute_image(model, pixels, pair.affirmed, method, **kwargs)
@@ -295,7 +299,7 @@ def run_pointing_game(
         per,
         params,
         _mean(ceiling),
-        affirmed=len(seen[methods[0]]),
+        affirmed=affirmed,
         hits_affirmed={m: _mean(v) for m, v in seen.items()},
         hits_missed={m: _mean(v) for m, v in unseen.items()},
     )

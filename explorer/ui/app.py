@@ -6,7 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from explorer.attribution import BASELINES
+from explorer.attribution import BASELINES, DEFAULT_BASELINES
 from explorer.ui import batch_view, handlers, lesson_view, report_map
 from explorer.ui.serving import CONCURRENCY, ServeSettings, health
 
@@ -180,7 +180,7 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                     )
                     baseline = gr.Radio(
                         list(BASELINES),
-                        value="black",
+                        value=DEFAULT_BASELINES["occlusion"],
                         label="Baseline (IG starts from it, occlusion paints with it)",
                     )
                     explain_btn = gr.Button("Explain", variant="primary")

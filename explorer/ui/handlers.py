@@ -233,12 +233,12 @@ def _phantom_mask(path: str, finding: str | None, shape: tuple[int, int]) -> np.
     return np.any(masks, axis=0)
 
 
-@endpoint("attribute", gpu_seconds=120)
 def baseline_control(method: str):
     """Show the baseline choice only for the methods that use one (IG and occlusion)."""
     return gr.update(visible=method != "gradcam")
 
 
+@endpoint("attribute", gpu_seconds=120)
 def explain(
     path: str | None,
     model_name: str | None,
@@ -246,12 +246,13 @@ def explain(
     method: str,
     opacity: float,
     show_mask: bool,
-    baseline: str = "black",
+    baseline: str | None = None,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
 ):
     """Attribution view: maps for the affirmed and negated prompt, their difference, token weights.
 
-    ``baseline`` is what IG integrates from and occlusion paints (Grad-CAM has none).
+    ``baseline`` is what IG integrates from and occlusion paints (Grad-CAM has none); None
+    = the method's default.
     """
     from explorer.attribution import attribute_pair, attribute_text
     from explorer.findings import prompt_pair
@@ -274,7 +275,7 @@ def explain(
             pair.negated,
             method,
             progress=lambda f, m: progress(f * 0.8, desc=m),
-            **({} if method == "gradcam" else {"baseline": baseline or "black"}),
+            baseline=baseline or None,
         )
         progress(0.85, desc="Token attributions")
         tokens_a = attribute_text(model, pixels, pair.affirmed)
