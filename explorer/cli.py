@@ -109,10 +109,10 @@ def _score_args(p: argparse.ArgumentParser) -> None:
 def _score(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from explorer.findings import CHEXPERT_FINDINGS
     from explorer.imaging import load_radiograph
     from explorer.models import load_model
     from explorer.scoring import score_findings
+    from explorer.vocab.labels import CHEXPERT_FINDINGS
 
     pixels = load_radiograph(args.image).pixels
     model = load_model(args.model)
@@ -237,7 +237,7 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
 
 @command("benchmark", "negation benchmark (CXR-Align style) on held-out phantoms", _benchmark_args)
 def _benchmark(args: argparse.Namespace) -> int:
-    from explorer.benchmark import (
+    from explorer.eval.benchmark import (
         HELDOUT_IMAGES,
         format_pointing,
         format_table,
@@ -276,7 +276,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 @command("evaluate", "score a labelled batch: per-finding AUC, negation errors", _evaluate_args)
 def _evaluate(args: argparse.Namespace) -> int:
-    from explorer.batch import evaluate, flips, read_batch
+    from explorer.eval.batch import evaluate, flips, read_batch
     from explorer.models import default_registry
 
     reg = default_registry()
@@ -442,8 +442,8 @@ def _label(args: argparse.Namespace) -> int:
         result = validate(uncertain=args.uncertain)
         _emit(result.as_dict(), args.json, result.to_markdown())
         return 0
-    from explorer.findings import LABEL_NAMES
     from explorer.reports.labeler import label_report_detailed
+    from explorer.vocab.labels import LABEL_NAMES
 
     text = sys.stdin.read() if args.text == "-" else args.text
     res = label_report_detailed(text)
@@ -474,7 +474,7 @@ def _space(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from explorer.space import check_front_matter, publish_space, stage_space
+    from explorer.ops.space import check_front_matter, publish_space, stage_space
 
     check = check_front_matter()
     if not check.ok:
@@ -507,12 +507,12 @@ def _load_args(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from explorer.load import DEFAULT_IMAGE, AppProcess, run_load
+    from explorer.ops.load import AppProcess, default_image, run_load
 
     if args.clients < 1 or args.requests < 1:
         sys.stderr.write("--clients and --requests must be at least 1.\n")
         return EXIT_USER_ERROR
-    image = Path(args.image) if args.image else DEFAULT_IMAGE
+    image = Path(args.image) if args.image else default_image()
 
     def run(url: str, cold_start: float | None) -> int:
         result = run_load(url, args.clients, args.requests, image, args.model)
@@ -554,7 +554,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 @command("bench", "performance bench: latency, peer pipeline, attribution, maps, app", _bench_args)
 def _bench(args: argparse.Namespace) -> int:
-    from explorer.bench import run_bench
+    from explorer.ops.speed import run_bench
 
     maps = [m for m in (args.maps or ["iu"]) if m != "none"]
     report = run_bench(

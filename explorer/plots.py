@@ -129,7 +129,7 @@ def map_categories(report_map, colour_by: str) -> tuple[list[str], np.ndarray]:
     ``colour_by`` is ``"cluster"``, a CheXpert finding name (its status in each report), or
     ``"disagreement"`` (labeler positives vs the reference labels, e.g. IU MeSH).
     """
-    from explorer.findings import CHEXPERT_FINDINGS, LABEL_NAMES
+    from explorer.vocab.labels import CHEXPERT_FINDINGS, LABEL_NAMES
 
     if colour_by == "cluster":
         return [c.name for c in report_map.clusters], np.asarray(report_map.assignment)
@@ -151,7 +151,7 @@ def map_categories(report_map, colour_by: str) -> tuple[list[str], np.ndarray]:
 
 
 def _hover(report_map, idx: np.ndarray, width: int) -> list[str]:
-    from explorer.findings import CHEXPERT_FINDINGS
+    from explorer.vocab.labels import CHEXPERT_FINDINGS
 
     out = []
     for i in idx:

@@ -26,8 +26,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from explorer.findings import CHEXPERT_FINDINGS, PromptPair, PromptTemplate, prompt_pairs
 from explorer.models.base import VisionLanguageModel
+from explorer.vocab.labels import CHEXPERT_FINDINGS
+from explorer.vocab.prompts import PromptPair, PromptTemplate, prompt_pairs
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def score_findings(
         image_embedding: A precomputed normalised image embedding ``[1, D]`` or ``[D]``.
 
     Raises:
-        explorer.findings.NegationError: a custom finding cannot be negated automatically.
+        explorer.vocab.negation.NegationError: a custom finding cannot be negated automatically.
     """
     cache = TEXT_CACHE if cache is None else cache
     all_findings = tuple(dict.fromkeys([*findings, *custom]))

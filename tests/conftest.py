@@ -22,7 +22,7 @@ def samples_dir() -> Path:
 def app_url():
     """The real app served on a free local port for one test module; yields its URL."""
     pytest.importorskip("gradio")
-    from explorer.load import free_port
+    from explorer.ops.load import free_port
     from explorer.ui import build_demo
     from explorer.ui.serving import ServeSettings, launch
 

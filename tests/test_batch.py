@@ -10,12 +10,20 @@ import numpy as np
 import pytest
 from conftest import default_model_ready
 
-from explorer.batch import BatchError, Case, Evaluation, evaluate, flips, phantom_batch, read_batch
-from explorer.benchmark import auc_score
 from explorer.cli import main
-from explorer.findings import CHEXPERT_FINDINGS
+from explorer.eval.batch import (
+    BatchError,
+    Case,
+    Evaluation,
+    evaluate,
+    flips,
+    phantom_batch,
+    read_batch,
+)
+from explorer.eval.benchmark import auc_score
 from explorer.models import ModelRegistry
 from explorer.models.tiny import build_tiny_specs
+from explorer.vocab.labels import CHEXPERT_FINDINGS
 
 REAL = ("00000001_000.png", "16747_3_1.jpg", "siim-pneumothorax-sample.dcm")
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def report():
-    from explorer.bench import run_bench
+    from explorer.ops.speed import run_bench
 
     return run_bench(
         images=2,
@@ -57,7 +57,7 @@ def test_map_reopens_from_cache(report):
 
 
 def test_table_names_misses():
-    from explorer.bench import BenchReport, BenchRow
+    from explorer.ops.speed import BenchReport, BenchRow
 
     table = BenchReport(
         "test machine",

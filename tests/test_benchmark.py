@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from explorer.benchmark import auc_score, format_table, hard_negative_texts, run_benchmark
-from explorer.findings import prompt_pairs
+from explorer.eval.benchmark import auc_score, format_table, hard_negative_texts, run_benchmark
 from explorer.models import ModelRegistry
 from explorer.models.tiny import build_tiny_specs
 from explorer.phantom import PHANTOM_FINDINGS
 from explorer.training import data as data_mod
+from explorer.vocab.prompts import prompt_pairs
 
 
 def test_auc_by_hand():
@@ -25,10 +25,9 @@ def test_auc_by_hand():
 
 @pytest.fixture(scope="module")
 def tiny_heldout(tmp_path_factory):
-    old = data_mod.CACHE_DIR
-    data_mod.CACHE_DIR = tmp_path_factory.mktemp("cache")
-    yield
-    data_mod.CACHE_DIR = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXPLORER_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 def test_hard_negatives_flip_a_present_finding(tiny_heldout):
@@ -66,7 +65,7 @@ def test_run_benchmark_on_tiny_model(tiny_heldout, tmp_path):
 
 
 def test_pointing_game_on_tiny_model(tiny_heldout, tmp_path):
-    from explorer.benchmark import format_pointing, run_pointing_game
+    from explorer.eval.benchmark import format_pointing, run_pointing_game
 
     spec = build_tiny_specs(tmp_path)[1]
     model = ModelRegistry([spec]).load(spec.name, "cpu")
@@ -93,8 +92,8 @@ def test_pointing_game_on_tiny_model(tiny_heldout, tmp_path):
         ]
         assert sum(rate * n for rate, n in parts) / result.findings == pytest.approx(result.hits[m])
     # the split follows the softmax over the "there is X" / "no X" pair
-    from explorer.benchmark import LOCALISED_MAX_AREA
-    from explorer.findings import prompt_pair
+    from explorer.eval.benchmark import LOCALISED_MAX_AREA
+    from explorer.vocab.prompts import prompt_pair
 
     data = data_mod.build_phantom_set(6, data_mod.HELDOUT_SEED, 64, keep_masks=True)
     affirmed = 0
@@ -115,7 +114,7 @@ def test_pointing_game_on_tiny_model(tiny_heldout, tmp_path):
 
 def test_a_coarse_grid_cannot_point_at_a_small_lesion():
     from explorer.attribution import pointing_hit
-    from explorer.benchmark import perfect_grid_map
+    from explorer.eval.benchmark import perfect_grid_map
 
     mask = np.zeros((64, 64), dtype=bool)
     mask[10:13, 10:13] = True  # 3x3 px, inside the top-left cell of a 2x2 grid, off its centre

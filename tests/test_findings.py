@@ -18,28 +18,27 @@ from pathlib import Path
 import pytest
 
 from explorer.errors import ExplorerError
-from explorer.findings import (
+from explorer.vocab.labels import (
     CHEXPERT_FINDINGS,
     NEGATIVE,
-    POLARITIES,
     POSITIVE,
     PROMPTS_PATH,
     UNCERTAIN,
-    NegationError,
-    PromptPair,
     UnknownFindingError,
     finding_phrase,
     finding_terms,
+)
+from explorer.vocab.negation import (
+    POLARITIES,
+    NegationError,
     is_negated,
     mentions,
     negate,
     negate_report,
     polarity,
-    prompt_pair,
-    prompt_pairs,
-    prompt_templates,
     split_sentences,
 )
+from explorer.vocab.prompts import PromptPair, prompt_pair, prompt_pairs, prompt_templates
 
 # --- vocabulary -------------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from explorer.cli import main
-from explorer.findings import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
 from explorer.reports.labeler import (
     LUNG_GROUP,
     OTHER,
@@ -21,6 +20,7 @@ from explorer.reports.labeler import (
     label_report_detailed,
     label_reports,
 )
+from explorer.vocab.labels import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_IU = importlib.util.find_spec("torchxrayvision") is not None

@@ -37,7 +37,7 @@ def test_load_script_with_small_numbers(capsys):
     ],
 )
 def test_load_verdict_names_each_failure(change, problem):
-    from explorer.load import LoadResult
+    from explorer.ops.load import LoadResult
 
     ok = dict(
         clients=2,

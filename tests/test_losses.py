@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.findings import NEGATIVE, POSITIVE, UNCERTAIN
-from explorer.soft_labels import clinical_similarity, label_vector, soft_targets
 from explorer.training.losses import info_nce, negation_aware_loss, soft_label_loss
+from explorer.vocab.labels import NEGATIVE, POSITIVE, UNCERTAIN
+from explorer.vocab.soft_labels import clinical_similarity, label_vector, soft_targets
 
 EYE = torch.eye(2)
 ONE = torch.tensor(1.0)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from explorer.findings import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
 from explorer.phantom import (
     CHEXPERT_MAPPING,
     LATERALITIES,
@@ -20,6 +19,7 @@ from explorer.phantom import (
     sample_findings,
 )
 from explorer.phantom.reports import Report, ReportSentence, generate_report
+from explorer.vocab.labels import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
 
 N_SEEDS = 200
 

@@ -21,7 +21,7 @@ pytest.importorskip("gradio")
 from conftest import default_model_ready  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
-from explorer.load import AppProcess  # noqa: E402
+from explorer.ops.load import AppProcess  # noqa: E402
 from explorer.ui.app import EXAMPLES_DIR  # noqa: E402
 
 pytestmark = pytest.mark.skipif(

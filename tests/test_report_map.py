@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from explorer.findings import CHEXPERT_FINDINGS
 from explorer.models import ModelRegistry
 from explorer.models.tiny import build_tiny_specs
 from explorer.reports import map as map_mod
 from explorer.reports.clusters import UNLABELLED, alignment, soft_label_clusters
 from explorer.reports.corpus import CorpusError, load_corpus, phantom_corpus, table_corpus
+from explorer.vocab.labels import CHEXPERT_FINDINGS
 
 F = {name: j for j, name in enumerate(CHEXPERT_FINDINGS)}
 NAN = np.nan

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.findings import CHEXPERT_FINDINGS
 from explorer.imaging import load_image
 from explorer.models import ModelRegistry
 from explorer.models.tiny import build_tiny_specs
 from explorer.plots import findings_figure
 from explorer.scoring import TextEmbeddingCache, score_findings
+from explorer.vocab.labels import CHEXPERT_FINDINGS
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.space import (
+from explorer.ops.space import (
     ROOT,
     SPACE_DEFAULT_MODEL,
     check_front_matter,

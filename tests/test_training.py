@@ -39,10 +39,9 @@ TINY_MODEL = {
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("cache")
-    old = data_mod.CACHE_DIR
-    data_mod.CACHE_DIR = path
-    yield path
-    data_mod.CACHE_DIR = old
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXPLORER_CACHE", str(path))
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +93,7 @@ def test_views_and_flipped_twins(tiny_set):
 
 
 def test_prompt_views_state_the_truth_and_twin_with_their_negation(tiny_set):
-    from explorer.findings import negate
+    from explorer.vocab.negation import negate
 
     rng = np.random.default_rng(0)
     seen = set()

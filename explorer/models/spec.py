@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Repository root: relative ``source`` paths in specs resolve against it.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from explorer.paths import assets_dir, configs_dir, project_root
 
 RESIZE_MODES = ("shortest", "squash", "pad")
 
@@ -110,14 +108,18 @@ def local_path(source: str) -> Path | None:
         return None
     if source.startswith(("/", "./", "../", "~", "assets/")):
         path = Path(source).expanduser()
-        return path if path.is_absolute() else PROJECT_ROOT / path
-    candidate = PROJECT_ROOT / source
+        if path.is_absolute():
+            return path
+        if path.parts[0] == "assets":  # shipped: wherever the assets folder is
+            return assets_dir().joinpath(*path.parts[1:])
+        return project_root() / path
+    candidate = project_root() / source
     return candidate if candidate.exists() else None
 
 
 def load_specs(path: Path | None = None) -> tuple[ModelSpec, ...]:
     """Read model specs from a JSON file (default: ``explorer/configs/models.json``)."""
-    path = path or CONFIG_DIR / "models.json"
+    path = path or configs_dir() / "models.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     specs = tuple(ModelSpec.from_dict(d) for d in data["models"])
     names = [s.name for s in specs]
@@ -129,5 +131,5 @@ def load_specs(path: Path | None = None) -> tuple[ModelSpec, ...]:
 
 def default_model_name(path: Path | None = None) -> str:
     """The embedded offline default named in the models config."""
-    path = path or CONFIG_DIR / "models.json"
+    path = path or configs_dir() / "models.json"
     return str(json.loads(path.read_text(encoding="utf-8"))["default"])

@@ -11,7 +11,7 @@ Public API:
 * :func:`generate_report` - write a :class:`Report` (FINDINGS / IMPRESSION sentences with
   per-sentence finding status and CheXpert labels) for a phantom.
 * :data:`PHANTOM_FINDINGS` and :data:`CHEXPERT_MAPPING` - vocabulary and label mapping.
-* :func:`benchmark` - render-time table (``python -m explorer.phantom``); contact sheets with
+* :func:`render_timing` - render-time table (``python -m explorer.phantom``); contact sheets with
   ``python -m explorer.phantom.sheet OUT.png``.
 
 Laterality is the patient's side: the patient's right is on the left of the displayed image.
@@ -30,7 +30,7 @@ from explorer.phantom.records import (
     Phantom,
     PhantomParams,
 )
-from explorer.phantom.renderer import benchmark, render_phantom, sample_findings
+from explorer.phantom.renderer import render_phantom, render_timing, sample_findings
 from explorer.phantom.reports import Report, ReportSentence, generate_report
 
 __all__ = [
@@ -47,7 +47,7 @@ __all__ = [
     "PhantomParams",
     "Report",
     "ReportSentence",
-    "benchmark",
+    "render_timing",
     "generate_report",
     "render_phantom",
     "sample_findings",

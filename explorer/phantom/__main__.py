@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from explorer.phantom.renderer import benchmark
+from explorer.phantom.renderer import render_timing
 
 logger = logging.getLogger("explorer.phantom")
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logger.info("%6s %12s %12s", "size", "mean ms", "p90 ms")
-    for size, mean, p90 in benchmark(args.sizes, args.n):
+    for size, mean, p90 in render_timing(args.sizes, args.n):
         logger.info("%6d %12.2f %12.2f", size, mean, p90)
 
 

@@ -4,7 +4,7 @@ Laterality is always the *patient's* side. Images are displayed like a PA radiog
 patient's right is on the image's left and the patient's left on the image's right.
 
 Label mapping from phantom findings to the 14 CheXpert observations
-(:data:`explorer.findings.CHEXPERT_FINDINGS`), used by :meth:`Phantom.labels` and by the
+(:data:`explorer.vocab.labels.CHEXPERT_FINDINGS`), used by :meth:`Phantom.labels` and by the
 report labels:
 
 ======================================  ==========================
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from explorer.findings import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE
+from explorer.vocab.labels import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE
 
 #: Canonical names of the findings the phantom world can show.
 PHANTOM_FINDINGS: tuple[str, ...] = (
@@ -285,7 +285,7 @@ class Phantom:
         """Ground-truth CheXpert labels (see the module docstring for the mapping).
 
         Returns:
-            Dict over :data:`explorer.findings.CHEXPERT_FINDINGS`: ``POSITIVE`` / ``NEGATIVE``,
+            Dict over :data:`explorer.vocab.labels.CHEXPERT_FINDINGS`: ``POSITIVE`` / ``NEGATIVE``,
             and ``None`` for Pneumonia and Pleural Other (left to the report).
         """
         present = set(self.names)

@@ -12,7 +12,7 @@ present, ``[seed, 2]`` noise windows, ``[seed, 3]`` structural details of the an
 ``[seed, 10 + i]`` the i-th finding of
 :data:`PHANTOM_FINDINGS` (laterality, severity and geometry).
 
-Run ``python -m explorer.phantom`` for a timing table (:func:`benchmark`).
+Run ``python -m explorer.phantom`` for a timing table (:func:`render_timing`).
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def _compose(scene: Scene, params: PhantomParams, rng: np.random.Generator) -> n
 # --- timing -----------------------------------------------------------------------------------
 
 
-def benchmark(
+def render_timing(
     sizes: Iterable[int] = (224, 256, 320), n: int = 60, start_seed: int = 0
 ) -> list[tuple[int, float, float]]:
     """Time :func:`render_phantom` on sampled cases (after a warm-up that fills the caches).

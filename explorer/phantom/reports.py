@@ -22,7 +22,7 @@ Hard negatives for contrastive training
 A later training step builds a *hard negative* text for an image from its own report:
 
 1. **negated**: take a sentence about a present finding (:meth:`Report.sentences_about`) and
-   rewrite it into its negation with the negation engine of :mod:`explorer.findings`
+   rewrite it into its negation with the negation engine of :mod:`explorer.vocab.negation`
    ("Moderate left pleural effusion." -> "No left pleural effusion."), then put it back in
    place; or
 2. **omitted**: drop the finding altogether with :meth:`Report.without`, which removes its
@@ -41,7 +41,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from explorer.findings import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
 from explorer.phantom.records import (
     CHEXPERT_MAPPING,
     MILD_SEVERITIES,
@@ -51,6 +50,7 @@ from explorer.phantom.records import (
     FindingInstance,
     Phantom,
 )
+from explorer.vocab.labels import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
 
 #: Image units per centimetre in the phantom world (a 28 cm wide thorax spans ~1.55 units).
 UNITS_PER_CM = 0.055

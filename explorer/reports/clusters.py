@@ -1,6 +1,6 @@
 """Soft-label clusters: groups of reports that say clinically alike things.
 
-Each report's labels become a vector (:func:`explorer.soft_labels.label_vectors`:
+Each report's labels become a vector (:func:`explorer.vocab.soft_labels.label_vectors`:
 positive +1, negative -1, uncertain +0.5, not mentioned 0) and two reports are as alike as the
 clipped cosine of their vectors, the same clinical similarity the soft-label training loss uses.
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explorer.findings import CHEXPERT_FINDINGS
-from explorer.soft_labels import clinical_similarity, label_vectors
+from explorer.vocab.labels import CHEXPERT_FINDINGS
+from explorer.vocab.soft_labels import clinical_similarity, label_vectors
 
 #: Default number of clusters (plus the "nothing labelled" cluster when it is non-empty).
 DEFAULT_CLUSTERS = 8

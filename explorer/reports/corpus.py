@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from explorer.errors import ExplorerError
-from explorer.findings import CHEXPERT_FINDINGS
+from explorer.vocab.labels import CHEXPERT_FINDINGS
 
 #: First seed of the phantom report corpus (far from the training and held-out seeds).
 PHANTOM_CORPUS_SEED = 50_000_000

@@ -1,7 +1,7 @@
 """A rule-based CheXpert-style labeler for chest X-ray reports.
 
 :func:`label_report` maps a report to the 14 CheXpert observations of
-:data:`explorer.findings.CHEXPERT_FINDINGS` with the CheXpert values ``1`` (positive), ``0``
+:data:`explorer.vocab.labels.CHEXPERT_FINDINGS` with the CheXpert values ``1`` (positive), ``0``
 (negative), ``-1`` (uncertain) and ``None`` (not mentioned); :func:`label_report_detailed`
 also returns every mention with the sentence and the cue that decided it, so a person can see
 why; :func:`label_reports` labels many reports in one spaCy pass.
@@ -78,7 +78,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from explorer.errors import ExplorerError
-from explorer.findings import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
+from explorer.vocab.labels import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class ReportLabels:
 
     Attributes:
         text: The report text that was labelled.
-        values: One value per :data:`~explorer.findings.CHEXPERT_FINDINGS` entry, in order
+        values: One value per :data:`~explorer.vocab.labels.CHEXPERT_FINDINGS` entry, in order
             (``1``, ``0``, ``-1`` or ``None``).
         mentions: Every mention found (CheXpert findings, :data:`OTHER` and the No Finding
             explanation), in text order.

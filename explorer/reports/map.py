@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from explorer.findings import CHEXPERT_FINDINGS, LABEL_NAMES
+from explorer.paths import cache_dir
 from explorer.reports.clusters import (
     DEFAULT_CLUSTERS,
     Alignment,
@@ -47,6 +46,7 @@ from explorer.reports.clusters import (
     soft_label_clusters,
 )
 from explorer.reports.corpus import Corpus, labels_to_matrix
+from explorer.vocab.labels import CHEXPERT_FINDINGS, LABEL_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ CHUNK = 2048
 #: Reports per forward pass.
 BATCH = 64
 FORMAT_VERSION = 2
-_ROOT = Path(__file__).resolve().parents[2]
 
 Progress = Callable[[str, float], None]
 #: Rows of the similarity matrix computed at once by :func:`knn_graph` (memory: rows x n floats).
@@ -66,7 +65,7 @@ EXACT_KNN_MAX = 20_000
 
 def maps_dir() -> Path:
     """Where built maps live (``$EXPLORER_CACHE/maps``, default ``.cache/maps`` in the repo)."""
-    return Path(os.environ.get("EXPLORER_CACHE", _ROOT / ".cache")) / "maps"
+    return cache_dir() / "maps"
 
 
 @dataclass(frozen=True)

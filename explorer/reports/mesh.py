@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Literal
 
 from explorer.errors import ExplorerError
-from explorer.findings import CHEXPERT_FINDINGS, POSITIVE, UNCERTAIN
+from explorer.vocab.labels import CHEXPERT_FINDINGS, POSITIVE, UNCERTAIN
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from explorer.paths import cache_dir
 from explorer.phantom import PHANTOM_FINDINGS, render_phantom
 from explorer.phantom.records import CHEXPERT_MAPPING
 from explorer.phantom.reports import NEGATIVE_NOUNS, Report, ReportSentence, generate_report
@@ -43,9 +44,6 @@ ZERO_SHOT_PHRASES = {"nodule/mass": "lung nodule or mass"}
 def zero_shot_phrase(finding: str) -> str:
     """The phrase the benchmark puts into its prompt templates for a phantom finding."""
     return ZERO_SHOT_PHRASES.get(finding, finding)
-
-
-CACHE_DIR = Path(os.environ.get("EXPLORER_CACHE", Path(__file__).resolve().parents[2] / ".cache"))
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,7 @@ def build_phantom_set(
     if count >= SEED_STRIDE:
         raise ValueError(f"at most {SEED_STRIDE - 1} phantoms per set")
     key = f"phantoms-{size}-{count}-{base_seed}-{int(keep_masks)}-{_code_version()}.pkl"
-    path = CACHE_DIR / key
+    path = cache_dir() / key
     if cache and path.exists():
         with path.open("rb") as fh:
             return pickle.load(fh)
@@ -137,7 +135,7 @@ def build_phantom_set(
         masks=masks,
     )
     if cache:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        cache_dir().mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         with tmp.open("wb") as fh:
             pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
@@ -175,7 +173,7 @@ def flip_finding(
 
     Returns ``None`` when the negation engine cannot rewrite one of them.
     """
-    from explorer.findings import NegationError, negate
+    from explorer.vocab.negation import NegationError, negate
 
     out = []
     for s in sentences:
@@ -245,7 +243,7 @@ def finding_prompt_pairs(finding: str, templates: tuple[str, ...] = ()) -> tuple
     ("pulmonary nodule", "acute rib fracture"), each in every template of ``prompts.json``
     named in ``templates`` (all when empty).
     """
-    from explorer.findings import prompt_pairs
+    from explorer.vocab.prompts import prompt_pairs
 
     phrases = dict.fromkeys(
         [zero_shot_phrase(finding), CHEXPERT_MAPPING[finding], NEGATIVE_NOUNS[finding]]

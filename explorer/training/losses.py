@@ -10,7 +10,7 @@ Notation for a batch of ``B`` pairs: L2-normalised image embeddings ``u_i``, tex
 
 (b) **Dynamic soft labels** (Ko & Park 2025, sec. "dynamic soft labels"): the targets of each
 batch are softened by the clinical similarity ``S`` of the pairs' label vectors
-(:func:`explorer.soft_labels.clinical_similarity`: the labels of image ``i``'s own full report
+(:func:`explorer.vocab.soft_labels.clinical_similarity`: the labels of image ``i``'s own full report
 against the labels of text ``j``; affirmed +1, denied -1, uncertain +0.5, blank 0). Both sides
 are *report* labels: comparing text ``j`` with the image's complete ground truth instead would
 reward texts that list many absent findings (every image lacks most findings) over the true,
@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from explorer.soft_labels import soft_targets
+from explorer.vocab.soft_labels import soft_targets
 
 
 def _soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ def soft_label_loss(
         image, text: ``[B, D]`` normalised embeddings of matching pairs.
         logit_scale: ``exp`` of the learned log temperature (a scalar tensor).
         similarity: ``[B, B]`` clinical similarity, ``S[i, j]`` = image i vs text j.
-        mix, temperature: see :func:`explorer.soft_labels.soft_targets`.
+        mix, temperature: see :func:`explorer.vocab.soft_labels.soft_targets`.
     """
     logits = logit_scale * image @ text.T
     y_i2t = soft_targets(similarity, mix, temperature)

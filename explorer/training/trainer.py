@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 
 from explorer.models.base import default_device, prepare_pixels
-from explorer.models.spec import PROJECT_ROOT, Preprocess
-from explorer.soft_labels import clinical_similarity
+from explorer.models.spec import Preprocess
+from explorer.paths import project_root
 from explorer.training import losses
 from explorer.training.data import (
     TRAIN_SEED,
@@ -36,6 +36,7 @@ from explorer.training.data import (
 from explorer.training.loop import digest, load_state, save_state, warmup_cosine
 from explorer.training.model import EncoderConfig, TrainingWrapper, build_dual_encoder, export
 from explorer.training.pretrain import VisionPretrain, cache_key, pooled_features, pretrain_vision
+from explorer.vocab.soft_labels import clinical_similarity
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _tuples(section: dict) -> dict:
 
 def _resolve(path: str) -> Path:
     p = Path(path)
-    return p if p.is_absolute() else PROJECT_ROOT / p
+    return p if p.is_absolute() else project_root() / p
 
 
 def _dist_setup() -> tuple[int, int]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
 from explorer.attribution import BASELINES, DEFAULT_BASELINES
+from explorer.paths import examples_dir
 from explorer.ui import batch_view, handlers, lesson_view, report_map
 from explorer.ui.serving import CONCURRENCY, ServeSettings, health
 
@@ -16,7 +15,7 @@ DISCLAIMER = (
     "Uploads are decoded in memory, never logged, and deleted from the server within minutes; "
     "only an allow-list of DICOM fields is shown. Burned-in text in the pixels is not removed."
 )
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+EXAMPLES_DIR = examples_dir()
 UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"]
 ATTRIBUTION_HELP = (
     "Which pixels and which words drive the similarity? Red marks evidence *for* the prompt, "
@@ -62,7 +61,7 @@ def _model_choices(preferred: str | None) -> tuple[list[str], str | None, str | 
 
 
 def _chexpert() -> tuple[str, ...]:
-    from explorer.findings import CHEXPERT_FINDINGS
+    from explorer.vocab.labels import CHEXPERT_FINDINGS
 
     return CHEXPERT_FINDINGS
 
@@ -71,7 +70,7 @@ CHEXPERT_CHOICES = _chexpert()
 
 
 def _template_choices() -> list[str]:
-    from explorer.findings import prompt_templates
+    from explorer.vocab.prompts import prompt_templates
 
     return [t.id for t in prompt_templates()]
 

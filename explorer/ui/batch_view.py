@@ -1,6 +1,6 @@
 """Batch tab: a labelled set of images, where the model is wrong, drill-down and annotations.
 
-Library work is in :mod:`explorer.batch`; this module lays out the tab and turns its results
+Library work is in :mod:`explorer.eval.batch`; this module lays out the tab and turns its results
 into tables and a calibration figure.
 """
 
@@ -77,7 +77,7 @@ def run_batch(
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
 ):
     """Read, score and summarise a batch (and optionally compare a second model)."""
-    from explorer.batch import evaluate, flips, read_batch
+    from explorer.eval.batch import evaluate, flips, read_batch
     from explorer.models import default_registry
     from explorer.ui.handlers import _csv
 

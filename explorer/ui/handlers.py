@@ -8,6 +8,7 @@ import gradio as gr
 import numpy as np
 
 from explorer.errors import ExplorerError
+from explorer.paths import examples_dir
 from explorer.ui.serving import endpoint, scratch_file
 
 log = logging.getLogger(__name__)
@@ -166,9 +167,9 @@ def score_image(
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
 ):
     """Findings view: scores, figures, tables and CSV for one model (and an optional second)."""
-    from explorer.findings import CHEXPERT_FINDINGS
     from explorer.plots import findings_figure
     from explorer.scoring import score_findings
+    from explorer.vocab.labels import CHEXPERT_FINDINGS
 
     pixels = _pixels(path)
     custom = parse_custom_findings(custom_text)
@@ -217,7 +218,7 @@ def _phantom_mask(path: str, finding: str | None, shape: tuple[int, int]) -> np.
     import json
     from pathlib import Path
 
-    meta_file = Path(__file__).resolve().parents[2] / "assets" / "examples" / "phantoms.json"
+    meta_file = examples_dir() / "phantoms.json"
     if not meta_file.exists():
         return None
     entry = json.loads(meta_file.read_text()).get(Path(path).name)
@@ -255,8 +256,8 @@ def explain(
     = the method's default.
     """
     from explorer.attribution import attribute_pair, attribute_text
-    from explorer.findings import prompt_pair
     from explorer.plots import mask_outline, overlay, token_highlights
+    from explorer.vocab.prompts import prompt_pair
 
     pixels = _pixels(path)
     if not finding or not finding.strip():

@@ -18,9 +18,9 @@ import gradio as gr
 import numpy as np
 
 from explorer.errors import ExplorerError
-from explorer.findings import LABEL_NAMES
 from explorer.ui.handlers import _model, _pixels, user_error
 from explorer.ui.serving import endpoint, scratch_dir
+from explorer.vocab.labels import LABEL_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def cluster_choices(rows) -> gr.Dropdown:
 
 def build_tab(upload: gr.File, model_names: list[str], default_model: str | None) -> None:
     """The Report map tab (called inside ``gr.Tab``); ``upload`` is the shared image input."""
-    from explorer.findings import CHEXPERT_FINDINGS
+    from explorer.vocab.labels import CHEXPERT_FINDINGS
 
     gr.set_static_paths([str(_PLOTLY_JS.parent)])
     gr.Markdown(MAP_HELP)

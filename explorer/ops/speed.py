@@ -33,8 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "assets" / "examples"
+from explorer.paths import examples_dir
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def bench_images(count: int, size: int = 512) -> list[np.ndarray]:
 
     images = [
         load_image(p).pixels
-        for p in sorted(EXAMPLES.iterdir())
+        for p in sorted(examples_dir().iterdir())
         if p.suffix.lower() in (".png", ".dcm")
     ][:count]
     seed = 5_000_000
@@ -133,7 +132,8 @@ def bench_images(count: int, size: int = 512) -> list[np.ndarray]:
 
 
 def _pairs_texts() -> tuple[list[str], list[str]]:
-    from explorer.findings import CHEXPERT_FINDINGS, prompt_pair
+    from explorer.vocab.labels import CHEXPERT_FINDINGS
+    from explorer.vocab.prompts import prompt_pair
 
     pairs = [prompt_pair(f, "there_is") for f in CHEXPERT_FINDINGS]
     return [p.affirmed for p in pairs], [p.negated for p in pairs]
@@ -142,9 +142,9 @@ def _pairs_texts() -> tuple[list[str], list[str]]:
 def bench_findings(model, images: Sequence[np.ndarray], repeats: int) -> list[BenchRow]:
     import torch
 
-    from explorer.findings import CHEXPERT_FINDINGS
-    from explorer.load import p95
+    from explorer.ops.load import p95
     from explorer.scoring import score_findings
+    from explorer.vocab.labels import CHEXPERT_FINDINGS
 
     def query(k: int):
         return score_findings(
@@ -218,8 +218,8 @@ def _pipeline_pairwise(pipe, image, affirmed: list[str], negated: list[str]) -> 
 
 
 def bench_peer(model, images: Sequence[np.ndarray], repeats: int, ours_median: float):
-    from explorer.findings import CHEXPERT_FINDINGS
     from explorer.scoring import score_findings
+    from explorer.vocab.labels import CHEXPERT_FINDINGS
 
     pipe, why = _pipeline(model)
     if pipe is None:
@@ -381,11 +381,11 @@ def bench_map(model, spec: str, target_s: float | None) -> list[BenchRow]:
 # --- 5. the app -----------------------------------------------------------------------------------
 
 
-def bench_app(image: Path = EXAMPLES / "00000001_000.png", with_map: bool = True):
+def bench_app(image: Path | None = None, with_map: bool = True):
     from gradio_client import Client, handle_file
 
-    from explorer.load import AppProcess, findings_args
     from explorer.models import default_registry
+    from explorer.ops.load import AppProcess, findings_args
 
     model = default_registry().default
     with AppProcess() as app:

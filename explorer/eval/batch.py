@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from explorer.errors import ExplorerError
-from explorer.findings import CHEXPERT_FINDINGS, LABEL_NAMES
+from explorer.vocab.labels import CHEXPERT_FINDINGS, LABEL_NAMES
 
 #: Most images in one batch (the app and the CLI refuse more with a clear message).
 MAX_IMAGES = 2000
@@ -303,7 +303,7 @@ class Evaluation:
         """Per finding: positives, negatives, AUC, accuracy at ``threshold``, negation errors."""
         import pandas as pd
 
-        from explorer.benchmark import auc_score
+        from explorer.eval.benchmark import auc_score
 
         rows = []
         for finding in dict.fromkeys(c.finding for c in self.cases):

@@ -27,8 +27,14 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = ROOT / "assets" / "examples" / "00000001_000.png"
+from explorer.paths import examples_dir, project_root
+
+ROOT = project_root()
+
+
+def default_image() -> Path:
+    """The real sample radiograph the load test sends (a shipped example)."""
+    return examples_dir() / "00000001_000.png"
 
 
 def p95(xs: list[float]) -> float:
@@ -193,7 +199,7 @@ def findings_args(image: Path, model: str | None = None) -> tuple:
     """Arguments of ``/findings`` for ``image``: every prompt template, no extra findings."""
     from gradio_client import handle_file
 
-    from explorer.findings import prompt_templates
+    from explorer.vocab.prompts import prompt_templates
 
     if not model:
         from explorer.models import default_registry
@@ -211,12 +217,13 @@ def run_load(
     url: str,
     clients: int = 20,
     requests: int = 10,
-    image: Path = DEFAULT_IMAGE,
+    image: Path | None = None,
     model: str | None = None,
     warmup: int = 3,
     max_rss_growth: float = 0.10,
 ) -> LoadResult:
     """Hit ``/findings`` of the app at ``url`` with ``clients`` x ``requests`` requests."""
+    image = default_image() if image is None else image
     from gradio_client import Client
 
     download = Path(tempfile.mkdtemp(prefix="cxr-load-"))

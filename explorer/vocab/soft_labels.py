@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from explorer.findings import NEGATIVE, POSITIVE, UNCERTAIN
+from explorer.vocab.labels import NEGATIVE, POSITIVE, UNCERTAIN
 
 #: Encoding of CheXpert label values in a label vector (``None`` -> 0).
 LABEL_VALUE = {POSITIVE: 1.0, NEGATIVE: -1.0, UNCERTAIN: 0.5}

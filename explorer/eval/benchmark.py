@@ -128,7 +128,7 @@ def run_benchmark(
     model: VisionLanguageModel, images: int = HELDOUT_IMAGES, size: int = RENDER_SIZE
 ) -> BenchmarkResult:
     """Score ``model`` on the held-out phantom set (rendered once, then cached)."""
-    from explorer.findings import prompt_pairs
+    from explorer.vocab.prompts import prompt_pairs
 
     data = build_phantom_set(images, HELDOUT_SEED, size)
     img = _embed_images(model, data)
@@ -255,7 +255,7 @@ def run_pointing_game(
 ) -> PointingResult:
     """Pointing game on the first ``images`` held-out phantoms, affirmed prompt "there is X"."""
     from explorer.attribution import attribute_image, pointing_hit
-    from explorer.findings import prompt_pair
+    from explorer.vocab.prompts import prompt_pair
 
     data = build_phantom_set(images, HELDOUT_SEED, size, keep_masks=True)
     hits: dict[str, dict[str, list[bool]]] = {m: {} for m in methods}

@@ -18,7 +18,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from explorer.paths import project_root
+
+ROOT = project_root()
 SPACE_README = ROOT / "spaces" / "README.md"
 SPACE_FILES = ("app.py", "requirements.txt", "explorer", "assets")
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".cache")

@@ -1,17 +1,9 @@
-"""Finding vocabulary shared by the app, the phantom world, the labeler and training.
+"""Rule-based negation engine: polarity of a finding phrase or report sentence, and its flip.
 
-This module is the single home of the CheXpert label names and label values. Below them it
-holds the prompt vocabulary and a small rule-based negation engine:
-
-* **Prompts.** One natural phrase per CheXpert finding and a set of affirmed/negated template
-  pairs, read once from ``explorer/configs/prompts.json`` (:func:`finding_phrase`,
-  :func:`prompt_pair`, :func:`prompt_pairs`). ``No Finding`` is *inverted*: its label is
-  positive for a normal study, so its affirmed prompt denies an abnormality ("there is no
-  acute cardiopulmonary abnormality") and its negated prompt asserts one.
-* **Negation engine.** :func:`polarity` tells whether a finding phrase or report sentence
-  affirms, negates or hedges a finding; :func:`negate` flips it in either direction and
-  :func:`negate_report` flips the sentences of a report that mention given findings (hard
-  negatives in the spirit of Ko & Park, CVPR 2025).
+:func:`polarity` tells whether a finding phrase or report sentence affirms, negates or hedges
+a finding; :func:`negate` flips it in either direction and :func:`negate_report` flips the
+sentences of a report that mention given findings (hard negatives in the spirit of Ko & Park,
+CVPR 2025).
 
 Conventions of the engine (all deterministic, regular expressions only):
 
@@ -49,49 +41,20 @@ flip back to their own polarity.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from explorer.errors import ExplorerError
-
-#: The 14 CheXpert observations, in the order of the CheXpert paper (Irvin et al., 2019).
-CHEXPERT_FINDINGS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-
-# CheXpert label values. ``None`` (blank) means "not mentioned".
-POSITIVE = 1
-NEGATIVE = 0
-UNCERTAIN = -1
-#: Words for the label values (``None`` / blank = not mentioned is left to the caller).
-LABEL_NAMES = {POSITIVE: "positive", NEGATIVE: "negative", UNCERTAIN: "uncertain"}
+from explorer.vocab.labels import canonical_finding, finding_vocab
 
 log = logging.getLogger(__name__)
+
 
 #: What :func:`polarity` returns.
 Polarity = Literal["affirmed", "negated", "uncertain"]
 POLARITIES: tuple[Polarity, ...] = ("affirmed", "negated", "uncertain")
-
-PROMPTS_PATH = Path(__file__).resolve().parent / "configs" / "prompts.json"
 
 
 class NegationError(ExplorerError):
@@ -111,213 +74,6 @@ class NegationError(ExplorerError):
         )
 
 
-class UnknownFindingError(ExplorerError):
-    """A name that is not one of the 14 CheXpert findings."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        super().__init__(
-            f"'{name}' is not one of the 14 CheXpert findings; type it as free text instead."
-        )
-
-
-# =============================================================================================
-# Prompt vocabulary
-# =============================================================================================
-
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """One affirmed/negated phrasing, with ``{finding}`` and ``{be}`` fields."""
-
-    id: str
-    affirmed: str
-    negated: str
-
-
-@dataclass(frozen=True)
-class FindingVocab:
-    """How one CheXpert finding is phrased in prompts and recognised in text."""
-
-    name: str
-    phrase: str
-    plural: bool
-    inverted: bool
-    terms: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class PromptPair:
-    """An affirmed prompt and its negation for one finding and one template.
-
-    Attributes:
-        finding: The CheXpert name, or the free text as the user typed it (stripped).
-        affirmed: The prompt stating that the finding (its label) is present.
-        negated: The prompt stating that it is absent.
-        template_id: The id of the template in ``prompts.json``.
-    """
-
-    finding: str
-    affirmed: str
-    negated: str
-    template_id: str
-
-
-@dataclass(frozen=True)
-class _PromptConfig:
-    findings: dict[str, FindingVocab]
-    templates: tuple[PromptTemplate, ...]
-
-
-@functools.lru_cache(maxsize=1)
-def _config() -> _PromptConfig:
-    data = json.loads(PROMPTS_PATH.read_text(encoding="utf-8"))
-    findings = {
-        name: FindingVocab(
-            name=name,
-            phrase=entry["phrase"],
-            plural=bool(entry.get("plural", False)),
-            inverted=bool(entry.get("inverted", False)),
-            terms=tuple(entry.get("terms", ())),
-        )
-        for name, entry in data["findings"].items()
-    }
-    missing = set(CHEXPERT_FINDINGS) - set(findings)
-    if missing:
-        raise ValueError(f"prompts.json lacks findings: {sorted(missing)}")
-    templates = tuple(PromptTemplate(**t) for t in data["templates"])
-    log.debug(
-        "loaded %d findings and %d templates from %s", len(findings), len(templates), PROMPTS_PATH
-    )
-    return _PromptConfig(findings=findings, templates=templates)
-
-
-def prompt_templates() -> tuple[PromptTemplate, ...]:
-    """The template pairs of ``prompts.json``, in file order."""
-    return _config().templates
-
-
-def _canonical(name: str) -> str | None:
-    key = re.sub(r"[\s_-]+", " ", name).strip().lower()
-    for finding in CHEXPERT_FINDINGS:
-        if finding.lower() == key:
-            return finding
-    return None
-
-
-def finding_vocab(name: str) -> FindingVocab:
-    """The vocabulary entry of a CheXpert finding.
-
-    Args:
-        name: A CheXpert name; case, underscores and hyphens are ignored ("pleural_effusion").
-
-    Raises:
-        UnknownFindingError: If ``name`` is not a CheXpert finding.
-    """
-    canonical = _canonical(name)
-    if canonical is None:
-        raise UnknownFindingError(name)
-    return _config().findings[canonical]
-
-
-def finding_phrase(name: str) -> str:
-    """The natural phrase for a CheXpert finding, as it reads when the label is positive.
-
-    Examples: "Pleural Effusion" -> "pleural effusion", "Support Devices" -> "support
-    devices", "No Finding" -> "no acute cardiopulmonary abnormality".
-
-    Args:
-        name: A CheXpert name (case, underscores and hyphens are ignored).
-
-    Raises:
-        UnknownFindingError: If ``name`` is not a CheXpert finding.
-    """
-    vocab = finding_vocab(name)
-    return f"no {vocab.phrase}" if vocab.inverted else vocab.phrase
-
-
-def _template(template: str | PromptTemplate | None) -> PromptTemplate:
-    templates = _config().templates
-    if template is None:
-        return templates[0]
-    if isinstance(template, PromptTemplate):
-        return template
-    for t in templates:
-        if t.id == template:
-            return t
-    raise ValueError(f"unknown prompt template {template!r}; known: {[t.id for t in templates]}")
-
-
-def prompt_pair(
-    finding_or_free_text: str, template: str | PromptTemplate | None = None
-) -> PromptPair:
-    """Build the affirmed and negated prompt for a finding.
-
-    A CheXpert name uses its phrase and the template's own negated form. Free text ("left
-    lower lobe collapse", "a small right apical pneumothorax") is put into the affirmed
-    template and its negated prompt is made by :func:`negate`; free text that is itself
-    negated or hedged ("no pleural effusion", "possible pneumonia") is first turned into its
-    affirmed form.
-
-    Args:
-        finding_or_free_text: A CheXpert name or a finding phrase.
-        template: A template id from ``prompts.json`` (default: the first, "there_is") or a
-            :class:`PromptTemplate`.
-
-    Returns:
-        The prompt pair.
-
-    Raises:
-        NegationError: If free text cannot be negated (the user should edit it).
-        ValueError: If the text is empty or the template id is unknown.
-    """
-    tmpl = _template(template)
-    text = finding_or_free_text.strip()
-    if not text:
-        raise ValueError("a finding name or phrase is needed")
-    canonical = _canonical(text)
-    if canonical is not None:
-        vocab = _config().findings[canonical]
-        be = "are" if vocab.plural else "is"
-        affirmed = tmpl.affirmed.format(finding=vocab.phrase, be=be)
-        negated = tmpl.negated.format(finding=vocab.phrase, be=be)
-        if vocab.inverted:
-            affirmed, negated = negated, affirmed
-        return PromptPair(canonical, affirmed, negated, tmpl.id)
-    phrase = re.sub(r"[\s.!?;:]+$", "", text)
-    pol = polarity(phrase)
-    if pol == "negated":
-        phrase = negate(phrase)
-    elif pol == "uncertain":
-        phrase = negate(negate(phrase))
-    be = "are" if _is_plural(_strip_np(phrase) or phrase) else "is"
-    affirmed = tmpl.affirmed.format(finding=phrase, be=be)
-    return PromptPair(text, affirmed, negate(affirmed), tmpl.id)
-
-
-def prompt_pairs(
-    finding: str, templates: Iterable[str | PromptTemplate] | None = None
-) -> tuple[PromptPair, ...]:
-    """Prompt pairs for one finding over several templates (to average embeddings over).
-
-    Args:
-        finding: A CheXpert name or free text (see :func:`prompt_pair`).
-        templates: Template ids or templates; default: all of ``prompts.json``.
-
-    Returns:
-        One :class:`PromptPair` per template, in order.
-    """
-    chosen = _config().templates if templates is None else tuple(templates)
-    return tuple(prompt_pair(finding, t) for t in chosen)
-
-
-def finding_terms(name: str) -> tuple[str, ...]:
-    """The regular expressions that say a sentence mentions a CheXpert finding."""
-    return finding_vocab(name).terms
-
-
-# =============================================================================================
-# Negation engine: vocabulary
 # =============================================================================================
 
 _I = re.IGNORECASE
@@ -572,7 +328,7 @@ def _negatable(text: str) -> bool:
     )
 
 
-def _strip_np(np: str) -> str | None:
+def strip_noun_phrase(np: str) -> str | None:
     """Drop leading articles and size/severity/temporal/hedge modifiers of a noun phrase."""
     np = np.strip(" ,")
     while True:
@@ -597,7 +353,7 @@ _SINGULAR_ENDINGS = ("ss", "us", "is", "ous", "sis", "xis")
 _PLURAL_HEADS = frozenset({"pneumothoraces", "bullae", "vertebrae", "sequelae", "data", "media"})
 
 
-def _is_plural(np: str) -> bool:
+def is_plural(np: str) -> bool:
     np = np.strip().lower()
     head_part = re.split(
         r"\s+(?:of|in|at|on|within|along|involving|to|with|from|over|overlying|under|"
@@ -638,7 +394,7 @@ def _list_and(text: str) -> str:
 
 
 def _subject_be(subject: str, original_be: str | None) -> str:
-    plural = _is_plural(subject) or re.search(r"\band\b|,", subject) is not None
+    plural = is_plural(subject) or re.search(r"\band\b|,", subject) is not None
     if original_be is None or original_be.lower() in ("is", "are"):
         return "are" if plural else "is"
     if original_be.lower() in ("was", "were"):
@@ -755,7 +511,7 @@ def _affirm_leading_no(clause: str, phrase_mode: bool, initial: bool) -> str | N
         return adv + _list_and(rest)
     if _EVIDENCE_HEAD_RE.match(rest):
         head = rest.split(" of ")[0]
-        be = "are" if _is_plural(head) else "is"
+        be = "are" if is_plural(head) else "is"
         return f"{adv}there {be} {_list_and(rest)}"
     end = _NP_END_RE.search(rest)
     np, tail = (rest[: end.start()], rest[end.start() :]) if end else (rest, "")
@@ -992,7 +748,7 @@ def _deny_swaps(c: str) -> str:
 
 
 def _no_np(np: str) -> str | None:
-    stripped = _strip_np(np)
+    stripped = strip_noun_phrase(np)
     return None if stripped is None else f"no {stripped}"
 
 
@@ -1003,7 +759,7 @@ def _deny_clause(clause: str, phrase_mode: bool) -> str | None:
         return swapped
     m = _THERE_RE.match(c)
     if m:
-        np = _strip_np(m["np"])
+        np = strip_noun_phrase(m["np"])
         if np is None:
             return None
         return f"{m['adv'] or ''}{m['there']} no {np}"
@@ -1022,7 +778,7 @@ def _deny_clause(clause: str, phrase_mode: bool) -> str | None:
         word = verb["verb"].lower()
         if word.startswith("persist"):
             return _no_np(subj)
-        np = _strip_np(rest)
+        np = strip_noun_phrase(rest)
         if np is None:
             return None
         return f"{subj} {verb['verb']} no {np}"
@@ -1035,7 +791,7 @@ def _deny_copula(subj: str, cop: str, pred: str, phrase_mode: bool) -> str | Non
     low = cop.lower()
     m = re.match(r"^(?:again\s+|also\s+|now\s+|still\s+)*present\b", pred, _I)
     if m:
-        stripped = _strip_np(subj)
+        stripped = strip_noun_phrase(subj)
         if stripped is None:
             return None
         be = {"appears": "is", "appear": "are", "remains": "is", "remain": "are"}.get(low, cop)
@@ -1046,7 +802,9 @@ def _deny_copula(subj: str, cop: str, pred: str, phrase_mode: bool) -> str | Non
     if not pred:
         return None
     if re.match(rf"^(?:{_PARTICIPLES})\b", pred, _I) and _mentions_abnormality(subj):
-        subj = _strip_np(subj) or subj  # "a small effusion is seen" -> "effusion is not seen"
+        subj = (
+            strip_noun_phrase(subj) or subj
+        )  # "a small effusion is seen" -> "effusion is not seen"
     if low in ("is", "are", "was", "were"):
         return f"{subj} {cop} not {pred}"
     if low in ("has been", "have been", "had been"):
@@ -1161,10 +919,10 @@ def _resolve_uncertain(clause: str, phrase_mode: bool) -> str | None:
         return _deny_clause(f"{m['head']} is {m['rest']}", phrase_mode)
     m = _MODAL_ADJ_RE.match(c)
     if m:
-        be = "are" if _is_plural(m["subj"]) else "is"
+        be = "are" if is_plural(m["subj"]) else "is"
         adj = m["adj"]
         if adj.lower() == "present":
-            return f"{_strip_np(m['subj']) or m['subj']} {be} absent"
+            return f"{strip_noun_phrase(m['subj']) or m['subj']} {be} absent"
         if adj.lower() == "normal":
             return f"{m['subj']} {be} normal"
         return f"{m['subj']} {be} not {adj}"
@@ -1269,9 +1027,9 @@ def _term_regex(finding_terms: Iterable[str] | None) -> re.Pattern[str] | None:
         return None
     patterns: list[str] = []
     for term in finding_terms:
-        canonical = _canonical(term)
+        canonical = canonical_finding(term)
         if canonical is not None:
-            vocab = _config().findings[canonical]
+            vocab = finding_vocab(canonical)
             patterns.extend(vocab.terms or (re.escape(vocab.phrase),))
             patterns.append(re.escape(vocab.phrase))
         elif term.strip():

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the negation benchmark, batch error analysis."""

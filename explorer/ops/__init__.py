@@ -1,0 +1,1 @@
+"""Operations: the speed bench, the load test, the Hugging Face Space."""
