@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from explorer.errors import ExplorerError
 from explorer.models.base import MODEL_LOCK, VisionLanguageModel, prepare_pixels
 from explorer.models.spec import Preprocess
+from explorer.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,6 @@ DEFAULT_INTERNAL_BATCH_SIZE = 16
 #: Gaussian quadrature, Captum's default: far smaller completeness residuals than Riemann sums.
 IG_INTEGRATION = "gausslegendre"
 
-Progress = Callable[[float, str], None]
 ForwardFunc = Callable[[torch.Tensor], torch.Tensor]
 
 

@@ -371,7 +371,7 @@ def _map(args: argparse.Namespace) -> int:
     settings = MapSettings(**({"clusters": args.clusters} if args.clusters else {}))
     bar = tqdm(total=100, disable=args.no_progress, unit="%", file=sys.stderr)
 
-    def progress(stage: str, frac: float) -> None:
+    def progress(frac: float, stage: str) -> None:
         bar.set_description(stage)
         bar.n = int(round(frac * 100))
         bar.refresh()

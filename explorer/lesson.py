@@ -19,10 +19,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from explorer.progress import Progress
 
 #: Findings of step 1 (phrases as a radiologist would write them).
 BLINDNESS_FINDINGS = (
@@ -34,8 +36,6 @@ BLINDNESS_FINDINGS = (
     "a rib fracture",
 )
 LESSON_PHANTOM = {"seed": 11, "size": 320, "finding": ("pleural effusion", "left", "moderate")}
-
-Progress = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)

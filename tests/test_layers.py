@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     # 0 vocabulary: typed errors, where things are, label names, prompts, negation, soft labels
     "errors": 0,
     "paths": 0,
+    "progress": 0,
     "vocab": 0,
     # 1 library
     "imaging": 1,

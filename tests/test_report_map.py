@@ -145,7 +145,7 @@ def test_build_resumes_reopens_and_places(tmp_path, monkeypatch, tiny_model):
     monkeypatch.setattr(map_mod, "CHUNK", 16)
     corpus = phantom_corpus(40)
     stages = []
-    built = map_mod.build_map(corpus, tiny_model, progress=lambda s, f: stages.append(s))
+    built = map_mod.build_map(corpus, tiny_model, progress=lambda f, s: stages.append(s))
     assert len(built) == 40 and built.xy.shape == (40, 2) and np.isfinite(built.xy).all()
     assert {"labelling", "embedding reports", "layout (UMAP)"} <= set(stages)
     folder = built.folder

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from explorer.errors import ExplorerError
+from explorer.progress import Progress
 from explorer.vocab.labels import CHEXPERT_FINDINGS, LABEL_NAMES
 
 #: Most images in one batch (the app and the CLI refuse more with a clear message).
@@ -34,8 +35,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".
 #: First seed of phantom batches (apart from training, held-out and report-corpus seeds).
 PHANTOM_BATCH_SEED = 70_000_000
 _NAME_COLUMNS = ("file", "filename", "file_name", "image", "path", "name", "image_id")
-
-Progress = Callable[[float, str], None]
 
 
 class BatchError(ExplorerError):

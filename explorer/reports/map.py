@@ -31,13 +31,14 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from explorer.paths import cache_dir
+from explorer.progress import Progress
 from explorer.reports.clusters import (
     DEFAULT_CLUSTERS,
     Alignment,
@@ -56,7 +57,6 @@ CHUNK = 2048
 BATCH = 64
 FORMAT_VERSION = 2
 
-Progress = Callable[[str, float], None]
 #: Rows of the similarity matrix computed at once by :func:`knn_graph` (memory: rows x n floats).
 KNN_ROWS = 1024
 #: Largest corpus whose neighbour graph is computed exactly (above: UMAP's NN-descent).
@@ -308,7 +308,7 @@ def embed_corpus(
         uniq[order] = np.concatenate(rows)
         _save(path, uniq[inverse.reshape(-1)].astype(np.float32))
         if progress:
-            progress("embedding reports", min(1.0, (start + CHUNK) / n))
+            progress(min(1.0, (start + CHUNK) / n), "embedding reports")
     return np.concatenate([np.load(folder / f"emb-{c:05d}.npy") for c in range(len(chunks))])
 
 
@@ -329,7 +329,7 @@ def build_map(
     if (folder / "map.json").exists():
         return open_folder(folder, corpus)
     folder.mkdir(parents=True, exist_ok=True)
-    say = progress or (lambda stage, frac: None)
+    say = progress or (lambda frac, stage: None)
     timings: dict[str, float] = {}
     done = folder / "timings.json"
     if done.exists():
@@ -339,12 +339,12 @@ def build_map(
         if path.exists():
             return np.load(path, allow_pickle=False)
         t0 = time.perf_counter()
-        say(name, 0.0)
+        say(0.0, name)
         value = fn()
         _save(path, value)
         timings[name] = round(time.perf_counter() - t0, 2)
         done.write_text(json.dumps(timings))
-        say(name, 1.0)
+        say(1.0, name)
         return value
 
     labels = stage("labelling", folder / "labels.npy", lambda: _labels(corpus))
@@ -377,7 +377,7 @@ def build_map(
             return reducer.fit_transform(embeddings).astype(np.float32)
 
     stage("layout (UMAP)", folder / "xy.npy", layout)
-    say("alignment", 0.0)
+    say(0.0, "alignment")
     align = alignment(embeddings, labels, assignment, seed=settings.seed)
     meta = {
         "format": FORMAT_VERSION,
@@ -391,7 +391,7 @@ def build_map(
         "settings": asdict(settings),
     }
     (folder / "map.json").write_text(json.dumps(meta, indent=1))
-    say("done", 1.0)
+    say(1.0, "done")
     return open_folder(folder, corpus)
 
 

@@ -197,7 +197,7 @@ def open_map(
             report_map = build_map(
                 corpus,
                 model,
-                progress=lambda stage, frac: progress(frac, desc=stage),
+                progress=lambda frac, stage: progress(frac, desc=stage),
                 root=Path(temp_dir) if temp_dir else None,
             )
             STORE.put(key, report_map, temp_dir)
