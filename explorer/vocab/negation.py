@@ -5,7 +5,8 @@ a finding; :func:`negate` flips it in either direction and :func:`negate_report`
 sentences of a report that mention given findings (hard negatives in the spirit of Ko & Park,
 CVPR 2025).
 
-Conventions of the engine (all deterministic, regular expressions only):
+Conventions of the engine (all deterministic, regular expressions only; the negation, hedge and
+normality cues are the data of :mod:`explorer.vocab.cues`, which the report labeler reads too):
 
 * "Negated" includes statements of normality: "Heart size is normal.", "The lungs are clear."
   and "The trachea is midline." deny an abnormality, so they are negated; their flip names the
