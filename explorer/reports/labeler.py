@@ -19,7 +19,8 @@ NegEx, Chapman et al., 2001):
    statements ("acute cardiopulmonary process"), normal-study statements ("normal chest") and
    organs that reports describe as normal or abnormal (heart, cardiomediastinal silhouette,
    mediastinum, lungs, pleural spaces, pulmonary vascularity, bones).
-3. **Polarity.** Three ``negspacy`` NegEx instances with radiology term sets of this module:
+3. **Polarity.** Three ``negspacy`` NegEx instances with the radiology term sets of the shared
+   cue vocabulary (:mod:`explorer.vocab.cues`, ``explorer/configs/cues.json``):
    strong hedges ("cannot exclude", "not ruled out"), negation ("no", "without", "free of",
    "not seen", "has resolved") and weak hedges ("possible", "may", "suggestive of",
    "versus"). A mention is *uncertain* if a strong hedge covers it (so "Pneumonia cannot be
@@ -31,8 +32,9 @@ NegEx, Chapman et al., 2001):
 4. **Organ rules** that NegEx lacks, read from the words after (or just before) an organ in
    its clause: "heart size is normal", "normal cardiac silhouette", "heart is not enlarged"
    make Cardiomegaly negative, "enlarged" / "the heart is large" positive, "borderline"
-   uncertain, and "upper limits of normal" / "top normal" negative (it states a normal size;
-   uncertain if the clause goes on to "borderline enlarged"); the mediastinum does the same
+   and "upper limits of normal" / "top normal" uncertain (a hedge on the size, as for the
+   negation engine: both read the cue list ``upper_normal`` of
+   :mod:`explorer.vocab.cues`); the mediastinum does the same
    for Enlarged Cardiomediastinum, and an enlarged *cardiomediastinal* silhouette is both
    findings; "the lungs are clear" / "clear lungs" make Lung Opacity, Consolidation, Edema,
    Pneumonia, Atelectasis, Pleural Effusion and Pneumothorax negative (not Lung Lesion:
@@ -71,13 +73,17 @@ from __future__ import annotations
 
 import bisect
 import functools
+import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from explorer.errors import ExplorerError
+from explorer.paths import configs_dir
+from explorer.vocab.cues import alternation, cue_vocabulary
 from explorer.vocab.labels import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
 
 log = logging.getLogger(__name__)
@@ -175,415 +181,59 @@ class ReportLabels:
 # Vocabulary (token patterns for spaCy's entity_ruler)
 # =============================================================================================
 #
-# A spec is a space-separated list of tokens. Each token is a regular expression matched in
-# full against the lower-cased token text; "~tok" makes it optional, "tok+" repeatable.
-# Longer matches win, so "pericardial effusion" (OTHER) beats "effusion".
+# The mention terms are data: ``explorer/configs/labeler_terms.json`` (its ``mentions``),
+# label -> token specs. A spec is a space-separated list of tokens. Each token is a regular
+# expression matched in full against the lower-cased token text; "~tok" makes it optional,
+# "tok+" repeatable, "(a|b)*" any number of times. Longer matches win, so "pericardial
+# effusion" (OTHER) beats "effusion". A label "A+B" is a mention of both findings.
 
-_TERMS: dict[str, tuple[str, ...]] = {
-    "Enlarged Cardiomediastinum": (
-        "enlarged cardiomediastinum",
-        "widened mediastinum",
-        "mediastinal (widening|enlargement)",
-        "widening of ~the mediastinum",
-    ),
-    "Cardiomegaly": (
-        "cardiomegaly",
-        "cardiac enlargement",
-        "enlargement of ~the (heart|cardiac)",
-        "(enlarged|large) heart",
-        "cardiac hypertrophy",
-    ),
-    "Lung Opacity": (
-        "opacit(y|ies)",
-        "opacification",
-        "opacified",
-        "opaque",
-        "infiltrat(e|es|ion|ions|ive)",
-        "air ~space (disease|process|opacity|opacities|opacification)",
-        "airspace (disease|process|opacity|opacities|opacification)",
-        "densit(y|ies)",
-        "haziness",
-        "hazy",
-        "ground glass",
-        "reticul(ar|onodular)",
-    ),
-    "Lung Lesion": (
-        "nodules?",
-        "nodular",
-        "nodularity",
-        "fibronodular",
-        "masse?s?",
-        "masslike",
-        "lesions?",
-        "cavitary (lesions?|nodules?|mass)",
-        "cavit(y|ies|ation)",
-        "tumou?rs?",
-        "neoplasms?",
-        "neoplastic",
-        "malignan(cy|cies|t)",
-        "carcinoma",
-        "cancer",
-        "metasta(sis|ses|tic)",
-    ),
-    "Lung Lesion+Lung Opacity": (
-        "(nodular|masslike|rounded|round) (density|densities|opacity|opacities|opacification)",
-        "mass like (density|densities|opacity|opacities|opacification)",
-    ),
-    "Lung Lesion+Pleural Other": ("pleural based (nodule|nodules|mass|masses)",),
-    "Edema": (
-        "o?edema",
-        "chf",
-        "~congestive heart failure",
-        "congestive failure",
-        "~vascular congestion",
-        "pulmonary ~vascular congestion",
-        "congestive changes",
-        "(fluid|volume) overload",
-        "kerley ~b lines",
-        "cephalization",
-        "~pulmonary vascular (engorgement|prominence|redistribution)",
-        "pulmonary venous (hypertension|congestion|engorgement)",
-        "~xxxx b lines",
-    ),
-    "Consolidation": (
-        "consolidations?",
-        "consolidative",
-        "consolidated",
-        "air ~space consolidation",
-        "airspace consolidation",
-    ),
-    "Pneumonia": (
-        "pneumonias?",
-        "bronchopneumonia",
-        "pneumonitis",
-        "infectious process",
-        "infections?",
-    ),
-    "Atelectasis": (
-        "atelectas(is|es)",
-        "atelectatic",
-        "collapse",
-        "collapsed",
-    ),
-    "Pneumothorax": (
-        "pneumothora(x|ces)",
-        "ptx",
-        "pleural air",
-        "(pleural|apical) air collections?",
-    ),
-    "Pneumothorax+Pleural Effusion": ("(hydro|hemo)pneumothora(x|ces)",),
-    "Pleural Effusion": (
-        "~pleural effusions?",
-        "pleural fluid",
-        "fluid in ~the ~(right|left|minor|major) (fissure|fissures|pleural)",
-        "hydrothorax",
-        "hemothorax",
-        "subpulmonic (fluid|effusion)",
-    ),
-    "Pleural Other": (
-        "pleural (thickening|plaques?|calcifications?|scarring|scar)",
-        "calcified pleural (plaques?|thickening)",
-        "thickening of ~the pleura",
-        "pleural ~parenchymal (scarring|thickening)",
-        "pleuroparenchymal (scarring|thickening|opacity|opacities|changes)",
-        "pleural based (density|opacity|opacities|thickening)",
-        "pleural peripheral (scarring|thickening)",
-        "(apical|biapical) ~pleural (cap|capping|thickening)",
-        "fibronodular ~pleural thickening",
-        "fissural thickening",
-        "thickening of ~the ~(right|left|minor|major|horizontal|xxxx) fissures?",
-        "~(minor|major|horizontal) fissure thickening",
-        "fibrothorax",
-    ),
-    "Fracture": (
-        "fractures?",
-        "fractured",
-        "fx",
-    ),
-    "Support Devices": (
-        "(central|venous|picc|port|jugular|subclavian|arterial|midline|dialysis|catheter|access|iv|suture|support|ij|swan|ganz) lines?",
-        "lines and tubes",
-        "tubes and lines",
-        "lines",
-        "tubes?",
-        "catheters?",
-        "picc",
-        "port",
-        "ports",
-        "port a ~cath",
-        "portacath",
-        "mediport",
-        "pacemakers?",
-        "pacers?",
-        "aicd",
-        "icd",
-        "defibrillators?",
-        "(pacemaker|pacer|pacing|aicd|icd|defibrillator|cardiac|transvenous|epicardial|ekg|ecg|monitoring|electrocardiogram|electrocardiographic|telemetry) (leads?|wires?|electrodes?)",
-        "leads",
-        "electrodes",
-        "(sternotomy|sternal|cerclage|surgical|epicardial|pacing) wires",
-        "wires",
-        "xxxx a xxxx",
-        "chest xxxx",
-        "tips?",
-        "tubing",
-        "generator",
-        "~(nerve|vagal|cord) stimulator",
-        "neurostimulator",
-        "(surgical|vascular|cholecystectomy|mediastinal|axillary|metallic) clips?",
-        "clips",
-        "staples",
-        "sutures?",
-        "suture material",
-        "stents?",
-        "coils?",
-        "hardware",
-        "screws?",
-        "(fixation|surgical) (plate|plates|rods?|screws?|hardware)",
-        "prosthe(sis|ses|tic) ~(aortic|mitral|tricuspid|heart|cardiac) valves?",
-        "prosthe(sis|ses)",
-        "valve (replacement|prosthesis)",
-        "(cardiac|implanted|medical|monitoring|support) devices?",
-        "devices?",
-        "loop recorder",
-        "ivc filter",
-        "vena cava filter",
-        "filter",
-        "shunt catheter",
-        "vp shunt",
-        "drains?",
-        "tracheostomy",
-        "anchors?",
-        "internal fixation",
-    ),
-    "OTHER": (
-        "pericardial effusions?",
-        "sternotomy",
-        "cabg",
-        "breast (prosthesis|prostheses|implants?)",
-        "(mediastinal|paratracheal|breast|neck|thyroid|abdominal|axillary) (mass|masses)",
-        "(chest|soft) (wall|tissue) (mass|masses)",
-        "soft tissue (edema|swelling)",
-        "calcified granulomas?",
-        "(calcific|calcified|bone|osseous|bony|skin|curvilinear) (density|densities)",
-        "soft tissue (density|densities|opacity|opacities)",
-        "(tuberculosis|tuberculous|tb|granulomatous|fungal|mycobacterial) infection",
-        "granulomas?",
-        "granulomata",
-        "granulomatous ~(disease|diseases|changes|infection|process)",
-        "calcifications?",
-        "calcified",
-        "calcific",
-        "scar",
-        "scars",
-        "scarring",
-        "fibrosis",
-        "fibrotic",
-        "emphysema",
-        "emphysematous",
-        "copd",
-        "~chronic obstructive (lung|pulmonary|airway|airways) disease",
-        "chronic lung disease",
-        "interstitial lung disease",
-        "chronic interstitial ~lung (disease|changes)",
-        "hyper(inflat|expan|aerat|lucen)\\w*",
-        "over (inflat|expan)\\w*",
-        "overinflat\\w*",
-        "flatten\\w*",
-        "bullae",
-        "bulla",
-        "bullous",
-        "blebs?",
-        "degenerative ~(changes?|disease|disc|joint|arthritis|spurring)",
-        "degeneration",
-        "spondylo\\w*",
-        "osteophyt\\w*",
-        "spurring",
-        "\\w*scolio\\w*",
-        "~spine curvature",
-        "curvature of ~the ~(thoracic|lumbar) spine",
-        "~(thoracic|lumbar) spine curvature",
-        "syndesmophytes?",
-        "hyperostosis",
-        "endplate changes",
-        "prominent (hilar|hila|hilum)",
-        "hilar (prominence|fullness|enlargement)",
-        "kyphos\\w*",
-        "kyphotic",
-        "osteopeni\\w*",
-        "osteopor\\w*",
-        "demineraliz\\w*",
-        "arthrit\\w*",
-        "arthropathy",
-        "dish",
-        "(hiatal|hiatus|diaphragmatic|bochdalek|morgagni) hernias?",
-        "hernias?",
-        "tortu\\w*",
-        "ectati\\w*",
-        "ectasia",
-        "unfold\\w*",
-        "aneurysm\\w*",
-        "atherosclero\\w*",
-        "elevat(ed|ion)",
-        "eventration",
-        "(low|lower|decreased|diminished|reduced|small) ~lung volumes?",
-        "hypoinflat\\w*",
-        "hypoventilat\\w*",
-        "(poor|shallow|suboptimal) (inspiration|inspiratory)",
-        "(interstitial|bronchovascular|lung|pulmonary|reticular) markings",
-        "(bronchovascular|vascular) crowding",
-        "bronchiectasis",
-        "bronchitis",
-        "(bronchial|peribronchial|bronchovascular) ~wall (thickening|cuffing)",
-        "pectus ~(excavatum|carinatum)",
-        "deformit(y|ies)",
-        "(compression|wedge) deformit(y|ies)",
-        "(vertebral|vertebra) ~body collapse",
-        "mastectomy",
-        "lobectomy",
-        "pneumonectomy",
-        "thoracotomy",
-        "(postoperative|postsurgical|surgical) changes",
-        "post (operative|surgical) changes",
-        "lucenc(y|ies)",
-        "lytic",
-        "sclerotic",
-        "(lymph|hilar|mediastinal) ~node enlargement",
-        "(lympha|a)denopathy",
-        "enlarged ~(hilar|mediastinal) lymph nodes?",
-        "(hilar|hila) (enlargement|prominence|fullness)",
-        "prominent hila",
-        "pulmonary (arterial|artery) hypertension",
-        "pulmonary hypertension",
-        "(enlarged|prominent|dilated) ~main pulmonary (arteries|artery|outflow)",
-        "(mediastinal|tracheal) shift",
-        "shift",
-        "deviat\\w*",
-        "foreign bod(y|ies)",
-        "air fluid levels?",
-        "free air",
-        "pneumoperitoneum",
-        "pneumomediastinum",
-        "subcutaneous (emphysema|air|gas)",
-        "tuberculosis",
-        "tb",
-        "histoplasm\\w*",
-        "sarcoid\\w*",
-        "cysts?",
-        "cystic",
-        "cholelithiasis",
-        "gallstones?",
-        "volume loss",
-        "thickening",
-        "(left|right) (ventricular|atrial) (enlargement|hypertrophy|prominence)",
-        "(mitral|aortic|valvular|annular|coronary) calcifications?",
-        "lymph nodes?",
-        "azygos lobe",
-        "dilated",
-        "(distended|distention|distension)",
-        "healed",
-        "old (injury|trauma)",
-        "injur(y|ies)",
-        "cardiac valve",
-    ),
-    "BONE_GENERIC": (
-        "(acute|focal|displaced|significant)* (bony|bone|osseous|skeletal) (abnormality|abnormalities|findings?|lesions?|injury|injuries|process|pathology|disease)",
-    ),
-    "NORMAL_STUDY": (
-        "normal (chest|study|exam|examination|radiographs?|cxr|films?)",
-        "(negative|unremarkable) (chest|study|exam|examination|radiographs?|cxr|films?)",
-        "(chest|study|exam|examination) (is|appears) (normal|negative|unremarkable)",
-    ),
-    "ANAT_HEART": (
-        "heart",
-        "heart (size|shadow|contours?|silhouette)",
-        "cardiac (size|silhouette|shadow|contours?|diameter|dimensions?|configuration)",
-        "size of ~the heart",
-        "size of ~the cardiac silhouette",
-    ),
-    "ANAT_CARDIOMED": (
-        "cardiomediastinal (silhouette|silhouettes|contours?|shadow|size|structures|width)",
-        "cardio mediastinal (silhouette|contours?|shadow|size|structures)",
-        "cardiomediastinum",
-        "cardiac and mediastinal (silhouettes?|contours?|structures)",
-        "heart and mediastinal (silhouettes?|contours?|structures)",
-    ),
-    "ANAT_MEDIAST": (
-        "mediastinum",
-        "~superior mediastinal (silhouette|contours?|width|structures|shadow|borders?|size)",
-        "mediastinal and hilar (contours?|silhouettes?|structures)",
-    ),
-    "ANAT_LUNG": (
-        "lungs",
-        "lung",
-        "(both|bilateral|the) lungs",
-        "lung (fields|zones|parenchyma|bases)",
-        "pulmonary parenchyma",
-    ),
-    "ANAT_LUNGVOL": ("~lung volumes?",),
-    "ANAT_VASC": (
-        "~(pulmonary|central|lung) (vascularity|vasculature|vessels)",
-        "pulmonary xxxx",
-        "vascular (margins|margination)",
-        "~pulmonary vascular (markings|pattern|structures)",
-    ),
-    "ANAT_PLEURA": (
-        "pleural (spaces?|surfaces?|margins?)",
-        "pleura",
-        "~(right|left|bilateral|both|posterior|lateral) (costophrenic|cp) (angles?|sulci|sulcus|recesses?|xxxx)",
-    ),
-    "ANAT_BONE": (
-        "~(visualized|imaged|included|regional|visible) (osseous|bony|skeletal|bone) (structures|thorax|elements)",
-        "~(visualized|imaged|included|regional|visible) bones",
-        "skeleton",
-    ),
-}
 
-_GENERIC_QUALIFIERS = [
-    "acute",
-    "active",
-    "focal",
-    "significant",
-    "other",
-    "new",
-    "gross",
-    "grossly",
-    "definite",
-    "evident",
-    "radiographic",
-    "major",
-    "interval",
-    "visible",
-    "obvious",
-    "appreciable",
-    "additional",
-    "intrathoracic",
-]
-_GENERIC_ORGANS = [
-    "cardiopulmonary",
-    "cardiac",
-    "pulmonary",
-    "lung",
-    "intrathoracic",
-    "chest",
-    "thoracic",
-    "parenchymal",
-    "radiographic",
-    "cardiothoracic",
-]
-_GENERIC_NOUNS = [
-    "disease",
-    "diseases",
-    "abnormality",
-    "abnormalities",
-    "process",
-    "processes",
-    "findings",
-    "finding",
-    "pathology",
-    "change",
-    "changes",
-]
+def terms_path() -> Path:
+    """Where the labeler's term tables are kept (``explorer/configs/labeler_terms.json``)."""
+    return configs_dir() / "labeler_terms.json"
+
+
+@dataclass(frozen=True)
+class LabelerTerms:
+    """The labeler's term tables (``labeler_terms.json``).
+
+    Attributes:
+        mentions: Entity label -> token specs (finding names, ``OTHER``, ``BONE_GENERIC``,
+            ``NORMAL_STUDY`` and the organs ``ANAT_*``).
+        generic_qualifiers: Words before a generic statement ("acute", "focal").
+        generic_organs: Optional organ words of a generic statement ("cardiopulmonary").
+        generic_nouns: Heads of a generic statement ("abnormality", "process").
+        generic_standalone: Organ words that make a generic statement without a qualifier.
+        comma_clause_starts: Words that start a new clause after a comma.
+        participles: Participles after which a comma starts a new clause ("seen, left ...").
+        clause_words: Words that start a new clause ("but", "however").
+    """
+
+    mentions: dict[str, tuple[str, ...]]
+    generic_qualifiers: tuple[str, ...]
+    generic_organs: tuple[str, ...]
+    generic_nouns: tuple[str, ...]
+    generic_standalone: tuple[str, ...]
+    comma_clause_starts: frozenset[str]
+    participles: frozenset[str]
+    clause_words: frozenset[str]
+
+
+@functools.lru_cache(maxsize=1)
+def labeler_terms() -> LabelerTerms:
+    """The labeler's term tables, read once from ``explorer/configs/labeler_terms.json``."""
+    data = json.loads(terms_path().read_text(encoding="utf-8"))
+    generic, clauses = data["generic"], data["clauses"]
+    return LabelerTerms(
+        mentions={label: tuple(specs) for label, specs in data["mentions"].items()},
+        generic_qualifiers=tuple(generic["qualifiers"]),
+        generic_organs=tuple(generic["organs"]),
+        generic_nouns=tuple(generic["nouns"]),
+        generic_standalone=tuple(generic["standalone"]),
+        comma_clause_starts=frozenset(clauses["comma_starts"]),
+        participles=frozenset(clauses["participles"]),
+        clause_words=frozenset(clauses["clause_words"]),
+    )
 
 
 def _expand(regex: str) -> list[str] | None:
@@ -654,9 +304,10 @@ def _token(spec: str) -> tuple[dict[str, Any], list[str] | None]:
 def _patterns() -> list[dict[str, Any]]:
     """Entity-ruler patterns: phrase strings where a spec is bounded (fast), else token
     patterns."""
+    terms = labeler_terms()
     patterns: list[dict[str, Any]] = []
     single: dict[str, list[str]] = {}
-    for label, specs in _TERMS.items():
+    for label, specs in terms.mentions.items():
         for spec in specs:
             tokens = [_token(t) for t in spec.split()]
             if all(words is not None for _, words in tokens):
@@ -674,9 +325,9 @@ def _patterns() -> list[dict[str, Any]]:
         {
             "label": "GENERIC",
             "pattern": [
-                {"LOWER": {"IN": _GENERIC_QUALIFIERS}, "OP": "+"},
-                {"LOWER": {"IN": _GENERIC_ORGANS}, "OP": "?"},
-                {"LOWER": {"IN": _GENERIC_NOUNS}},
+                {"LOWER": {"IN": list(terms.generic_qualifiers)}, "OP": "+"},
+                {"LOWER": {"IN": list(terms.generic_organs)}, "OP": "?"},
+                {"LOWER": {"IN": list(terms.generic_nouns)}},
             ],
         }
     )
@@ -684,301 +335,25 @@ def _patterns() -> list[dict[str, Any]]:
         {
             "label": "GENERIC",
             "pattern": [
-                {"LOWER": {"IN": ["cardiopulmonary", "intrathoracic", "cardiothoracic"]}},
-                {"LOWER": {"IN": _GENERIC_NOUNS}},
+                {"LOWER": {"IN": list(terms.generic_standalone)}},
+                {"LOWER": {"IN": list(terms.generic_nouns)}},
             ],
         }
     )
     return patterns
 
 
-# --- NegEx term sets -----------------------------------------------------------------------
+# --- NegEx term sets: the shared cue vocabulary (explorer/vocab/cues.py) ----------------------
 
-_STRONG_HEDGE_PHRASES = (
-    "cannot exclude",
-    "can not exclude",
-    "cannot rule out",
-    "can not rule out",
-    "cannot entirely exclude",
-    "cannot completely exclude",
-    "cannot definitely exclude",
-    "not exclude",
-    "difficult to exclude",
-    "hard to exclude",
-    "completely exclude",
-    "entirely exclude",
-    "not possible to exclude",
-    "to exclude",
-    "rule out",
-    "r/o",
-)
-_STRONG_HEDGE_FOLLOWING = (
-    "not excluded",
-    "confidently excluded",
-    "definitively excluded",
-    "reliably excluded",
-    "be excluded",
-    "entirely excluded",
-    "completely excluded",
-    "definitely excluded",
-    "not ruled out",
-    "be ruled out",
-    "entirely ruled out",
-)
-#: Where a hedge's scope ends ("may be due to infection" keeps its hedge).
-_HEDGE_TERMINATION = (
-    "but",
-    "however",
-    "although",
-    "though",
-    "except",
-    "apart from",
-    "aside from",
-    "yet",
-    "there is",
-    "there are",
-    "there has been",
-    "there have been",
-    "and the",
-    "and there",
-    "otherwise",
-    ", stable",
-    ", unchanged",
-    ", mild",
-    ", moderate",
-    ", severe",
-    ", minimal",
-    ", chronic",
-    ", new",
-    ", persistent",
-    ", again",
-    ", improved",
-    ", increased",
-    ", decreased",
-)
-#: Where a negation's scope ends: the hedge's ends plus links to a new statement.
-_TERMINATION = (
-    *_HEDGE_TERMINATION,
-    "which",
-    "with",
-    "secondary to",
-    "due to",
-    "consistent with",
-    "compatible with",
-    "status post",
-    "s/p",
-    ", likely",
-    ", possibly",
-    ", probably",
-    ", may",
-    ", could",
-)
 
-NEGATION_TERMS: dict[str, list[str]] = {
-    "pseudo_negations": [
-        "no change",
-        "no significant change",
-        "no interval change",
-        "no significant interval change",
-        "no increase",
-        "no further",
-        "not only",
-        "without change",
-        "without significant change",
-        "without interval change",
-        "without significant interval change",
-        "without appreciable change",
-        "not significantly changed",
-        "no longer than",
-        "gram negative",
-        "not clear",
-        *_STRONG_HEDGE_PHRASES,
-        *_STRONG_HEDGE_FOLLOWING,
-        "cannot be",
-        "can not be",
-        "could not be",
-        "not be",
-    ],
-    "preceding_negations": [
-        "no",
-        "not",
-        "n't",
-        "without",
-        "negative for",
-        "negative",
-        "free of",
-        "clear of",
-        "absence of",
-        "absent",
-        "no evidence of",
-        "no sign of",
-        "no signs of",
-        "resolution of",
-        "resolved",
-        "removal of",
-        "removed",
-        "rather than",
-        "never",
-        "none",
-        "nor",
-        "neither",
-        "no longer",
-        "clearing of",
-        "cleared",
-        "clear airspace",
-        "clear air",
-        "clear focal",
-        "unlikely",
-    ],
-    "following_negations": [
-        "is absent",
-        "are absent",
-        "absent",
-        "not seen",
-        "not identified",
-        "not visualized",
-        "not visualised",
-        "not appreciated",
-        "not present",
-        "not evident",
-        "not demonstrated",
-        "not noted",
-        "not detected",
-        "not visible",
-        "not clearly seen",
-        "not well seen",
-        "not definitely seen",
-        "not definitely identified",
-        "not apparent",
-        "unlikely",
-        "not likely",
-        "has resolved",
-        "have resolved",
-        "resolved",
-        "has cleared",
-        "have cleared",
-        "cleared",
-        "no longer",
-        "has been removed",
-        "have been removed",
-        "removed",
-        "within normal limits",
-        "within limits of normal",
-    ],
-    "termination": list(_TERMINATION),
-}
-
-WEAK_HEDGE_TERMS: dict[str, list[str]] = {
-    "pseudo_negations": [
-        "no suspicious",
-        "not suspicious",
-        "no evidence",
-        "not likely",
-        "unlikely",
-        "likely benign",
-        "could not",
-        "age indeterminate",
-    ],
-    "preceding_negations": [
-        "possible",
-        "possibly",
-        "probable",
-        "probably",
-        "likely",
-        "most likely",
-        "may",
-        "might",
-        "could",
-        "question of",
-        "questionable",
-        "suspicious for",
-        "suspicious of",
-        "suspicion of",
-        "suspicion for",
-        "suspected",
-        "suspect",
-        "concerning for",
-        "concern for",
-        "worrisome for",
-        "suggest",
-        "suggests",
-        "suggesting",
-        "suggested",
-        "suggestive of",
-        "suggestion of",
-        "borderline",
-        "equivocal",
-        "indeterminate",
-        "versus",
-        "vs",
-        "vs.",
-        "presumed",
-        "presumably",
-        "consider",
-        "considered",
-        "differential",
-        "favor",
-        "favored",
-        "favoring",
-        "uncertain",
-        "not certain",
-        "questioned",
-        "?",
-        "and/or",
-        "and / or",
-        "cannot",
-        "can not",
-        "alternatively",
-        "correlate",
-        "correlation",
-        "symptoms of",
-        "clinical setting",
-        "could be considered",
-        "question",
-        "possibility",
-        "possibility of",
-        "evaluation of",
-        "evaluation for",
-        "evaluate for",
-        "to evaluate",
-        "assess for",
-        "to identify",
-        "identify",
-        "detecting",
-        "to detect",
-        "history of",
-    ],
-    "following_negations": [
-        "is possible",
-        "are possible",
-        "possible",
-        "versus",
-        "vs",
-        "vs.",
-        "is suspected",
-        "are suspected",
-        "suspected",
-        "questioned",
-        "?",
-        "and/or",
-        "and / or",
-        "or less likely",
-        "consideration",
-        "in the differential",
-        "differential",
-        "not excluded",
-        "may not",
-        "may be occult",
-    ],
-    "termination": list(_HEDGE_TERMINATION),
-}
-
-STRONG_HEDGE_TERMS: dict[str, list[str]] = {
-    "pseudo_negations": ["rule out any", "ruled out"],
-    "preceding_negations": list(_STRONG_HEDGE_PHRASES),
-    "following_negations": list(_STRONG_HEDGE_FOLLOWING),
-    "termination": list(_HEDGE_TERMINATION),
-}
+def _termsets() -> tuple[tuple[str, dict[str, list[str]], str], ...]:
+    """(component name, negspacy term set, extension) for the three NegEx components."""
+    cues = cue_vocabulary()
+    return (
+        ("cxr_negation", cues.negex_negation.termset(), _NEG_EXT),
+        ("cxr_weak_hedge", cues.negex_weak_hedge.termset(), _WEAK_EXT),
+        ("cxr_strong_hedge", cues.negex_strong_hedge.termset(), _STRONG_EXT),
+    )
 
 
 # =============================================================================================
@@ -986,14 +361,16 @@ STRONG_HEDGE_TERMS: dict[str, list[str]] = {
 # =============================================================================================
 
 
+#: "Upper limits of normal" and its kin: a hedge on a size, uncertain (the shared cue list).
+_UPPER_NORMAL = alternation(cue_vocabulary().upper_normal)
+
+
 def _size_re(abnormal: str) -> re.Pattern[str]:
     """Size descriptors after an organ; the first one (leftmost) decides."""
     return re.compile(
         r"(?P<neg>\b(?:not|no|without)\b(?:\s+[\w-]+){0,3}?\s+(?:enlarged|enlargement|widened|"
         r"widening|dilated|increased|large|prominent)\b)"
-        r"|(?P<unc>\bborderline\b|\bmildly\s+prominent\b)"
-        r"|(?P<uln>\bupper\s+(?:limits?\s+(?:of\s+)?)?(?:normal|range)\b|"
-        r"\btop(?:\s+of)?\s+normal\b|\bhigh\s+normal\b|\bat\s+the\s+upper\b)"
+        rf"|(?P<unc>\bborderline\b|\bmildly\s+prominent\b|\b{_UPPER_NORMAL}\b)"
         r"|(?P<normal>\bwithin\s+normal\s+limits\b|\bnormal\b|\bunremarkable\b|"
         r"\bnon\s?enlarged\b|\bnegative\b|\bnot\s+(?:significantly\s+)?enlarged\b)"
         rf"|(?P<abnormal>\b(?:{abnormal})\b)",
@@ -1005,7 +382,7 @@ def _size_re(abnormal: str) -> re.Pattern[str]:
 _SIZE_RE = _size_re("enlarged|enlargement|large|larger|increased|prominent|prominence|globular")
 _WIDTH_RE = _size_re("enlarged|enlargement|widened|widening|increased|prominent|prominence")
 _SIZE_PRE_RE = re.compile(
-    r"(?:(?P<unc>\bborderline(?:\s+enlarged)?)|(?P<uln>\bupper\s+normal|\btop\s+normal|\bhigh\s+normal)"
+    rf"(?:(?P<unc>\bborderline(?:\s+enlarged)?|\b{_UPPER_NORMAL})"
     r"|(?P<normal>\bnormal|\bunremarkable|\bnon\s?enlarged)"
     r"|(?P<abnormal>\benlarged|\blarge|\bincreased|\bprominent|\bwidened|\bglobular|"
     r"\b(?:enlargement|prominence|widening|increase)\s+(?:in\s+(?:the\s+)?size\s+)?of(?:\s+the)?))"
@@ -1053,7 +430,6 @@ _BONE_RE = re.compile(
     re.I,
 )
 _BONE_PRE_RE = re.compile(r"\b(?P<normal>intact|normal|unremarkable)\s*$", re.I)
-_ULN_HEDGE_RE = re.compile(r"\b(?:borderline|enlarged|enlargement)\b", re.I)
 _SCAR_RE = re.compile(r"\b(?:scar\w*|thicken\w*|fibro\w*|chronic)\b", re.I)
 
 _WINDOW = 90
@@ -1142,25 +518,10 @@ _ORGANS: dict[str, tuple[re.Pattern[str], re.Pattern[str] | None, dict[str, tupl
 # =============================================================================================
 
 
-def _wordset(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-_COMMA_CLAUSE_STARTS = _wordset(
-    """no there without the lungs lung heart otherwise negative which with stable unchanged
-    mild moderate severe minimal chronic likely possibly probably may could new persistent
-    again improved increased decreased this these it left right bilateral healed old calcified
-    degenerative postoperative postsurgical"""
-)
-_PARTICIPLES = _wordset(
-    "seen identified noted demonstrated visualized present evident appreciated detected"
-)
-_CLAUSE_WORDS = frozenset({"but", "however", "although", "though", "whereas", "except"})
-
-
 def _mark_clauses(doc):
     """Keep the sentences in ``doc.spans``, then start a new "sentence" at each clause."""
     doc.spans["cxr_sentences"] = list(doc.sents)
+    terms = labeler_terms()
     n = len(doc)
     for i in range(1, n):
         tok, prev = doc[i], doc[i - 1]
@@ -1168,13 +529,15 @@ def _mark_clauses(doc):
         start = False
         if "\n" in prev.text or prev.text == ";":
             start = True
-        elif low in _CLAUSE_WORDS:
+        elif low in terms.clause_words:
             nxt = doc[i + 1].lower_ if i + 1 < n else ""
             start = nxt not in ("clear", "otherwise", "not")
         elif prev.text == "," and low == "and" and i + 1 < n:
             start = doc[i + 1].lower_ in ("no", "there", "the", "without")
         elif prev.text == ",":  # ", stable cardiomegaly"; "no effusion seen, left ..."
-            start = low in _COMMA_CLAUSE_STARTS or (i >= 2 and doc[i - 2].lower_ in _PARTICIPLES)
+            start = low in terms.comma_clause_starts or (
+                i >= 2 and doc[i - 2].lower_ in terms.participles
+            )
         elif low == "and" and i + 1 < n and doc[i + 1].lower_ in ("there", "no"):
             start = True
         if start and not tok.is_space:
@@ -1209,11 +572,7 @@ def _pipeline():
     nlp.add_pipe("cxr_clauses")
     ruler = nlp.add_pipe("entity_ruler", config={"validate": False, "phrase_matcher_attr": "LOWER"})
     ruler.add_patterns(_patterns())
-    for name, terms, ext in (
-        ("cxr_negation", NEGATION_TERMS, _NEG_EXT),
-        ("cxr_weak_hedge", WEAK_HEDGE_TERMS, _WEAK_EXT),
-        ("cxr_strong_hedge", STRONG_HEDGE_TERMS, _STRONG_EXT),
-    ):
+    for name, terms, ext in _termsets():
         nlp.add_pipe("negex", name=name, config={"neg_termset": terms, "extension_name": ext})
     log.debug("built the labeler pipeline: %s", nlp.pipe_names)
     return nlp
@@ -1328,8 +687,6 @@ def _read(doc, original: str) -> ReportLabels:
             if found is None:
                 continue
             kind, cue = found
-            if kind == "uln":  # "upper limits of normal" is normal, unless hedged towards enlarged
-                kind = "unc" if _ULN_HEDGE_RE.search(post[:_WINDOW]) else "normal"
             effect = effects.get(kind, ())
             if label == "ANAT_PLEURA" and kind == "abnormal" and _SCAR_RE.search(clause.text):
                 effect = (("Pleural Other", UNCERTAIN),)

@@ -29,13 +29,13 @@ from explorer.paths import cache_dir
 from explorer.phantom import PHANTOM_FINDINGS, render_phantom
 from explorer.phantom.records import CHEXPERT_MAPPING
 from explorer.phantom.reports import NEGATIVE_NOUNS, Report, ReportSentence, generate_report
+from explorer.vocab.labels import LABEL_VALUE, NEGATIVE, POSITIVE
 
 log = logging.getLogger(__name__)
 
 TRAIN_SEED = 1_000_000
 HELDOUT_SEED = 9_000_000
 SEED_STRIDE = 1_000_000
-STATUS_VALUE = {1: 1.0, 0: -1.0, -1: 0.5}
 
 #: How a phantom finding is phrased in the benchmark's zero-shot prompts (default: its own name).
 ZERO_SHOT_PHRASES = {"nodule/mass": "lung nodule or mass"}
@@ -153,7 +153,7 @@ def claims_vector(sentences: Sequence[ReportSentence]) -> np.ndarray:
     for s in sentences:
         for f in s.findings:
             if f in index:
-                v[index[f]] = STATUS_VALUE[s.status]
+                v[index[f]] = LABEL_VALUE[s.status]
     return v
 
 
@@ -272,7 +272,7 @@ def prompt_view(
     pairs = finding_prompt_pairs(finding, tuple(templates))
     affirmed, negated = pairs[int(rng.integers(len(pairs)))]
     claims = np.zeros(len(PHANTOM_FINDINGS), dtype=np.float32)
-    claims[j] = 1.0 if truth[j] > 0 else -1.0
+    claims[j] = LABEL_VALUE[POSITIVE if truth[j] > 0 else NEGATIVE]
     if truth[j] > 0:
         return TextView(affirmed, claims, negated, -claims, finding)
     return TextView(negated, claims, affirmed, -claims, finding)

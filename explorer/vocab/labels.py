@@ -42,6 +42,11 @@ NEGATIVE = 0
 UNCERTAIN = -1
 #: Words for the label values (``None`` / blank = not mentioned is left to the caller).
 LABEL_NAMES = {POSITIVE: "positive", NEGATIVE: "negative", UNCERTAIN: "uncertain"}
+#: The one numeric encoding of a label (or of what a text claims about a finding): positive /
+#: affirmed ``+1``, negative / denied ``-1``, uncertain / hedged ``+0.5`` (a hedge leans towards
+#: presence); blank / not mentioned is ``0`` (``LABEL_VALUE.get(value, 0.0)``). Used by the soft
+#: labels (:mod:`explorer.vocab.soft_labels`) and by the training texts' claim vectors.
+LABEL_VALUE = {POSITIVE: 1.0, NEGATIVE: -1.0, UNCERTAIN: 0.5}
 
 log = logging.getLogger(__name__)
 

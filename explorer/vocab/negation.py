@@ -5,7 +5,8 @@ a finding; :func:`negate` flips it in either direction and :func:`negate_report`
 sentences of a report that mention given findings (hard negatives in the spirit of Ko & Park,
 CVPR 2025).
 
-Conventions of the engine (all deterministic, regular expressions only):
+Conventions of the engine (all deterministic, regular expressions only; the negation, hedge and
+normality cues are the data of :mod:`explorer.vocab.cues`, which the report labeler reads too):
 
 * "Negated" includes statements of normality: "Heart size is normal.", "The lungs are clear."
   and "The trachea is midline." deny an abnormality, so they are negated; their flip names the
@@ -47,6 +48,7 @@ from collections.abc import Iterable
 from typing import Literal
 
 from explorer.errors import ExplorerError
+from explorer.vocab.cues import alternation, cue_vocabulary
 from explorer.vocab.labels import canonical_finding, finding_vocab
 
 log = logging.getLogger(__name__)
@@ -165,38 +167,15 @@ _EVIDENCE_HEAD_RE = re.compile(
 
 # --- polarity cues -----------------------------------------------------------------------------
 
-_HEDGE_STRONG_RE = re.compile(
-    r"\b(?:(?:cannot|can ?not|could not|unable to)\s+(?:be\s+)?"
-    r"(?:entirely\s+|completely\s+|totally\s+|definitely\s+|fully\s+)?"
-    r"(?:exclude[ds]?|rule[ds]? out|ruled out)"
-    r"|not\s+(?:be\s+)?(?:entirely\s+|completely\s+|totally\s+|definitely\s+|fully\s+)?"
-    r"(?:excluded|ruled out)"
-    r"|(?:difficult|hard) to (?:exclude|rule out|evaluate|assess))\b",
-    _I,
-)
-_HEDGE_WEAK_RE = re.compile(
-    r"(?<![\w-])(?:possible|possibly|probable|probably|likely|unlikely|questionabl[ey]|"
-    r"question of|suspect(?:s|ed)?|suspicious|suspicion|concerning for|concern for|worrisome|"
-    r"(?<!to )suggest(?:s|ed|ive|ing|ion)?|may|might|could|equivocal|indeterminate|borderline|"
-    r"versus|vs\.?|differential|presumed|presumably|perhaps|upper limits? of normal|"
-    r"upper limits?(?: of)? normal|upper normal|high normal|top normal|top-normal|"
-    r"favou?r(?:s|ed)?|uncertain|not certain|"
-    r"cannot|can not|consider(?:ed)?|questioned)(?![\w-])",
-    _I,
-)
-_PLAIN_NEG_RE = re.compile(r"\b(?:no|not|without|negative for|free of)\b", _I)
-_NEG_CUES = (
-    r"no|not|without|none|nor|neither|negative|free of|clear of|absence of|absent|resolved|"
-    r"resolution|removed|no longer"
-)
-_DEVICE_AHEAD = (
-    r"(?!\s+(?:median\s+|midline\s+)?(?:sternotomy|wires?|sutures?|incisions?|clips?|"
-    r"catheters?|tubes?|lines?|hardware|screws?|plates?|fixation|leads?|devices?|prosthes\w+))"
-)
-_NORMAL_CUES = (
-    r"normal|normally|clear|unremarkable|within normal limits|non-?enlarged|"
-    rf"intact{_DEVICE_AHEAD}|midline{_DEVICE_AHEAD}|"
-    r"well[- ]?(?:expanded|aerated|inflated|penetrated)|negative"
+_CUES = cue_vocabulary()
+_HEDGE_STRONG_RE = re.compile(rf"\b{alternation(_CUES.strong_hedge)}\b", _I)
+_HEDGE_WEAK_RE = re.compile(rf"(?<![\w-]){alternation(_CUES.weak_hedge)}(?![\w-])", _I)
+_PLAIN_NEG_RE = re.compile(rf"\b{alternation(_CUES.plain_negation)}\b", _I)
+_NEG_CUES = "|".join(_CUES.negation)
+_DEVICE_AHEAD = rf"(?!\s+(?:median\s+|midline\s+)?{alternation(_CUES.devices)})"
+_NORMAL_CUES = "|".join(
+    f"{cue}{_DEVICE_AHEAD}" if cue in _CUES.normal_not_before_device else cue
+    for cue in _CUES.normal
 )
 _NORMAL_CUE_RE = re.compile(rf"\b(?:{_NORMAL_CUES})\b", _I)
 #: What the engine writes when it affirms; a sentence that carries one can be flipped back.

@@ -3,7 +3,8 @@
 Used by the training loss (dynamic soft labels, after Ko & Park, CVPR 2025, arXiv 2505.22079)
 and by the report map's soft-label clusters, so both mean the same thing by "clinically alike".
 
-A study's labels become a vector over a fixed list of findings:
+A study's labels become a vector over a fixed list of findings, by the one label encoding
+:data:`explorer.vocab.labels.LABEL_VALUE`:
 
 * positive ``1`` -> ``+1``; negative ``0`` -> ``-1``;
 * uncertain ``-1`` -> ``+0.5`` (a hedge leans towards presence: "cannot exclude X" is a reason
@@ -25,10 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from explorer.vocab.labels import NEGATIVE, POSITIVE, UNCERTAIN
-
-#: Encoding of CheXpert label values in a label vector (``None`` -> 0).
-LABEL_VALUE = {POSITIVE: 1.0, NEGATIVE: -1.0, UNCERTAIN: 0.5}
+from explorer.vocab.labels import LABEL_VALUE
 
 
 def label_vector(labels: Mapping[str, int | None], findings: Sequence[str]) -> np.ndarray:
