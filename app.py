@@ -21,7 +21,7 @@ demo = build_demo(settings)
 
 # On a Hugging Face Space (SPACE_ID is set there) build the default report map at start-up.
 if os.environ.get("EXPLORER_PREBUILD_MAP", "1" if os.environ.get("SPACE_ID") else "0") == "1":
-    from explorer.ui.report_map import prebuild_default
+    from explorer.ui.report_map_view import prebuild_default
 
     prebuild_default()
 

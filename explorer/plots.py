@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -245,5 +245,48 @@ def map_figure(
         yaxis={"visible": False},
         legend={"itemsizing": "constant"},
         template="plotly_white",
+    )
+    return fig
+
+
+# --- batch ------------------------------------------------------------------------------------
+
+
+def calibration_figure(bins: Sequence[Mapping[str, float]], model: str) -> go.Figure:
+    """Reliability plot: mean P(affirmed) per bin against the share of positive cases.
+
+    Args:
+        bins: One mapping per bin with the keys ``"mean P(affirmed)"``, ``"share positive"``
+            and ``"cases"`` (as :meth:`explorer.eval.batch.Evaluation.calibration` gives).
+        model: The model's name, for the title and the legend.
+    """
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"dash": "dot", "color": "#999"}
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[b["mean P(affirmed)"] for b in bins],
+            y=[b["share positive"] for b in bins],
+            mode="lines+markers",
+            name=model,
+            marker={
+                "size": [
+                    6 + 14 * np.sqrt(b["cases"] / max(1, max(c["cases"] for c in bins)))
+                    for b in bins
+                ]
+            },
+            text=[f"{b['cases']} cases" for b in bins],
+        )
+    )
+    fig.update_layout(
+        title=f"Calibration of P(affirmed), {model}",
+        xaxis_title="mean P(affirmed) in bin",
+        yaxis_title="share of positive labels",
+        height=380,
+        template="plotly_white",
+        margin={"l": 50, "r": 10, "t": 50, "b": 40},
     )
     return fig

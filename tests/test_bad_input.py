@@ -28,7 +28,9 @@ from test_imaging import (  # noqa: E402
     png_header_only,
 )
 
-from explorer.ui.app import EXAMPLES_DIR  # noqa: E402
+from explorer.paths import examples_dir  # noqa: E402
+
+EXAMPLES_DIR = examples_dir()
 
 pytestmark = pytest.mark.skipif(
     not default_model_ready(), reason="embedded default model not built"

@@ -88,9 +88,9 @@ def test_findings_view_in_the_browser(page, samples_dir):
 
 
 def test_attribution_view_in_the_browser(page):
-    from explorer.ui.app import EXAMPLES_DIR
+    from explorer.paths import examples_dir
 
-    _upload(page, EXAMPLES_DIR / "phantom-left-effusion.png")
+    _upload(page, examples_dir() / "phantom-left-effusion.png")
     page.get_by_role("tab", name="Attribution").click()
     page.get_by_role("button", name="Explain").click()
     page.wait_for_selector("text=IG completeness", state="detached")

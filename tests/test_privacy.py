@@ -22,7 +22,9 @@ from conftest import default_model_ready  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from explorer.ops.load import AppProcess  # noqa: E402
-from explorer.ui.app import EXAMPLES_DIR  # noqa: E402
+from explorer.paths import examples_dir  # noqa: E402
+
+EXAMPLES_DIR = examples_dir()
 
 pytestmark = pytest.mark.skipif(
     not default_model_ready(), reason="embedded default model not built"

@@ -99,6 +99,62 @@ def test_endpoint_is_plain_without_spaces(monkeypatch):
     assert handler(1) == 2
 
 
+def test_endpoint_marks_the_handler_with_its_name_and_grant():
+    @endpoint("test-mark", gpu_seconds=7)
+    def handler():
+        return 1
+
+    assert getattr(handler, serving.ENDPOINT_MARK) == "test-mark"
+    assert getattr(handler, serving.GPU_SECONDS_MARK) == 7
+    assert getattr(endpoint("test-mark-cpu")(lambda: 1), serving.GPU_SECONDS_MARK) is None
+
+
+#: Events that decode an upload or run a model, by ``api_name``, and whether they get a ZeroGPU
+#: grant: each must be wrapped by :func:`endpoint` under its own name (counted in ``/health``).
+MODEL_ENDPOINTS = {
+    "inspect": False,
+    "findings": True,
+    "attribute": True,
+    "map_open": True,
+    "map_place": True,
+    "batch": True,
+    "lesson": True,
+}
+
+
+def _events(demo):
+    """(api_name or None for a UI-only event, handler, trigger names) of every event."""
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    for block_fn in fns:
+        ui_only = getattr(block_fn, "api_visibility", None) == "private" or not block_fn.api_name
+        triggers = [t for _, t in block_fn.targets]
+        yield (None if ui_only else block_fn.api_name), block_fn.fn, triggers
+
+
+def test_every_model_heavy_event_is_an_endpoint_and_no_ui_only_event_is():
+    from explorer.ui import build_demo
+
+    events = list(_events(build_demo(ServeSettings())))
+    wrapped = {}
+    for api_name, fn, _ in events:
+        mark = getattr(fn, serving.ENDPOINT_MARK, None)
+        if api_name is None or api_name not in MODEL_ENDPOINTS:
+            assert mark is None, (
+                f"{fn.__name__} (api_name={api_name}) is no model endpoint but is wrapped as "
+                f"endpoint {mark!r}"
+            )
+            continue
+        assert mark == api_name, f"/{api_name} runs {fn.__name__}, not wrapped by endpoint()"
+        gets_gpu = getattr(fn, serving.GPU_SECONDS_MARK) is not None
+        assert gets_gpu == MODEL_ENDPOINTS[api_name], f"/{api_name}: ZeroGPU grant {gets_gpu}"
+        wrapped[api_name] = fn.__name__
+    assert set(wrapped) == set(MODEL_ENDPOINTS)
+    # The UI-only events this guards against: the method radio's baseline toggle, page load.
+    ui_only = {fn.__name__ for api_name, fn, _ in events if api_name is None}
+    assert "baseline_control" in ui_only
+    assert any("load" in triggers for api_name, _, triggers in events if api_name is None)
+
+
 def test_gauge_counts_peak_concurrency_and_failures():
     gauge = Gauge()
     gate = threading.Barrier(3)

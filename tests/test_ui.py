@@ -76,9 +76,9 @@ def test_findings_on_real_png_and_dicom(client, samples_dir):
 @needs_default
 @pytest.mark.parametrize("method", ["gradcam", "occlusion", "ig"])
 def test_attribution_methods_on_phantom_example(client, method):
-    from explorer.ui.app import EXAMPLES_DIR
+    from explorer.paths import examples_dir
 
-    path = EXAMPLES_DIR / "phantom-left-effusion.png"
+    path = examples_dir() / "phantom-left-effusion.png"
     a, n, d, tok_a, tok_n, info = client.predict(
         handle_file(str(path)),
         "phantom-negaware",
@@ -96,9 +96,9 @@ def test_attribution_methods_on_phantom_example(client, method):
 
 @needs_default
 def test_attribution_baseline_is_used_and_stated(client):
-    from explorer.ui.app import EXAMPLES_DIR
+    from explorer.paths import examples_dir
 
-    path = handle_file(str(EXAMPLES_DIR / "phantom-left-effusion.png"))
+    path = handle_file(str(examples_dir() / "phantom-left-effusion.png"))
     args = (path, "phantom-negaware", "Pleural Effusion", "occlusion", 0.6, False)
     *_, info = client.predict(*args, "blur", api_name="/attribute")
     assert "baseline=gaussian blur of the image" in info
@@ -275,3 +275,34 @@ def test_selection_tables_name_their_columns_before_anything_is_selected():
     assert tables["Selected reports"].headers == ["id", "cluster", "positive", "report"]
     counts = tables["Findings in the selection"].headers
     assert counts[0] == "finding" and "positive" in counts and "negative" in counts
+
+
+def test_attribution_outlines_the_phantom_lesion_of_every_mapped_finding(tmp_path, monkeypatch):
+    """The attribution view asks the phantom package which masks a finding has (not substrings)."""
+    import json
+
+    from explorer.ui.attribution_view import lesion_mask
+
+    effusion = "/uploads/abc/phantom-left-effusion.png"  # Gradio keeps the file name
+    assert lesion_mask(effusion, "Pleural Effusion", (320, 320)).any()
+    assert lesion_mask(effusion, "Pleural Effusion", (224, 224)) is None  # not the shown size
+    assert lesion_mask(effusion, "Cardiomegaly", (320, 320)) is None
+    assert lesion_mask("/uploads/abc/00000001_000.png", "Pleural Effusion", (320, 320)) is None
+    cases = {"Edema": "pulmonary edema", "Fracture": "rib fracture", "Lung Lesion": "nodule/mass"}
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (examples / "phantoms.json").write_text(
+        json.dumps(
+            {
+                f"case-{k}.png": {
+                    "seed": 20 + k,
+                    "size": 96,
+                    "findings": [{"name": name, "laterality": None, "severity": None}],
+                }
+                for k, name in enumerate(cases.values())
+            }
+        )
+    )
+    monkeypatch.setenv("EXPLORER_ASSETS", str(tmp_path))
+    for k, finding in enumerate(cases):
+        assert lesion_mask(f"/uploads/x/case-{k}.png", finding, (96, 96)).any(), finding

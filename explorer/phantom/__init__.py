@@ -10,13 +10,17 @@ Public API:
 * :class:`FindingSpec` - force a finding (optionally its laterality/severity) into a phantom.
 * :func:`generate_report` - write a :class:`Report` (FINDINGS / IMPRESSION sentences with
   per-sentence finding status and CheXpert labels) for a phantom.
-* :data:`PHANTOM_FINDINGS` and :data:`CHEXPERT_MAPPING` - vocabulary and label mapping.
+* :data:`PHANTOM_FINDINGS` and :data:`CHEXPERT_MAPPING` - vocabulary and label mapping;
+  :func:`phantom_findings_for` - the phantom findings behind a CheXpert observation (and
+  :meth:`Phantom.mask_for` their mask).
+* :func:`shipped_phantom` - the phantom a shipped example image was rendered from.
 * :func:`render_timing` - render-time table (``python -m explorer.phantom``); contact sheets with
   ``python -m explorer.phantom.sheet OUT.png``.
 
 Laterality is the patient's side: the patient's right is on the left of the displayed image.
 """
 
+from explorer.phantom.examples import shipped_phantom, shipped_phantoms
 from explorer.phantom.records import (
     CHEXPERT_MAPPING,
     DEVICE_KINDS,
@@ -29,6 +33,7 @@ from explorer.phantom.records import (
     FindingSpec,
     Phantom,
     PhantomParams,
+    phantom_findings_for,
 )
 from explorer.phantom.renderer import render_phantom, render_timing, sample_findings
 from explorer.phantom.reports import Report, ReportSentence, generate_report
@@ -47,8 +52,11 @@ __all__ = [
     "PhantomParams",
     "Report",
     "ReportSentence",
+    "phantom_findings_for",
     "render_timing",
     "generate_report",
     "render_phantom",
     "sample_findings",
+    "shipped_phantom",
+    "shipped_phantoms",
 ]

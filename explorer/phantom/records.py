@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from explorer.vocab.labels import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE
+from explorer.vocab.labels import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, canonical_finding
 
 #: Canonical names of the findings the phantom world can show.
 PHANTOM_FINDINGS: tuple[str, ...] = (
@@ -77,6 +77,32 @@ OPACITY_FINDINGS: tuple[str, ...] = (
     "pulmonary edema",
     "nodule/mass",
 )
+
+
+def phantom_findings_for(observation: str) -> tuple[str, ...]:
+    """The phantom findings whose presence makes a CheXpert observation positive.
+
+    Read from :data:`CHEXPERT_MAPPING` and, for "Lung Opacity", :data:`OPACITY_FINDINGS` (the
+    mapping of :meth:`Phantom.labels`). A phantom finding's own name stands for itself.
+
+    Args:
+        observation: A CheXpert name (case, underscores and hyphens ignored, e.g. "Edema",
+            "lung_lesion") or a phantom finding name (e.g. "rib fracture").
+
+    Returns:
+        Phantom finding names in :data:`PHANTOM_FINDINGS` order; empty for "No Finding",
+        Pneumonia, Pleural Other and anything else the phantom world cannot show.
+    """
+    name = observation.strip().lower()
+    if name in PHANTOM_FINDINGS:
+        return (name,)
+    chexpert = canonical_finding(observation)
+    if chexpert is None:
+        return ()
+    if chexpert == "Lung Opacity":
+        return tuple(f for f in PHANTOM_FINDINGS if f in OPACITY_FINDINGS)
+    return tuple(f for f in PHANTOM_FINDINGS if CHEXPERT_MAPPING.get(f) == chexpert)
+
 
 #: Allowed lateralities per finding (``None`` = laterality does not apply).
 LATERALITIES: Mapping[str, tuple[str | None, ...]] = {
@@ -280,6 +306,19 @@ class Phantom:
         if name not in PHANTOM_FINDINGS:
             raise ValueError(f"Unknown phantom finding {name!r}.")
         return next((f for f in self.findings if f.name == name), None)
+
+    def mask_for(self, observation: str) -> np.ndarray | None:
+        """The ground-truth mask of a CheXpert observation in this phantom, or ``None``.
+
+        The union of the masks of the phantom findings present that make ``observation``
+        positive (:func:`phantom_findings_for`); ``None`` when none of them is present.
+
+        Args:
+            observation: A CheXpert name or a phantom finding name.
+        """
+        wanted = set(phantom_findings_for(observation))
+        masks = [f.mask for f in self.findings if f.name in wanted]
+        return np.any(masks, axis=0) if masks else None
 
     def labels(self) -> dict[str, int | None]:
         """Ground-truth CheXpert labels (see the module docstring for the mapping).

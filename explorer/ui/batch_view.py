@@ -1,7 +1,7 @@
 """Batch tab: a labelled set of images, where the model is wrong, drill-down and annotations.
 
 Library work is in :mod:`explorer.eval.batch`; this module lays out the tab and turns its results
-into tables and a calibration figure.
+into tables; the calibration figure comes from :func:`explorer.plots.calibration_figure`.
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 
 from explorer.errors import ExplorerError
-from explorer.ui.handlers import user_error
+from explorer.ui.common import csv_download, load_model, table_rows, user_error
 from explorer.ui.serving import endpoint, scratch_file
 
 SOURCES = ("Phantoms with known labels", "My images (ZIP) + labels (CSV)")
@@ -26,42 +25,6 @@ BATCH_HELP = (
     "case; the marks export as CSV."
 )
 ANNOTATION_COLUMNS = ["image", "finding", "label", "P(affirmed)", "mark", "note"]
-
-
-def calibration_figure(bins: list[dict], model: str):
-    """Reliability plot: mean P(affirmed) per bin against the share of positive cases."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"dash": "dot", "color": "#999"}
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[b["mean P(affirmed)"] for b in bins],
-            y=[b["share positive"] for b in bins],
-            mode="lines+markers",
-            name=model,
-            marker={
-                "size": [
-                    6 + 14 * np.sqrt(b["cases"] / max(1, max(c["cases"] for c in bins)))
-                    for b in bins
-                ]
-            },
-            text=[f"{b['cases']} cases" for b in bins],
-        )
-    )
-    fig.update_layout(
-        title=f"Calibration of P(affirmed), {model}",
-        xaxis_title="mean P(affirmed) in bin",
-        yaxis_title="share of positive labels",
-        height=380,
-        template="plotly_white",
-        margin={"l": 50, "r": 10, "t": 50, "b": 40},
-    )
-    return fig
 
 
 @endpoint("batch", gpu_seconds=300)
@@ -78,10 +41,8 @@ def run_batch(
 ):
     """Read, score and summarise a batch (and optionally compare a second model)."""
     from explorer.eval.batch import evaluate, flips, read_batch
-    from explorer.models import default_registry
-    from explorer.ui.handlers import _csv
+    from explorer.plots import calibration_figure
 
-    reg = default_registry()
     say = lambda frac, msg: progress(frac, desc=msg)  # noqa: E731
     try:
         if source == SOURCES[0]:
@@ -90,11 +51,11 @@ def run_batch(
             if not zip_path:
                 raise gr.Error("Upload a ZIP of images first.", print_exception=False)
             batch = read_batch(Path(zip_path), Path(labels_path) if labels_path else None, say)
-        model, notice = reg.load_or_default(model_name or None)
+        model, notice = load_model(model_name)
         ev = evaluate(model, batch, progress=lambda f, m: progress(f, desc=f"{model.name}: {m}"))
         other = None
         if compare_name:
-            second, _ = reg.load_or_default(compare_name)
+            second, _ = load_model(compare_name)
             other = evaluate(second, batch, progress=lambda f, m: progress(f, desc=m))
     except ExplorerError as err:
         raise user_error(err) from None
@@ -119,7 +80,7 @@ def run_batch(
         calibration_figure(ev.calibration(), ev.model),
         cases,
         changed,
-        _csv(export, f"cases-{ev.model}"),
+        csv_download(export, f"cases-{ev.model}"),
         state,
     )
 
@@ -143,18 +104,13 @@ def open_case(state: dict | None, evt: gr.SelectData):
     return path, finding, case, info
 
 
-def _table_rows(rows) -> list[list]:
-    """A Dataframe input (pandas frame or list of rows) as a list of rows."""
-    return rows.values.tolist() if hasattr(rows, "values") else list(rows or [])
-
-
 def mark_case(case: dict | None, mark: str | None, note: str | None, rows):
     """Add (or replace) the mark of the open case in the annotations table."""
     if not case:
         raise gr.Error("Click a case in the table first.", print_exception=False)
     if mark not in MARKS:
         raise gr.Error(f"Choose a mark: {', '.join(MARKS)}.", print_exception=False)
-    data = [r for r in _table_rows(rows) if r and (r[0], r[1]) != (case["image"], case["finding"])]
+    data = [r for r in table_rows(rows) if r and (r[0], r[1]) != (case["image"], case["finding"])]
     data.append(
         [case["image"], case["finding"], case["label"], case["P(affirmed)"], mark, note or ""]
     )
@@ -165,15 +121,13 @@ def export_marks(rows, state: dict | None):
     """The annotations as CSV, with the model and prompt templates they were made with."""
     import pandas as pd
 
-    from explorer.ui.handlers import _csv
-
-    data = [r for r in _table_rows(rows) if r and any(str(v) for v in r)]
+    data = [r for r in table_rows(rows) if r and any(str(v) for v in r)]
     if not data:
         raise gr.Error("No marked cases to export yet.", print_exception=False)
     frame = pd.DataFrame(data, columns=ANNOTATION_COLUMNS)
     if state:
         frame = frame.assign(**state["evaluation"].provenance)
-    return _csv(frame, "annotations")
+    return csv_download(frame, "annotations")
 
 
 def build_tab(upload, att_finding, tabs, findings_tab_id: str, model_names, default_model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from explorer.errors import ExplorerError
-from explorer.ui.handlers import user_error
+from explorer.ui.common import load_model, user_error
 from explorer.ui.serving import endpoint, scratch_file
 
 LESSON_HELP = (
@@ -20,11 +20,9 @@ LESSON_HELP = (
 def run_lesson(model_a: str | None, model_b: str | None, progress: gr.Progress = gr.Progress()):  # noqa: B008
     """Four (markdown, figure or image) steps and the handout file."""
     from explorer.lesson import build_lesson, lesson_html
-    from explorer.models import default_registry
 
-    reg = default_registry()
     try:
-        models = [reg.load_or_default(n or None)[0] for n in (model_a, model_b) if n]
+        models = [load_model(n)[0] for n in (model_a, model_b) if n]
         steps = build_lesson(models, progress=lambda f, m: progress(f, desc=m))
     except ExplorerError as err:
         raise user_error(err) from None

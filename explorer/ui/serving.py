@@ -304,8 +304,18 @@ def _spaces_gpu(duration: int) -> Callable[[Callable], Callable]:
     return gpu(duration=duration) if gpu is not None else (lambda fn: fn)
 
 
+#: Attribute an :func:`endpoint`-wrapped handler carries: the endpoint's name.
+ENDPOINT_MARK = "__explorer_endpoint__"
+#: Attribute an :func:`endpoint`-wrapped handler carries: its ZeroGPU grant in seconds (or None).
+GPU_SECONDS_MARK = "__explorer_gpu_seconds__"
+
+
 def endpoint(name: str, gpu_seconds: int | None = None) -> Callable[[Callable], Callable]:
-    """Count calls of a handler in :data:`GAUGE`; with ``gpu_seconds``, run it under ZeroGPU."""
+    """Count calls of a handler in :data:`GAUGE`; with ``gpu_seconds``, run it under ZeroGPU.
+
+    The wrapped handler carries :data:`ENDPOINT_MARK` (``name``) and :data:`GPU_SECONDS_MARK`
+    (``gpu_seconds``), so a test can check which events of the built demo are wrapped.
+    """
 
     def wrap(fn: Callable) -> Callable:
         inner = _spaces_gpu(gpu_seconds)(fn) if gpu_seconds else fn
@@ -321,6 +331,8 @@ def endpoint(name: str, gpu_seconds: int | None = None) -> Callable[[Callable], 
             finally:
                 GAUGE.leave(name, ok)
 
+        setattr(counted, ENDPOINT_MARK, name)
+        setattr(counted, GPU_SECONDS_MARK, gpu_seconds)
         return counted
 
     return wrap

@@ -1,5 +1,8 @@
 """Report map tab: layout and handlers (the library work is in :mod:`explorer.reports`).
 
+Opened maps and corpora stay in memory in :mod:`explorer.reports.store` (a few maps, least
+recently used dropped first).
+
 The scatter is drawn by plotly.js inside a ``gr.HTML`` component, because ``gr.Plot`` sends no
 selection events: the page's JavaScript turns a lasso / box selection or a click into a
 ``select`` event carrying the selected rows, and :func:`select_reports` fills the table.
@@ -11,14 +14,14 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
 from explorer.errors import ExplorerError
-from explorer.ui.handlers import _model, _pixels, user_error
+from explorer.reports.store import MAPS, cached_corpus
+from explorer.ui.common import csv_download, load_model, table_rows, upload_pixels, user_error
 from explorer.ui.serving import endpoint, scratch_dir
 from explorer.vocab.labels import LABEL_NAMES
 
@@ -72,49 +75,6 @@ watch('value', draw);
 """
 
 
-# --- open maps, kept in memory -------------------------------------------------------------
-
-
-class _MapStore:
-    """Opened maps by key (at most a few; a map of an upload lives in a temp folder)."""
-
-    def __init__(self, capacity: int = 3) -> None:
-        self.capacity = capacity
-        self._maps: OrderedDict[str, tuple[object, str | None]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str):
-        with self._lock:
-            item = self._maps.get(key)
-            if item is not None:
-                self._maps.move_to_end(key)
-                return item[0]
-            return None
-
-    def put(self, key: str, report_map, temp_dir: str | None) -> None:
-        with self._lock:
-            self._maps[key] = (report_map, temp_dir)
-            self._maps.move_to_end(key)
-            while len(self._maps) > self.capacity:
-                _, (_, tmp) = self._maps.popitem(last=False)
-                if tmp:
-                    shutil.rmtree(tmp, ignore_errors=True)
-
-
-STORE = _MapStore()
-_corpus_lock = threading.Lock()
-_corpora: dict[str, object] = {}
-
-
-def _corpus(spec: str):
-    from explorer.reports.corpus import load_corpus
-
-    with _corpus_lock:
-        if spec not in _corpora:
-            _corpora[spec] = load_corpus(spec)
-        return _corpora[spec]
-
-
 def _figure_json(report_map, colour_by: str, placement=None) -> str:
     from explorer.plots import map_figure
 
@@ -164,7 +124,7 @@ def open_map(
     from explorer.reports.map import build_map
 
     spec = CORPORA.get(corpus_choice, corpus_choice)
-    model, notice = _model(model_name)
+    model, notice = load_model(model_name)
     temp_dir = None
     try:
         if spec == "upload":
@@ -188,9 +148,9 @@ def open_map(
                 )
             key = f"upload:{corpus.content_hash}:{model.name}"
         else:
-            corpus = _corpus(spec)
+            corpus = cached_corpus(spec)
             key = f"{spec}:{model.name}"
-        report_map = STORE.get(key)
+        report_map = MAPS.get(key)
         if report_map is None:
             if spec == "upload":
                 temp_dir = str(scratch_dir())
@@ -200,7 +160,7 @@ def open_map(
                 progress=lambda frac, stage: progress(frac, desc=stage),
                 root=Path(temp_dir) if temp_dir else None,
             )
-            STORE.put(key, report_map, temp_dir)
+            MAPS.put(key, report_map, temp_dir)
     except ExplorerError as err:
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -224,8 +184,8 @@ def prebuild_default() -> threading.Thread:
             reg = default_registry()
             model = reg.load(reg.default)
             spec = CORPORA[DEFAULT_CORPUS]
-            built = build_map(_corpus(spec), model)
-            STORE.put(f"{spec}:{model.name}", built, None)
+            built = build_map(cached_corpus(spec), model)
+            MAPS.put(f"{spec}:{model.name}", built, None)
             log.info("default report map ready")
         except Exception:  # a failed warm-up must not stop the app; "Open map" retries
             log.exception("building the default report map failed")
@@ -240,7 +200,7 @@ def prebuild_default() -> threading.Thread:
 
 
 def _opened(key: str | None):
-    report_map = STORE.get(key) if key else None
+    report_map = MAPS.get(key) if key else None
     if report_map is None:
         raise gr.Error("Open a map first (press **Open map**).", print_exception=False)
     return report_map
@@ -248,7 +208,7 @@ def _opened(key: str | None):
 
 def recolour(key: str | None, colour_by: str | None) -> str:
     """Redraw the open map with another colouring (nothing to do before a map is open)."""
-    report_map = STORE.get(key) if key else None
+    report_map = MAPS.get(key) if key else None
     if report_map is None:
         return gr.skip()
     try:
@@ -261,8 +221,8 @@ def recolour(key: str | None, colour_by: str | None) -> str:
 def place_image(key: str | None, image_path: str | None, colour_by: str | None, k: float = 10):
     """Place the uploaded image in the open map; figure JSON and its nearest reports."""
     report_map = _opened(key)
-    pixels = _pixels(image_path)
-    model, _ = _model(report_map.model)
+    pixels = upload_pixels(image_path)
+    model, _ = load_model(report_map.model)
     emb = model.embed_image(pixels).float().cpu().numpy()[0]
     placement = report_map.place(emb, int(k or 10))
     rows = [[n.similarity, n.id, n.text] for n in placement.neighbours]
@@ -270,15 +230,13 @@ def place_image(key: str | None, image_path: str | None, colour_by: str | None, 
 
 
 def _selection_outputs(report_map, indices):
-    from explorer.ui.handlers import _csv
-
     table, counts = report_map.selection(indices)
     if table.empty:
         return table, counts, None, "Nothing selected."
     return (
         table,
         counts,
-        _csv(table, "selected-reports"),
+        csv_download(table, "selected-reports"),
         f"{len(table):,} reports selected.",
     )
 
@@ -304,7 +262,8 @@ def select_cluster(key: str | None, cluster: str | None):
 
 
 def cluster_choices(rows) -> gr.Dropdown:
-    names = [r[1] for r in (rows.values.tolist() if hasattr(rows, "values") else rows or [])]
+    """The opened map's cluster names as the choices of the cluster dropdown."""
+    names = [r[1] for r in table_rows(rows)]
     return gr.Dropdown(choices=names, value=None)
 
 

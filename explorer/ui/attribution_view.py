@@ -1,0 +1,191 @@
+"""Attribution tab: which pixels and words move the affirmed and the negated prompt's score.
+
+Library work is in :mod:`explorer.attribution`; overlays come from :mod:`explorer.plots`; the
+ground-truth lesion of a shipped phantom example from :mod:`explorer.phantom`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from explorer.attribution import BASELINES, DEFAULT_BASELINES, IMAGE_METHODS
+from explorer.errors import ExplorerError
+from explorer.ui.common import MAX_PROMPT_CHARS, load_model, upload_pixels, user_error
+from explorer.ui.serving import CONCURRENCY, endpoint
+
+ATTRIBUTION_HELP = (
+    "Which pixels and which words drive the similarity? Red marks evidence *for* the prompt, "
+    "blue evidence *against* it (integrated gradients and occlusion are signed; Grad-CAM shows "
+    "positive evidence only). The third map is the affirmed map minus the negated one: where "
+    "the image speaks for *there is X* rather than *there is no X*. For the phantom examples the "
+    "green outline is the true lesion. How far to trust them: on held-out phantoms the strongest "
+    "point of an occlusion or IG map falls on the true lesion for only about 4 in 10 of the "
+    "findings the model gets right (large signs such as the heart almost always, nodules and "
+    "rib fractures rarely; see the README's pointing game). Read a map as what moved this "
+    "model's score, not as an outline of the lesion. The *baseline* is the image IG starts "
+    "from and the paint occlusion hides regions with: black, the image's mean grey, or a blur "
+    "of the image (keeps the anatomy, wipes out small signs). Maps change with it; comparing "
+    "them is a lesson in itself."
+)
+#: The method the tab opens on (the README says why: occlusion reads best on the phantoms).
+OPENING_METHOD = "occlusion"
+#: The finding the tab opens on.
+OPENING_FINDING = "Pleural Effusion"
+
+
+def _uses_baseline(method: str) -> bool:
+    # TODO(issue 21): replace with explorer.attribution.uses_baseline once it lands there.
+    return method != "gradcam"
+
+
+def lesion_mask(path: str, finding: str | None, shape: tuple[int, int]) -> np.ndarray | None:
+    """The true lesion of ``finding`` when ``path`` is a shipped phantom example, else None.
+
+    Which phantom masks belong to a CheXpert finding is the phantom package's business
+    (:meth:`explorer.phantom.Phantom.mask_for`); a mask of another size than the shown image
+    is not drawn.
+    """
+    from explorer.phantom import shipped_phantom
+
+    phantom = shipped_phantom(Path(path).name)
+    if phantom is None or not finding:
+        return None
+    mask = phantom.mask_for(finding)
+    return mask if mask is not None and mask.shape == shape else None
+
+
+def baseline_control(method: str):
+    """Show the baseline choice only for the methods that use one (IG and occlusion)."""
+    return gr.update(visible=_uses_baseline(method))
+
+
+@endpoint("attribute", gpu_seconds=120)
+def explain(
+    path: str | None,
+    model_name: str | None,
+    finding: str | None,
+    method: str,
+    opacity: float,
+    show_mask: bool,
+    baseline: str | None = None,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
+):
+    """Maps for the affirmed and negated prompt, their difference, token weights.
+
+    ``baseline`` is what IG integrates from and occlusion paints (Grad-CAM has none); None
+    = the method's default.
+    """
+    from explorer.attribution import attribute_pair, attribute_text
+    from explorer.plots import mask_outline, overlay, token_highlights
+    from explorer.vocab.prompts import prompt_pair
+
+    pixels = upload_pixels(path)
+    if not finding or not finding.strip():
+        raise gr.Error("Type or pick a finding to explain.", print_exception=False)
+    if len(finding) > MAX_PROMPT_CHARS:
+        raise gr.Error(
+            f"The finding must be at most {MAX_PROMPT_CHARS} characters.", print_exception=False
+        )
+    model, notice = load_model(model_name)
+    try:
+        pair = prompt_pair(finding.strip(), "there_is")
+        first, second, diff = attribute_pair(
+            model,
+            pixels,
+            pair.affirmed,
+            pair.negated,
+            method,
+            progress=lambda f, m: progress(f * 0.8, desc=m),
+            baseline=baseline or None,
+        )
+        progress(0.85, desc="Token attributions")
+        tokens_a = attribute_text(model, pixels, pair.affirmed)
+        tokens_n = attribute_text(model, pixels, pair.negated)
+    except ExplorerError as err:
+        raise user_error(err) from None
+    images = [
+        overlay(pixels, a, opacity, signed)
+        for a, signed in (
+            (first.attribution, first.signed),
+            (second.attribution, second.signed),
+            (diff, True),
+        )
+    ]
+    mask = lesion_mask(path, pair.finding, pixels.shape) if show_mask else None
+    if mask is not None:
+        images = [mask_outline(im, mask) for im in images]
+    params = ", ".join(f"{k}={v}" for k, v in first.params.items())
+    delta = (
+        f"; IG completeness gap {first.relative_delta:.1%}"
+        if first.relative_delta is not None
+        else ""
+    )
+    info = (
+        f"**{model.name}**, method **{method}** ({params}){delta}.  \n"
+        f"similarity: “{pair.affirmed}” {first.score:.4f} · “{pair.negated}” {second.score:.4f}"
+        + (f"  \n⚠️ {notice}" if notice else "")
+        + (
+            ""
+            if mask is not None or not show_mask
+            else "  \n(no ground-truth mask: not a shipped phantom)"
+        )
+    )
+    return (
+        images[0],
+        images[1],
+        images[2],
+        token_highlights(tokens_a.tokens, tokens_a.scores),
+        token_highlights(tokens_n.tokens, tokens_n.scores),
+        info,
+    )
+
+
+def build_tab(upload: gr.File, model_names: list[str], default_model: str | None) -> gr.Dropdown:
+    """The Attribution tab (called inside ``gr.Tab``); ``upload`` is the shared image input.
+
+    Returns:
+        The finding dropdown (the Batch tab opens a clicked case's finding in it).
+    """
+    from explorer.vocab.labels import CHEXPERT_FINDINGS
+
+    gr.Markdown(ATTRIBUTION_HELP)
+    with gr.Row():
+        model = gr.Dropdown(model_names, value=default_model, label="Model")
+        finding = gr.Dropdown(
+            list(CHEXPERT_FINDINGS),
+            value=OPENING_FINDING,
+            allow_custom_value=True,
+            label="Finding",
+        )
+        method = gr.Radio(list(IMAGE_METHODS), value=OPENING_METHOD, label="Method")
+    with gr.Row():
+        opacity = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Overlay opacity")
+        show_mask = gr.Checkbox(
+            value=True, label="Show ground-truth lesion mask (phantom examples)"
+        )
+        baseline = gr.Radio(
+            list(BASELINES),
+            value=DEFAULT_BASELINES[OPENING_METHOD],
+            label="Baseline (IG starts from it, occlusion paints with it)",
+        )
+        explain_btn = gr.Button("Explain", variant="primary")
+    info = gr.Markdown()
+    with gr.Row():
+        map_a = gr.Image(label="Affirmed prompt", type="numpy", interactive=False)
+        map_n = gr.Image(label="Negated prompt", type="numpy", interactive=False)
+        map_d = gr.Image(label="Difference (affirmed − negated)", type="numpy", interactive=False)
+    with gr.Row():
+        tok_a = gr.HighlightedText(label="Words: affirmed prompt", color_map=None)
+        tok_n = gr.HighlightedText(label="Words: negated prompt", color_map=None)
+    method.change(baseline_control, method, baseline, api_name=False, queue=False)
+    explain_btn.click(
+        explain,
+        inputs=[upload, model, finding, method, opacity, show_mask, baseline],
+        outputs=[map_a, map_n, map_d, tok_a, tok_n, info],
+        api_name="attribute",
+        concurrency_limit=CONCURRENCY["attribute"],
+    )
+    return finding

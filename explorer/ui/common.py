@@ -1,0 +1,111 @@
+"""Helpers every tab shares: errors for the person, the upload, models, CSV downloads, tables.
+
+Handlers turn the library's :class:`~explorer.errors.ExplorerError` into a ``gr.Error`` toast
+with :func:`user_error`; they read the shared upload with :func:`load_upload` /
+:func:`upload_pixels` and a model with :func:`load_model` (the registry caches loaded models).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from explorer.errors import ExplorerError
+from explorer.ui.serving import endpoint, scratch_file
+
+log = logging.getLogger(__name__)
+
+#: Longest finding or prompt a person may type (characters).
+MAX_PROMPT_CHARS = 200
+
+
+def user_error(err: ExplorerError) -> gr.Error:
+    """The library's sentence, shown to the person as a Gradio error toast."""
+    return gr.Error(str(err), print_exception=False)
+
+
+def model_choices(preferred: str | None) -> tuple[list[str], str | None, str | None]:
+    """Registered names, the model to open with, and a notice if ``preferred`` cannot load."""
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    default, notice = reg.preferred(preferred)
+    return list(reg.names()), default, notice
+
+
+def load_model(name: str | None):
+    """The named model (or the default, with a notice when it had to fall back), loaded once.
+
+    Returns:
+        ``(model, notice)`` as :meth:`explorer.models.ModelRegistry.load_or_default`.
+
+    Raises:
+        gr.Error: With the library's sentence when no model can load.
+    """
+    from explorer.models import default_registry
+
+    try:
+        return default_registry().load_or_default(name or None)
+    except ExplorerError as err:
+        raise user_error(err) from None
+
+
+def load_upload(path: str | None):
+    """The upload decoded in memory, or a ``gr.Error`` saying what is wrong with it."""
+    from explorer.imaging import load_radiograph
+
+    if not path:
+        raise gr.Error(
+            "Please upload a chest X-ray (PNG, JPEG or DICOM) first.", print_exception=False
+        )
+    if not Path(path).exists():
+        raise gr.Error(
+            "This upload has been deleted from the server (uploads are kept only for a few "
+            "minutes); please upload the image again.",
+            print_exception=False,
+        )
+    try:
+        return load_radiograph(path)
+    except ExplorerError as err:
+        raise user_error(err) from None
+
+
+def upload_pixels(path: str | None) -> np.ndarray:
+    """The upload's normalised grayscale pixels (see :func:`load_upload`)."""
+    return load_upload(path).pixels
+
+
+def csv_download(frame, stem: str) -> str:
+    """A CSV download of a DataFrame in the scratch folder (purged with the upload cache)."""
+    return scratch_file(f"{stem}.csv", frame.to_csv(index=False))
+
+
+def table_rows(rows) -> list[list]:
+    """A Dataframe input (pandas frame or list of rows) as a list of rows."""
+    return rows.values.tolist() if hasattr(rows, "values") else list(rows or [])
+
+
+@endpoint("inspect")
+def inspect_upload(path: str | None) -> tuple[np.ndarray | None, list[list[str]]]:
+    """An uploaded file -> the normalised grayscale image and its safe metadata rows.
+
+    A cleared upload (``None``) clears both, without an error: the person removed the file.
+    """
+    from explorer.imaging import describe, to_uint8
+
+    if not path:
+        return None, []
+    img = load_upload(path)
+    rows = [[key, _cell(value)] for key, value in describe(img).items()]
+    return to_uint8(img.pixels), rows
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "; ".join(str(v) for v in value) or "-"
+    return "-" if value is None else str(value)

@@ -1,0 +1,190 @@
+"""Findings tab: affirmed-vs-negated scores of the 14 CheXpert findings (and typed ones).
+
+Library work is in :mod:`explorer.scoring`; the figure comes from :mod:`explorer.plots`.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from explorer.errors import ExplorerError
+from explorer.ui.common import MAX_PROMPT_CHARS, csv_download, load_model, upload_pixels, user_error
+from explorer.ui.serving import CONCURRENCY, endpoint
+
+FINDINGS_HELP = (
+    "For each finding the image is compared with an affirmed prompt (*there is X*) and its "
+    "negation (*there is no X*). The bar shows the softmax over that pair: right of the middle "
+    "the model prefers the affirmed sentence, left of it the negated one. Grey rows marked ⚠ "
+    "are **negation-blind**: the model barely separates the two sentences there (the pair's "
+    "probability is close to 0.5, or the table's *text cosine*, how alike the model finds the "
+    "two sentences themselves, is close to 1)."
+)
+SCORE_COLUMNS = [
+    "finding",
+    "P(affirmed)",
+    "sim affirmed",
+    "sim negated",
+    "margin",
+    "negation-blind",
+]
+MAX_CUSTOM_FINDINGS = 10
+
+
+def template_choices() -> list[str]:
+    """The ids of the prompt templates (all averaged unless the person narrows them)."""
+    from explorer.vocab.prompts import prompt_templates
+
+    return [t.id for t in prompt_templates()]
+
+
+def parse_custom_findings(text: str | None) -> list[str]:
+    """One free-text finding per line (blank lines ignored); bounded in count and length."""
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    if len(lines) > MAX_CUSTOM_FINDINGS:
+        raise gr.Error(
+            f"Please type at most {MAX_CUSTOM_FINDINGS} extra findings, one per line.",
+            print_exception=False,
+        )
+    for ln in lines:
+        if len(ln) > MAX_PROMPT_CHARS:
+            raise gr.Error(
+                f"Each extra finding must be at most {MAX_PROMPT_CHARS} characters "
+                f"(one has {len(ln):,}).",
+                print_exception=False,
+            )
+        if any(ord(c) < 32 or ord(c) == 127 for c in ln):
+            raise gr.Error(
+                "Extra findings must be plain text: one contains control characters "
+                "(such as tabs, escapes or NUL).",
+                print_exception=False,
+            )
+    return lines
+
+
+def parse_negations(text: str | None) -> dict[str, str]:
+    """Lines of ``finding => negated prompt`` (the user's own negation of a finding)."""
+    out = {}
+    for ln in (text or "").splitlines():
+        if not ln.strip():
+            continue
+        if "=>" not in ln:
+            raise gr.Error(
+                'Write each negation as "finding => negated sentence".', print_exception=False
+            )
+        finding, negated = (part.strip() for part in ln.split("=>", 1))
+        if not finding or not negated or len(negated) > MAX_PROMPT_CHARS:
+            raise gr.Error(
+                'Write each negation as "finding => negated sentence".', print_exception=False
+            )
+        out[finding] = negated
+    return out
+
+
+def model_card(name: str | None) -> str:
+    """Markdown: what the model is, what it was trained on, what it is not for."""
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    try:
+        spec = reg.spec(name or reg.default)
+    except ExplorerError as err:
+        return str(err)
+    return f"**{spec.name}** ({spec.backend})  \n{spec.description}\n\n{spec.card}"
+
+
+@endpoint("findings", gpu_seconds=60)
+def score_image(
+    path: str | None,
+    model_name: str | None,
+    compare_name: str | None,
+    custom_text: str | None,
+    templates: list[str] | None,
+    negation_text: str | None,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
+):
+    """Scores, figures, tables and CSV for one model (and an optional second)."""
+    from explorer.plots import findings_figure
+    from explorer.scoring import score_findings
+    from explorer.vocab.labels import CHEXPERT_FINDINGS
+
+    pixels = upload_pixels(path)
+    custom = parse_custom_findings(custom_text)
+    negations = parse_negations(negation_text)
+    if templates is not None and len(templates) == 0:
+        raise gr.Error("Choose at least one prompt template.", print_exception=False)
+    outputs, notices = [], []
+    names = [model_name] + ([compare_name] if compare_name else [])
+    for k, name in enumerate(names):
+        progress((k, len(names)), desc=f"Scoring with {name or 'the default model'}")
+        model, notice = load_model(name)
+        if notice:
+            notices.append(notice)
+        try:
+            result = score_findings(
+                model,
+                pixels,
+                CHEXPERT_FINDINGS,
+                custom=custom,
+                templates=templates or None,
+                negations=negations,
+            )
+        except ExplorerError as err:
+            raise user_error(err) from None
+        frame = result.to_frame()
+        outputs.append(
+            (
+                findings_figure(result),
+                frame,
+                csv_download(frame, f"findings-{model.name}"),
+                model_card(model.name),
+            )
+        )
+    if len(outputs) == 1:
+        outputs.append((None, None, None, ""))
+    (fig, frame, csv, card), (fig2, frame2, csv2, card2) = outputs
+    notice = "\n\n".join(f"⚠️ {n}" for n in notices)
+    return fig, frame, csv, card, fig2, frame2, csv2, card2, notice
+
+
+def show_second(name: str | None) -> gr.Column:
+    """Show the second model's column only when a second model is chosen."""
+    return gr.Column(visible=bool(name))
+
+
+def build_tab(upload: gr.File, model_names: list[str], default_model: str | None) -> None:
+    """The Findings tab (called inside ``gr.Tab``); ``upload`` is the shared image input."""
+    template_ids = template_choices()
+    gr.Markdown(FINDINGS_HELP)
+    with gr.Row():
+        model = gr.Dropdown(model_names, value=default_model, label="Model")
+        compare = gr.Dropdown([""] + model_names, value="", label="Compare with (optional)")
+    with gr.Accordion("Prompts", open=False):
+        templates = gr.CheckboxGroup(template_ids, value=template_ids, label="Templates averaged")
+        custom = gr.Textbox(label="Extra findings, one per line (negated automatically)", lines=2)
+        negations = gr.Textbox(
+            label="Your own negations, one per line: finding => negated sentence",
+            lines=2,
+        )
+    run = gr.Button("Score findings", variant="primary")
+    notice = gr.Markdown()
+    with gr.Row():
+        with gr.Column():
+            card = gr.Markdown()
+            plot = gr.Plot(label="Affirmed vs negated")
+            table = gr.Dataframe(headers=SCORE_COLUMNS, label="Scores", interactive=False)
+            csv = gr.File(label="Download CSV", elem_id="findings-csv")
+        with gr.Column(visible=False) as second:
+            card2 = gr.Markdown()
+            plot2 = gr.Plot(label="Second model")
+            table2 = gr.Dataframe(
+                headers=SCORE_COLUMNS, label="Scores (second model)", interactive=False
+            )
+            csv2 = gr.File(label="Download CSV (second model)")
+    compare.change(show_second, compare, second, api_name=False)
+    run.click(
+        score_image,
+        inputs=[upload, model, compare, custom, templates, negations],
+        outputs=[plot, table, csv, card, plot2, table2, csv2, card2, notice],
+        api_name="findings",
+        concurrency_limit=CONCURRENCY["findings"],
+    )
