@@ -264,6 +264,10 @@ def uses_baseline(method: str) -> bool:
     return method_info(method).uses_baseline
 
 
+#: Options fields that ``attribute_image`` takes under another keyword.
+_KEYWORD_OF = {"batch": "internal_batch_size"}
+
+
 def image_options(
     name: str,
     *,
@@ -280,13 +284,19 @@ def image_options(
     is IG's points and occlusion's ``batch`` per forward pass.
     """
     entry = image_method(name)
-    given: dict[str, Any] = {}
-    if entry.options is IGOptions:
-        given = {"steps": steps, "internal_batch_size": internal_batch_size, "baseline": baseline}
-    elif entry.options is OcclusionOptions:
-        given = {"window": window, "stride": stride, "baseline": baseline}
-        given["batch"] = internal_batch_size
-    return entry.options(**{k: v for k, v in given.items() if v is not None})
+    keywords = {
+        "steps": steps,
+        "internal_batch_size": internal_batch_size,
+        "baseline": baseline,
+        "window": window,
+        "stride": stride,
+    }
+    chosen = {}
+    for f in fields(entry.options):
+        value = keywords.get(_KEYWORD_OF.get(f.name, f.name))
+        if value is not None:
+            chosen[f.name] = value
+    return entry.options(**chosen)
 
 
 __all__ = [

@@ -59,9 +59,10 @@ class EncoderConfig:
         """How images are prepared for this encoder: the one statement of it.
 
         The phantoms are square renders, resized on both sides to ``image_size``
-        (``"squash"``: nothing is cut off or padded). Training feeds the tower with it, :func:`export`
-        writes it next to the weights (``preprocessor_config.json``), and the registry reads
-        it back from there (``"preprocess": "checkpoint"`` in ``configs/models.json``).
+        (``"squash"``: nothing is cut off or padded). Training feeds the tower with it,
+        :func:`export` writes it next to the weights (``preprocessor_config.json``), and the
+        registry reads it back from there (``"preprocess": "checkpoint"`` in
+        ``configs/models.json``); a test checks that the shipped files agree.
         """
         return Preprocess(self.image_size, self.mean, self.std, "squash")
 
