@@ -130,16 +130,19 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _attribute_args(p: argparse.ArgumentParser) -> None:
+    # The registry module is torch-free: building the parser stays cheap.
+    from explorer.attribution.options import BASELINES, IMAGE_METHODS
+
     p.add_argument("image", help="a chest X-ray: PNG, JPEG or DICOM")
     p.add_argument(
         "--prompt", required=True, help='the text to explain, e.g. "there is pleural effusion"'
     )
-    p.add_argument("--method", choices=("ig", "gradcam", "occlusion"), default="ig")
+    p.add_argument("--method", choices=IMAGE_METHODS, default="ig")
     p.add_argument("--model", default=None, help="registered model (default: the embedded default)")
     p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps")
     p.add_argument(
         "--baseline",
-        choices=("black", "mean", "blur"),
+        choices=BASELINES,
         default=None,
         help="what IG integrates from / occlusion paints (default: black)",
     )
@@ -160,30 +163,31 @@ def _attribute_args(p: argparse.ArgumentParser) -> None:
     _attribute_args,
 )
 def _attribute(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
     from PIL import Image
 
-    from explorer.attribution import attribute_image
+    from explorer.attribution import AttributionOptionsError, attribute_image, method_info
     from explorer.imaging import load_radiograph
     from explorer.models import load_model
     from explorer.plots import overlay
 
     pixels = load_radiograph(args.image).pixels
     model = load_model(args.model)
-    options = {
-        "ig": {"steps": args.steps, "baseline": args.baseline},
-        "occlusion": {"baseline": args.baseline, "window": args.window, "stride": args.stride},
-        "gradcam": {},
-    }[args.method]
+    takes = {f.name for f in fields(method_info(args.method).options)}  # the method's options
+    given = {"steps": args.steps, "baseline": args.baseline}
+    given |= {"window": args.window, "stride": args.stride}
     unused = [
-        f"--{name}"
-        for name in ("baseline", "window", "stride")
-        if getattr(args, name) is not None and name not in options
+        f"--{k}" for k, v in given.items() if k != "steps" and v is not None and k not in takes
     ]
     if unused:
         raise ExplorerError(f"{', '.join(unused)} does not apply to --method {args.method}")
+    options = {k: v for k, v in given.items() if k in takes}
     try:
         attr = attribute_image(model, pixels, args.prompt, args.method, **options)
-    except ValueError as err:  # a window larger than the model's input, say
+    except AttributionOptionsError:
+        raise  # already a sentence (a window larger than the model's input, say)
+    except ValueError as err:
         raise ExplorerError(f"cannot attribute: {err}") from err
     Image.fromarray(overlay(pixels, attr.attribution, args.opacity, attr.signed)).save(args.out)
     info = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,8 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.attribution import (
+    BASELINES,
+    DEFAULT_BASELINES,
     IMAGE_METHODS,
+    METHODS,
     AttributionError,
+    AttributionOptionsError,
+    GradCAMOptions,
+    IGOptions,
+    OcclusionOptions,
+    TokenIGOptions,
     attribute_image,
     attribute_pair,
     attribute_text,
@@ -20,15 +29,21 @@ from explorer.attribution import (
     integrated_gradients,
     model_input,
     occlusion,
-    pointing_hit,
     to_image_space,
+    uses_baseline,
 )
 from explorer.models import ModelRegistry, ModelSpec, Preprocess
 from explorer.models.base import SpatialLayer, VisionLanguageModel
-from explorer.models.tiny import TINY_BUILDERS, TINY_PREPROCESS, build_tiny_specs
+from explorer.models.tiny import (
+    TINY_BUILDERS,
+    TINY_CONVNEXT_NAME,
+    TINY_PREPROCESS,
+    build_tiny_specs,
+    tiny_convnext_spec,
+)
 from explorer.phantom import FindingSpec, render_phantom
 
-CONV_NAME = "tiny-convnext-dual"
+CONV_NAME = TINY_CONVNEXT_NAME
 NAMES = (*TINY_BUILDERS, CONV_NAME)
 PROMPT = "there is a large left pleural effusion"
 #: IG completeness: |sum(attr) - (f(x) - f(b))| <= REL * |f(x) - f(b)| + ABS.
@@ -41,45 +56,19 @@ IG_STEPS = {CONV_NAME: 512}
 DEFAULT_IG_STEPS = 128
 
 
-def _build_tiny_convnext(folder):
-    """A transformers VisionTextDualEncoderModel with a ConvNeXt tower (the default's shape)."""
-    from transformers import (
-        BertConfig,
-        ConvNextConfig,
-        VisionTextDualEncoderConfig,
-        VisionTextDualEncoderModel,
-    )
+def _peak_in(attribution: np.ndarray, mask: np.ndarray, dilate_px: int = 3) -> bool:
+    """Whether the map's (first) maximum lies within ``dilate_px`` of the mask.
 
-    from explorer.models.tiny import _vocab_size, _word_tokenizer
+    The pointing game lives in ``explorer.eval.metrics``; attribution tests only ask where a
+    map peaks, so they do not depend on the evaluation layer.
+    """
+    from scipy.ndimage import distance_transform_edt
 
-    torch.manual_seed(0)
-    vision = ConvNextConfig(
-        num_channels=3,
-        patch_size=4,
-        image_size=64,
-        num_stages=2,
-        hidden_sizes=[8, 16],
-        depths=[1, 1],
-    )
-    vision.hidden_size = 16  # the dual encoder sizes its projection from this
-    text = BertConfig(
-        vocab_size=_vocab_size(),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=32,
-        pad_token_id=0,
-    )
-    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=8)
-    VisionTextDualEncoderModel(config=config).save_pretrained(folder)
-    _word_tokenizer(folder)
-    return ModelSpec(
-        name=CONV_NAME,
-        backend="transformers",
-        source=str(folder.resolve()),
-        preprocess=Preprocess(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "squash"),
-    )
+    attr = np.asarray(attribution, dtype=np.float64)
+    if attr.max() == attr.min() or not mask.any():
+        return False
+    row, col = np.unravel_index(int(np.argmax(attr)), attr.shape)
+    return bool(distance_transform_edt(~mask)[row, col] <= dilate_px)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -94,7 +83,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    specs = (*build_tiny_specs(root), _build_tiny_convnext(root / CONV_NAME))
+    specs = (*build_tiny_specs(root), tiny_convnext_spec(root))
     return ModelRegistry(specs, max_loaded=len(specs))
 
 
@@ -182,14 +171,14 @@ def test_embedding_from_another_thread_waits_for_a_running_attribution(registry,
     baseline and LayerIntegratedGradients failed). So embedding waits for the attribution."""
     import threading
 
-    from explorer.attribution import _attribution_mode
+    from explorer.attribution.core import attribution_mode
 
     model = registry.load(NAMES[0], "cpu")
     done = threading.Event()
     worker = threading.Thread(
         target=lambda: (model.embed_texts(["no effusion"]), model.embed_image(image), done.set())
     )
-    with _attribution_mode(model):
+    with attribution_mode(model):
         worker.start()
         assert not done.wait(0.5)  # held back while the attribution runs
         model.embed_texts(["the attribution itself may embed"])  # re-entrant
@@ -290,33 +279,6 @@ def test_maps_return_to_the_right_place(mode):
     assert 36 <= row <= 46 and 38 <= col <= 48
     if mode == "shortest":  # the sides the crop cut away were never seen: zero
         assert np.abs(back[:, :8]).max() == 0 and np.abs(back[:, -8:]).max() == 0
-
-
-# --- the pointing game ---------------------------------------------------------------------------
-
-
-def test_pointing_hit_on_hand_made_arrays():
-    mask = np.zeros((20, 20), bool)
-    mask[5:9, 5:9] = True
-    attr = np.zeros((20, 20), np.float32)
-    attr[6, 7] = 1.0
-    assert pointing_hit(attr, mask)
-    miss = np.zeros_like(attr)
-    miss[15, 15] = 1.0
-    assert not pointing_hit(miss, mask)
-    near = np.zeros_like(attr)
-    near[10, 6] = 1.0  # two pixels below the mask
-    assert not pointing_hit(near, mask, dilate_px=0)
-    assert not pointing_hit(near, mask, dilate_px=1)
-    assert pointing_hit(near, mask, dilate_px=2)
-    assert not pointing_hit(np.zeros_like(attr), mask), "a constant map points nowhere"
-    assert not pointing_hit(attr, np.zeros_like(mask))
-    signed = -np.ones_like(attr)
-    signed[7, 7] = 0.5  # the most positive value counts, not the largest magnitude
-    signed[15, 15] = -3.0
-    assert pointing_hit(signed, mask)
-    with pytest.raises(ValueError):
-        pointing_hit(attr, mask[:10])
 
 
 # --- known answers ---------------------------------------------------------------------------
@@ -446,8 +408,8 @@ def test_gradcam_follows_the_channel_the_prompt_reads():
     model = ToyModel(Preprocess(32, (0.5,) * 3, (0.25,) * 3, "squash"))
     cam_bright = attribute_image(model, img, "bright", "gradcam").attribution
     cam_dark = attribute_image(model, img, "dark", "gradcam").attribution
-    assert pointing_hit(cam_bright, bright) and not pointing_hit(cam_bright, dark)
-    assert pointing_hit(cam_dark, dark) and not pointing_hit(cam_dark, bright)
+    assert _peak_in(cam_bright, bright) and not _peak_in(cam_bright, dark)
+    assert _peak_in(cam_dark, dark) and not _peak_in(cam_dark, bright)
     assert cam_bright[dark].max() == 0  # the dark square only lowers 'bright': ReLU'd away
 
 
@@ -461,7 +423,7 @@ def test_maps_point_at_the_only_region_the_model_reads(phantom):
     model = ToyModel(Preprocess(size, (0.5,) * 3, (0.25,) * 3, "squash"), region=region)
     for method in ("ig", "occlusion"):
         result = attribute_image(model, phantom.image, "there is a bright region", method)
-        assert pointing_hit(result.attribution, mask, dilate_px=3), method
+        assert _peak_in(result.attribution, mask, dilate_px=3), method
         mass = np.abs(result.model_attribution)
         if method == "ig":  # the gradient is exactly zero outside the pooled region
             assert mass[region == 0].max() == 0 and mass.sum() > 0
@@ -518,3 +480,96 @@ def test_train_mode_is_restored_and_nans_are_refused():
         model.tower.region.fill_(float("nan"))
     with pytest.raises(AttributionError):
         attribute_image(model, img, "bright", "gradcam")
+
+
+# --- methods, options and the registry --------------------------------------------------------
+
+
+def test_registry_states_each_method_once():
+    assert IMAGE_METHODS == ("ig", "gradcam", "occlusion")
+    assert BASELINES == ("black", "mean", "blur")
+    assert DEFAULT_BASELINES == {"ig": "black", "occlusion": "black"}
+    assert [uses_baseline(m) for m in IMAGE_METHODS] == [True, False, True]
+    assert not uses_baseline("layer_ig")  # a token id, not an image baseline
+    # a method takes a baseline exactly when its options have one, and only then has a default
+    for name, entry in METHODS.items():
+        has_field = "baseline" in {f.name for f in dataclasses.fields(entry.options)}
+        assert uses_baseline(name) == has_field == (name in DEFAULT_BASELINES)
+        assert entry.display and entry.needs and entry.explains in ("image", "text")
+    with pytest.raises(AttributionOptionsError, match="method must be one of"):
+        uses_baseline("lime")
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda: IGOptions(steps=0), "steps"),
+        (lambda: IGOptions(steps=2.5), "steps"),
+        (lambda: IGOptions(internal_batch_size=0), "internal_batch_size"),
+        (lambda: IGOptions(baseline="white"), "baseline"),
+        (lambda: IGOptions(baseline=1.5), "baseline"),
+        (lambda: IGOptions(baseline=None), "baseline"),
+        (lambda: OcclusionOptions(window=0), "window"),
+        (lambda: OcclusionOptions(stride=0), "stride"),
+        (lambda: OcclusionOptions(window=4, stride=8), "stride"),
+        (lambda: OcclusionOptions(batch=0), "batch"),
+        (lambda: OcclusionOptions(baseline="white"), "baseline"),
+        (lambda: TokenIGOptions(steps=-1), "steps"),
+        (lambda: TokenIGOptions(baseline_token_id=-2), "baseline_token_id"),
+    ],
+)
+def test_bad_options_give_a_sentence_naming_them(make, named):
+    with pytest.raises(AttributionOptionsError) as info:
+        make()
+    text = str(info.value)
+    assert named in text and text.endswith(".") and text[0].isupper()
+    assert isinstance(info.value, ValueError)  # callers that caught ValueError still do
+
+
+def test_options_defaults_and_resolution():
+    assert IGOptions() == IGOptions(steps=128, internal_batch_size=16, baseline="black")
+    assert OcclusionOptions().resolved(160) == (20, 10)
+    assert OcclusionOptions(window=16).resolved(160) == (16, 10)
+    assert OcclusionOptions().resolved(8) == (1, 1)
+    assert dataclasses.fields(GradCAMOptions) == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        IGOptions().steps = 3
+
+
+def test_options_object_and_keywords_give_the_same_map(registry, image):
+    model = registry.load("tiny-clip", "cpu")
+    by_kw = attribute_image(model, image, PROMPT, "occlusion", window=8, stride=4, baseline="blur")
+    opts = OcclusionOptions(window=8, stride=4, baseline="blur")
+    by_opts = attribute_image(model, image, PROMPT, "occlusion", options=opts)
+    np.testing.assert_array_equal(by_kw.attribution, by_opts.attribution)
+    assert by_kw.params == by_opts.params
+    ig = attribute_image(model, image, PROMPT, "ig", options=IGOptions(steps=8, baseline=0.5))
+    assert ig.params["steps"] == 8 and ig.params["baseline"] == "constant 0.5"
+    # Grad-CAM ignores a baseline given by keyword (the app passes one for every method)
+    cam = attribute_image(model, image, PROMPT, "gradcam", baseline="black")
+    assert "baseline" not in cam.params
+    with pytest.raises(AttributionOptionsError, match="not both"):
+        attribute_image(model, image, PROMPT, "ig", options=IGOptions(), steps=4)
+    with pytest.raises(AttributionOptionsError, match="IGOptions"):
+        attribute_image(model, image, PROMPT, "ig", options=OcclusionOptions())
+    text = attribute_text(model, image, PROMPT, options=TokenIGOptions(steps=8))
+    assert text.params["steps"] == 8
+    with pytest.raises(AttributionOptionsError, match="not both"):
+        attribute_text(model, image, PROMPT, options=TokenIGOptions(), steps=8)
+
+
+def test_registry_and_cli_parser_do_not_import_torch():
+    """The command line builds its parser from the registry without loading torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from explorer.attribution import BASELINES, IMAGE_METHODS, uses_baseline\n"
+        "from explorer.cli import build_parser\n"
+        "build_parser()\n"
+        "assert uses_baseline('ig') and IMAGE_METHODS and BASELINES\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -17,10 +17,22 @@ from explorer.models import (
     load_specs,
     prepare_pixels,
 )
-from explorer.models.spec import default_model_name
-from explorer.models.tiny import TINY_BUILDERS, TINY_IMAGE_SIZE, build_tiny_specs
+from explorer.models.preprocess import (
+    HF_PROCESSOR_FILE,
+    from_checkpoint,
+    normalize,
+    placement,
+    to_image_space,
+    to_model_grid,
+)
+from explorer.models.spec import default_model_name, local_path
+from explorer.models.tiny import TINY_BUILDERS, TINY_IMAGE_SIZE, TINY_PREPROCESS, build_tiny_specs
+from explorer.paths import assets_dir, configs_dir
 
 TINY_NAMES = tuple(TINY_BUILDERS)
+ASSETS = assets_dir()
+#: The phantom models' training configs (the source of truth of their preprocessing).
+TRAIN_CONFIGS = sorted((configs_dir() / "train").glob("*.json"))
 PROMPTS = ["there is pleural effusion", "there is no pleural effusion", "heart size is normal"]
 
 
@@ -111,11 +123,125 @@ def test_spatial_layer_reads_as_grid(registry, image, name):
     assert grid.shape[0] == 2 and grid.shape[-2:] == (side, side)
 
 
-def test_backends_agree_on_preprocessing(registry, image):
-    """Preprocessing travels with the spec: every backend gets the same tensor for one spec."""
-    tensors = [registry.load(n, "cpu").preprocess(image) for n in TINY_NAMES]
-    for t in tensors[1:]:
-        torch.testing.assert_close(t, tensors[0])
+@pytest.fixture(scope="module")
+def radiograph():
+    """A real chest X-ray (512 x 512 shipped example), cropped to a non-square shape."""
+    from explorer.imaging import load_radiograph
+
+    pixels = load_radiograph(ASSETS / "examples" / "00000001_000.png").pixels
+    return np.ascontiguousarray(pixels[40:472, 100:420])
+
+
+@pytest.mark.parametrize("name", TINY_NAMES)
+def test_every_backend_preprocesses_with_the_one_transform(registry, radiograph, name):
+    """Each backend's ``preprocess`` is exactly :func:`prepare_pixels` with the spec's config
+    (no backend resizes or normalises its own way), on a real radiograph."""
+    model = registry.load(name, "cpu")
+    assert model.preprocess_cfg == registry.spec(name).preprocess == TINY_PREPROCESS
+    ours = model.preprocess(radiograph)
+    reference = prepare_pixels(radiograph, TINY_PREPROCESS)
+    assert ours.shape == (1, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
+    torch.testing.assert_close(ours, reference, atol=0, rtol=0)
+    # and the one transform is the geometry then the normalisation
+    grid = to_model_grid(radiograph, TINY_PREPROCESS)
+    torch.testing.assert_close(normalize(grid, TINY_PREPROCESS), reference, atol=0, rtol=0)
+    assert float(reference.std()) > 0.1  # a real image, not a constant one
+
+
+def test_preprocessing_of_the_real_default_model(radiograph):
+    """The shipped default reads its preprocessing from its checkpoint and applies it."""
+    from conftest import default_model_ready
+
+    if not default_model_ready():
+        pytest.skip("embedded default model not built")
+    from explorer.models import load_model
+
+    model = load_model(None, "cpu")
+    pre = model.preprocess_cfg
+    assert pre == Preprocess(160, (0.5,) * 3, (0.25,) * 3, "squash")
+    torch.testing.assert_close(
+        model.preprocess(radiograph), prepare_pixels(radiograph, pre), atol=0, rtol=0
+    )
+
+
+@pytest.mark.parametrize("config", TRAIN_CONFIGS, ids=lambda p: p.stem)
+def test_phantom_preprocessing_has_one_source(config):
+    """Training's config states the phantom models' preprocessing; the shipped
+    ``preprocessor_config.json``, the registry's spec and the shipped training record agree."""
+    from explorer.training.model import EncoderConfig
+    from explorer.training.trainer import TrainConfig, _tuples
+
+    cfg = TrainConfig.from_file(config)
+    truth = cfg.model.preprocess
+    folder = local_path(cfg.out_dir)
+    shipped = json.loads((folder / HF_PROCESSOR_FILE).read_text(encoding="utf-8"))
+    side = truth.image_size
+    assert shipped["size"] == {"height": side, "width": side}  # resize both sides: "squash"
+    assert shipped["image_mean"] == list(truth.mean)
+    assert shipped["image_std"] == list(truth.std)
+    assert Preprocess.from_image_processor(shipped) == truth
+    spec = {s.name: s for s in load_specs()}[cfg.name]
+    assert spec.preprocess == truth
+    record = json.loads((folder / "training_config.json").read_text(encoding="utf-8"))
+    assert EncoderConfig(**_tuples(record["config"]["model"])).preprocess == truth
+
+
+def test_export_writes_the_preprocessing_it_reads_back(tmp_path):
+    """What :func:`export` writes (a ViT image processor) reads back as the same config."""
+    from transformers import ViTImageProcessor
+
+    pre = Preprocess(96, (0.5, 0.4, 0.3), (0.2, 0.25, 0.5), "squash")
+    ViTImageProcessor(do_resize=True, **pre.image_processor_settings()).save_pretrained(tmp_path)
+    assert from_checkpoint(tmp_path) == pre
+    with pytest.raises(ValueError, match="squash"):
+        Preprocess(96, resize_mode="shortest").image_processor_settings()
+
+
+def test_spec_preprocess_from_checkpoint(tmp_path):
+    """``"preprocess": "checkpoint"`` reads the folder's own files; a hub id cannot."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"preprocess_cfg": {"size": 48, "mean": [0.1] * 3, "std": [0.3] * 3}})
+    )
+    spec = ModelSpec.from_dict(
+        {"name": "m", "backend": "open_clip", "source": str(folder), "preprocess": "checkpoint"}
+    )
+    assert spec.preprocess == Preprocess(48, (0.1,) * 3, (0.3,) * 3, "shortest")
+    with pytest.raises(ValueError, match="local source"):
+        ModelSpec.from_dict(
+            {
+                "name": "h",
+                "backend": "open_clip",
+                "source": "hf-hub:a/b",
+                "preprocess": "checkpoint",
+            }
+        )
+
+
+@pytest.mark.parametrize("mode", ["shortest", "squash", "pad"])
+def test_inverse_undoes_the_geometry(mode):
+    """A map that is the model input itself, sent back, is the image where the model saw it."""
+    pre = Preprocess(image_size=32, resize_mode=mode)
+    rows, cols = np.linspace(0.0, 0.6, 60), np.linspace(0.0, 0.4, 90)
+    img = np.add.outer(rows, cols).astype(np.float32)  # a smooth 60 x 90 ramp
+    back = to_image_space(to_model_grid(img, pre)[0, 0], pre, img.shape)
+    where = placement(img.shape, pre)
+    assert back.shape == img.shape and where.mode == mode and not where.identity
+    if mode == "shortest":  # only the centre was seen; the cut-away sides come back as zeros
+        assert where.resized == (32, 48) and (where.top, where.left) == (0, 8)
+        assert np.abs(back[:, :12]).max() == 0 and np.abs(back[:, -12:]).max() == 0
+        seen = back[:, 18:72]
+        np.testing.assert_allclose(seen, img[:, 18:72], atol=0.02)
+    else:
+        if mode == "pad":
+            assert where.resized == (21, 32) and (where.top, where.left) == (5, 0)
+        np.testing.assert_allclose(back[8:-8, 8:-8], img[8:-8, 8:-8], atol=0.02)
+    # an image already at the model's size is not resampled, either way
+    square = img[:32, :32].copy()
+    assert placement(square.shape, pre).identity
+    np.testing.assert_array_equal(to_model_grid(square, pre)[0, 0].numpy(), square)
+    np.testing.assert_array_equal(to_image_space(square, pre, square.shape), square)
 
 
 @pytest.mark.parametrize("mode", ["shortest", "squash", "pad"])

@@ -7,7 +7,9 @@ Typical use::
     img = model.embed_image(pixels)            # [1, D], L2-normalised
     txt = model.embed_texts(["there is pleural effusion", "there is no pleural effusion"])
 
-Nothing is loaded at import; models load on first use and are cached.
+Nothing is loaded at import; models load on first use and are cached. Preprocessing (image ->
+model input, and a model-input map back onto the image) has one home:
+:mod:`explorer.models.preprocess`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from explorer.models.base import (
     TokenBatch,
     VisionLanguageModel,
     default_device,
-    prepare_pixels,
 )
+from explorer.models.preprocess import Preprocess, prepare_pixels, to_image_space
 from explorer.models.registry import (
     ModelRegistry,
     ModelStatus,
@@ -29,7 +31,7 @@ from explorer.models.registry import (
     hub_reachable,
     register_backend,
 )
-from explorer.models.spec import ModelSpec, Preprocess, load_specs
+from explorer.models.spec import ModelSpec, load_specs
 
 
 def list_models() -> tuple[str, ...]:
@@ -68,4 +70,5 @@ __all__ = [
     "model_status",
     "prepare_pixels",
     "register_backend",
+    "to_image_space",
 ]

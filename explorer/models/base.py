@@ -3,6 +3,7 @@
 An adapter wraps one loaded dual encoder behind a small surface, in the spirit of open_clip:
 ``preprocess`` -> ``encode_image``; ``tokenize`` -> ``encode_text``; plus what attribution
 needs (a token-embedding layer, a spatial image layer and a way to read its output as a grid).
+Preprocessing itself (forward and inverse) lives in :mod:`explorer.models.preprocess`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.models.spec import ModelSpec, Preprocess
+from explorer.models.preprocess import Preprocess, prepare_pixels
+from explorer.models.spec import ModelSpec
 
 TokenBatch = dict[str, torch.Tensor]
 
@@ -60,45 +62,6 @@ class SpatialLayer:
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
 
 
-def prepare_pixels(pixels: np.ndarray | torch.Tensor, pre: Preprocess) -> torch.Tensor:
-    """Grayscale ``[H, W]`` (or ``[B, H, W]``) in [0, 1] -> normalised ``[B, 3, S, S]`` float32.
-
-    Differentiable with respect to a tensor input, so attributions can flow to the pixels.
-    """
-    if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
-        pixels = np.array(pixels, dtype=np.float32)  # read-only arrays (e.g. phantoms) are copied
-    x = torch.as_tensor(pixels, dtype=torch.float32)
-    if x.ndim == 2:
-        x = x[None]
-    if x.ndim != 3:
-        raise ValueError(
-            f"expected a grayscale image [H, W] or a batch [B, H, W], got {tuple(x.shape)}"
-        )
-    x = x[:, None]  # [B, 1, H, W]
-    size = pre.image_size
-    h, w = x.shape[-2:]
-    if h == w == size:
-        pass  # already the model's size: nothing to resample
-    elif pre.resize_mode == "squash":
-        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    elif pre.resize_mode == "shortest":
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-        top, left = (nh - size) // 2, (nw - size) // 2
-        x = x[..., top : top + size, left : left + size]
-    else:  # pad
-        scale = size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-        top, left = (size - nh) // 2, (size - nw) // 2
-        x = F.pad(x, (left, size - nw - left, top, size - nh - top), value=0.0)
-    x = x.clamp(0.0, 1.0).expand(-1, 3, -1, -1)
-    mean = torch.tensor(pre.mean, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 #: Held by an attribution for its whole call and by :meth:`VisionLanguageModel.embed_texts` /
 #: :meth:`~VisionLanguageModel.embed_image`. Attributions hook model layers (Captum's
 #: LayerIntegratedGradients records every call of the token-embedding layer, from any thread),
@@ -124,7 +87,11 @@ class VisionLanguageModel(abc.ABC):
 
     # --- images ---------------------------------------------------------------------------
     def preprocess(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Grayscale [0, 1] image(s) -> the model's normalised input on its device."""
+        """Grayscale [0, 1] image(s) -> the model's normalised input on its device.
+
+        Every backend uses this one transform (:func:`explorer.models.preprocess.prepare_pixels`
+        with the model's ``preprocess_cfg``); a backend only decides that config.
+        """
         return prepare_pixels(pixels, self.preprocess_cfg).to(self.device)
 
     @abc.abstractmethod

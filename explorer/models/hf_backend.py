@@ -19,7 +19,8 @@ from explorer.models.base import (
     as_features,
     maybe_normalize,
 )
-from explorer.models.spec import ModelSpec, Preprocess, local_path
+from explorer.models.preprocess import Preprocess
+from explorer.models.spec import ModelSpec, local_path
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +58,13 @@ class TransformersModel(VisionLanguageModel):
 
     @staticmethod
     def _preprocess_from_processor(source: str) -> Preprocess:
+        """What the checkpoint's image processor says (used when the spec states nothing)."""
         from transformers import AutoImageProcessor
 
         proc = AutoImageProcessor.from_pretrained(source)
-        size = proc.size
-        side = size.get("shortest_edge") or size.get("height") if isinstance(size, dict) else size
-        mode = "shortest" if isinstance(size, dict) and "shortest_edge" in size else "squash"
-        return Preprocess(int(side), tuple(proc.image_mean), tuple(proc.image_std), mode)
+        return Preprocess.from_image_processor(
+            {"size": proc.size, "image_mean": proc.image_mean, "image_std": proc.image_std}
+        )
 
     @property
     def module(self) -> nn.Module:

@@ -20,7 +20,8 @@ from explorer.models.base import (
     VisionLanguageModel,
     maybe_normalize,
 )
-from explorer.models.spec import ModelSpec, Preprocess, local_path
+from explorer.models.preprocess import Preprocess
+from explorer.models.spec import ModelSpec, local_path
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +53,8 @@ class OpenClipModel(VisionLanguageModel):
         self.preprocess_cfg = spec.preprocess or self._preprocess_from_model()
 
     def _preprocess_from_model(self) -> Preprocess:
-        cfg = getattr(self._model.visual, "preprocess_cfg", {}) or {}
-        size = cfg.get("size", 224)
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        mode = {"squash": "squash", "longest": "pad"}.get(cfg.get("resize_mode", ""), "shortest")
-        return Preprocess.from_dict(
-            {
-                "image_size": size,
-                "mean": cfg.get("mean", Preprocess.mean),
-                "std": cfg.get("std", Preprocess.std),
-                "resize_mode": mode,
-            }
-        )
+        """What the loaded model's ``preprocess_cfg`` says (used when the spec states nothing)."""
+        return Preprocess.from_open_clip(getattr(self._model.visual, "preprocess_cfg", {}) or {})
 
     @property
     def module(self) -> nn.Module:

@@ -1,7 +1,10 @@
 """Model specifications as data: what a model is, where its weights live, how to preprocess.
 
 Specs are read from ``explorer/configs/models.json``; each carries its own preprocessing
-(size, mean, std) so that an image is always prepared the way its model was trained.
+(size, mean, std, resize mode; :mod:`explorer.models.preprocess`) so that an image is always
+prepared the way its model was trained. Hub models state it in the config; the embedded
+phantom models say ``"checkpoint"``: their preprocessing is what training wrote next to the
+weights (``preprocessor_config.json``, from the training config), read once, not restated.
 """
 
 from __future__ import annotations
@@ -12,44 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from explorer.models.preprocess import Preprocess, from_checkpoint
 from explorer.paths import assets_dir, configs_dir, project_root
 
-RESIZE_MODES = ("shortest", "squash", "pad")
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How a grayscale [0, 1] image becomes the model's input tensor.
-
-    Attributes:
-        image_size: Side of the square input, in pixels.
-        mean: Per-channel mean subtracted after scaling to [0, 1] (RGB order).
-        std: Per-channel standard deviation divided by (RGB order).
-        resize_mode: ``"shortest"`` (resize the short side then centre-crop, as CLIP does),
-            ``"squash"`` (resize both sides, ignoring aspect) or ``"pad"`` (letterbox with black).
-    """
-
-    image_size: int = 224
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    resize_mode: str = "shortest"
-
-    def __post_init__(self) -> None:
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("mean and std need three values each, std > 0")
-        if self.image_size < 8:
-            raise ValueError("image_size must be at least 8")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Preprocess:
-        return cls(
-            image_size=int(data.get("image_size", cls.image_size)),
-            mean=tuple(float(v) for v in data.get("mean", cls.mean)),
-            std=tuple(float(v) for v in data.get("std", cls.std)),
-            resize_mode=str(data.get("resize_mode", cls.resize_mode)),
-        )
+#: ``"preprocess": "checkpoint"`` in a spec: read it from the checkpoint folder's own files.
+FROM_CHECKPOINT = "checkpoint"
 
 
 @dataclass(frozen=True)
@@ -86,16 +56,35 @@ class ModelSpec:
         missing = [k for k in ("name", "backend", "source") if not data.get(k)]
         if missing:
             raise ValueError(f"model spec is missing {', '.join(missing)}: {dict(data)!r}")
-        pre = data.get("preprocess")
+        source = str(data["source"])
         return cls(
             name=str(data["name"]),
             backend=str(data["backend"]),
-            source=str(data["source"]),
-            preprocess=Preprocess.from_dict(pre) if pre else None,
+            source=source,
+            preprocess=_spec_preprocess(data.get("preprocess"), source),
             description=str(data.get("description", "")),
             card=str(data.get("card", "")),
             tags=tuple(data.get("tags", ())),
         )
+
+
+def _spec_preprocess(section: object, source: str) -> Preprocess | None:
+    """A spec's ``preprocess``: a section of numbers, ``"checkpoint"``, or absent (None).
+
+    ``"checkpoint"`` (the embedded phantom models) reads what the local checkpoint states in
+    its own files, which training wrote from its config (:func:`from_checkpoint`); None when
+    the files are missing (the registry then reports the model as unavailable).
+    """
+    if not section:
+        return None
+    if section == FROM_CHECKPOINT:
+        path = local_path(source)
+        if path is None:
+            raise ValueError(f"'preprocess': 'checkpoint' needs a local source, got {source!r}")
+        return from_checkpoint(path)
+    if isinstance(section, Mapping):
+        return Preprocess.from_dict(section)
+    raise ValueError(f"'preprocess' must be a section or 'checkpoint', got {section!r}")
 
 
 def local_path(source: str) -> Path | None:
@@ -133,3 +122,13 @@ def default_model_name(path: Path | None = None) -> str:
     """The embedded offline default named in the models config."""
     path = path or configs_dir() / "models.json"
     return str(json.loads(path.read_text(encoding="utf-8"))["default"])
+
+
+__all__ = [
+    "FROM_CHECKPOINT",
+    "ModelSpec",
+    "Preprocess",
+    "default_model_name",
+    "load_specs",
+    "local_path",
+]

@@ -235,7 +235,68 @@ def build_tiny_open_clip(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-#: backend name, builder, and a short label per tiny model.
+#: Input side of the tiny ConvNeXt dual encoder: its two stages downsample by 8 in all.
+TINY_CONVNEXT_SIZE = 64
+TINY_CONVNEXT_NAME = "tiny-convnext-dual"
+
+
+def build_tiny_convnext_dual(directory: Path, seed: int = 0) -> Path:
+    """A transformers ``VisionTextDualEncoderModel`` with a ConvNeXt image tower.
+
+    The shape of the embedded phantom models (ConvNeXt + BERT), small: a convolutional
+    spatial layer for Grad-CAM, and a final LayerNorm over pooled features (which makes
+    integrated gradients need many steps, as on the real model).
+    """
+    from transformers import (
+        BertConfig,
+        ConvNextConfig,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+    )
+
+    torch.manual_seed(seed)
+    vision = ConvNextConfig(
+        num_channels=3,
+        patch_size=4,
+        image_size=TINY_CONVNEXT_SIZE,
+        num_stages=2,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+    )
+    vision.hidden_size = 16  # the dual encoder sizes its projection from this
+    text = BertConfig(
+        vocab_size=_vocab_size(),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        pad_token_id=0,
+    )
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(vision, text, projection_dim=8)
+    VisionTextDualEncoderModel(config=config).save_pretrained(directory)
+    _word_tokenizer(directory)
+    return directory
+
+
+def tiny_convnext_spec(root: Path, seed: int = 0) -> ModelSpec:
+    """Write the tiny ConvNeXt dual encoder under ``root`` and return a spec for it."""
+    folder = build_tiny_convnext_dual(Path(root) / TINY_CONVNEXT_NAME, seed=seed)
+    return ModelSpec(
+        name=TINY_CONVNEXT_NAME,
+        backend="transformers",
+        source=str(folder.resolve()),
+        preprocess=Preprocess(
+            TINY_CONVNEXT_SIZE, TINY_PREPROCESS.mean, TINY_PREPROCESS.std, "squash"
+        ),
+        description="tiny random ConvNeXt dual encoder for tests",
+        card="Random weights: tests only.",
+        tags=("tiny",),
+    )
+
+
+#: backend name, builder, and a short label per tiny model (32 px inputs; the ConvNeXt dual
+#: encoder above is apart: 64 px).
 TINY_BUILDERS = {
     "tiny-open-clip": ("open_clip", build_tiny_open_clip),
     "tiny-clip": ("transformers", build_tiny_clip),

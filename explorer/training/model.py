@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from explorer.models.preprocess import Preprocess
+
 
 def minilm_path() -> Path:
     """Folder of the packaged all-MiniLM-L6-v2 weights and tokenizer."""
@@ -51,6 +53,18 @@ class EncoderConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """How images are prepared for this encoder: the one statement of it.
+
+        The phantoms are square renders, resized on both sides to ``image_size``
+        (``"squash"``: nothing is cut off or padded). Training feeds the tower with it,
+        :func:`export` writes it next to the weights (``preprocessor_config.json``), and the
+        registry reads it back from there (``"preprocess": "checkpoint"`` in
+        ``configs/models.json``); a test checks that the shipped files agree.
+        """
+        return Preprocess(self.image_size, self.mean, self.std, "squash")
 
 
 def build_dual_encoder(cfg: EncoderConfig, pretrained_text: bool = True):
@@ -220,10 +234,7 @@ def export(model: nn.Module, tokenizer, cfg: EncoderConfig, folder: Path) -> Pat
     half = copy.deepcopy(model).to("cpu").half()
     half.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    ViTImageProcessor(
-        do_resize=True,
-        size={"height": cfg.image_size, "width": cfg.image_size},
-        image_mean=list(cfg.mean),
-        image_std=list(cfg.std),
-    ).save_pretrained(folder)
+    ViTImageProcessor(do_resize=True, **cfg.preprocess.image_processor_settings()).save_pretrained(
+        folder
+    )
     return folder

@@ -89,8 +89,7 @@ class TrainConfig:
 
     @property
     def preprocess(self) -> Preprocess:
-        m = self.model
-        return Preprocess(m.image_size, m.mean, m.std, "squash")
+        return self.model.preprocess
 
 
 def _tuples(section: dict) -> dict:

@@ -1,0 +1,561 @@
+"""Image attributions: which pixels drive an image-text similarity (IG, Grad-CAM, occlusion).
+
+Maps are taken against the grayscale image at the model's input size
+(:func:`model_input`, :func:`explorer.models.preprocess.to_model_grid`) and mapped back onto the
+caller's image with :func:`explorer.models.preprocess.to_image_space`. Each method's options
+are a dataclass from :mod:`explorer.attribution.options`; its runner here turns them into a map.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from explorer.attribution.core import (
+    AttributionError,
+    Counted,
+    ForwardFunc,
+    as_image,
+    attribution_mode,
+    check_finite,
+    check_prompt,
+    frozen,
+    relative,
+)
+from explorer.attribution.options import (
+    DEFAULT_INTERNAL_BATCH_SIZE,
+    DEFAULT_STEPS,
+    IG_INTEGRATION,
+    AttributionOptionsError,
+    Baseline,
+    GradCAMOptions,
+    IGOptions,
+    OcclusionOptions,
+    Options,
+    check_count,
+    image_method,
+    image_options,
+)
+from explorer.models.base import VisionLanguageModel
+from explorer.models.preprocess import normalize, to_image_space, to_model_grid
+from explorer.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageAttribution:
+    """A saliency map for one image and one prompt.
+
+    Attributes:
+        method: ``"ig"``, ``"gradcam"`` or ``"occlusion"``.
+        prompt: The text whose similarity with the image is explained.
+        attribution: Read-only float32 ``[H, W]`` map at the shape of the image the caller
+            passed, resampled bilinearly from ``model_attribution`` (values per model pixel;
+            regions the model never saw, such as a centre crop's cut-off sides, are 0).
+        score: The explained similarity for the input image (cosine, times the logit scale
+            when ``params["scaled"]``).
+        baseline_score: The similarity for the integrated-gradients baseline image (IG only).
+        params: What produced the map: ``steps``, ``internal_batch_size``, ``baseline``
+            (a description), ``window``/``stride`` (occlusion, model-input pixels), ``layer``
+            (Grad-CAM), ``input_size``, ``scaled``.
+        signed: Whether the map has meaningful negative values (IG, occlusion).
+        convergence_delta: IG only: ``model_attribution.sum() - (score - baseline_score)``.
+        model_attribution: Read-only float32 ``[S, S]`` map at the model's input size.
+    """
+
+    method: str
+    prompt: str
+    attribution: np.ndarray
+    score: float
+    baseline_score: float | None
+    params: dict[str, Any]
+    signed: bool
+    convergence_delta: float | None
+    model_attribution: np.ndarray
+
+    @property
+    def relative_delta(self) -> float | None:
+        """IG only: ``|convergence_delta| / |score - baseline_score|``.
+
+        Above a few percent the integral is poorly resolved; more ``steps`` help.
+        """
+        if self.convergence_delta is None or self.baseline_score is None:
+            return None
+        return relative(self.convergence_delta, self.score - self.baseline_score)
+
+
+# --- forward functions ------------------------------------------------------------------------
+
+
+def model_input(model: VisionLanguageModel, pixels: np.ndarray) -> torch.Tensor:
+    """Grayscale ``[H, W]`` image in [0, 1] -> ``[1, 1, S, S]`` at the model's input size.
+
+    Resized, cropped or letterboxed exactly as the model's preprocessing does
+    (:func:`explorer.models.preprocess.to_model_grid`), but not normalised: values stay in
+    [0, 1]. This is the tensor image attributions are taken against.
+    """
+    return to_model_grid(as_image(pixels), model.preprocess_cfg).to(model.device)
+
+
+def image_similarity_forward(
+    model: VisionLanguageModel, text_embedding: torch.Tensor, scale: float = 1.0
+) -> ForwardFunc:
+    """A Captum ``forward_func``: ``[B, 1, S, S]`` gray images in [0, 1] -> ``[B]`` similarities.
+
+    Args:
+        model: The adapter.
+        text_embedding: ``[1, D]`` (or ``[D]``) L2-normalised text embedding, computed once.
+        scale: Multiplier of the cosine (1, or ``model.logit_scale``).
+    """
+    pre = model.preprocess_cfg
+    text = text_embedding.reshape(1, -1).detach().to(model.device)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        # The rest of the model's preprocessing: the input is already at the model's size.
+        image = model.encode_image(normalize(x, pre), normalize=True)
+        return (image * text).sum(dim=-1) * scale
+
+    return forward
+
+
+def _text_embedding(model: VisionLanguageModel, prompt: str) -> torch.Tensor:
+    with torch.no_grad():
+        return model.encode_text(model.tokenize([prompt]), normalize=True)
+
+
+# --- generic Captum helpers (usable with any forward function) ----------------------------
+
+
+def integrated_gradients(
+    forward_func: ForwardFunc,
+    x: torch.Tensor,
+    baseline: torch.Tensor | float = 0.0,
+    *,
+    steps: int = DEFAULT_STEPS,
+    internal_batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Integrated gradients of a scalar-per-sample ``forward_func`` at one input.
+
+    Args:
+        forward_func: ``[B, ...] -> [B]``.
+        x: The input, batch of one.
+        baseline: Same shape as ``x``, or a constant.
+        steps: Integration points (Gauss-Legendre).
+        internal_batch_size: Points evaluated per forward pass.
+        progress: Optional ``callable(fraction, message)``.
+
+    Returns:
+        Attributions shaped like ``x`` (detached) and the completeness residual
+        ``sum(attr) - (f(x) - f(baseline))``.
+    """
+    from captum.attr import IntegratedGradients
+
+    check_count("Integrated gradients'", "steps", steps)
+    check_count("Integrated gradients'", "internal_batch_size", internal_batch_size)
+    counted = Counted(forward_func, steps + 2, progress, "Integrated gradients")
+    with torch.inference_mode(False), torch.enable_grad():
+        attr, delta = IntegratedGradients(counted).attribute(
+            x.detach(),
+            baselines=baseline.detach() if isinstance(baseline, torch.Tensor) else baseline,
+            n_steps=steps,
+            method=IG_INTEGRATION,
+            internal_batch_size=internal_batch_size,
+            return_convergence_delta=True,
+        )
+    return attr.detach(), float(delta.reshape(-1)[0])
+
+
+def occlusion(
+    forward_func: ForwardFunc,
+    x: torch.Tensor,
+    *,
+    window: int,
+    stride: int,
+    baseline: float | torch.Tensor = 0.0,
+    batch_size: int = DEFAULT_INTERNAL_BATCH_SIZE,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Occlusion map of ``forward_func`` at ``x`` (``[1, C, H, W]``) with a square window.
+
+    Each window position (all channels at once) is painted with ``baseline``; a pixel's value
+    is the mean drop ``f(x) - f(occluded)`` over the windows covering it.
+
+    Args:
+        forward_func: ``[B, C, H, W] -> [B]``.
+        x: The input, batch of one.
+        window: Side of the square window in pixels (at most ``min(H, W)``).
+        stride: Step between windows in pixels (1 to ``window``).
+        baseline: Value painted into the window, or an image shaped like ``x`` whose pixels
+            under the window are painted.
+        batch_size: Occluded images evaluated per forward pass.
+        progress: Optional ``callable(fraction, message)``.
+
+    Raises:
+        AttributionOptionsError: The window does not fit the input, or the stride the window.
+    """
+    from captum.attr import Occlusion
+
+    if x.ndim != 4 or x.shape[0] != 1:
+        raise ValueError(f"expected a [1, C, H, W] input, got {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if not 1 <= window <= min(h, w):
+        raise AttributionOptionsError(
+            f"The occlusion window must be between 1 and {min(h, w)} pixels, got {window}."
+        )
+    if not 1 <= stride <= window:
+        raise AttributionOptionsError(
+            f"The occlusion stride must be between 1 and the window ({window}), got {stride}."
+        )
+    check_count("The occlusion", "batch", batch_size)
+    positions = (math.ceil((h - window) / stride) + 1) * (math.ceil((w - window) / stride) + 1)
+    counted = Counted(forward_func, positions + 1, progress, "Occlusion")
+    with torch.no_grad():
+        attr = Occlusion(counted).attribute(
+            x.detach(),
+            sliding_window_shapes=(x.shape[1], window, window),
+            strides=(1, stride, stride),
+            baselines=baseline.detach() if isinstance(baseline, torch.Tensor) else baseline,
+            perturbations_per_eval=batch_size,
+        )
+    return attr.detach()
+
+
+# --- Grad-CAM -----------------------------------------------------------------------------------
+
+
+def grad_cam(
+    model: VisionLanguageModel, forward_func: ForwardFunc, x: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Grad-CAM of ``forward_func`` at ``x`` on ``model.spatial_layer``.
+
+    The layer's activation ``A`` is read as a ``[1, C, h, w]`` grid with ``to_grid`` (the
+    layer's output for convolutional towers, its input for vision transformers; see the
+    package docstring); the channel weights are the spatially averaged gradients of the
+    similarity with respect to that grid, and the map is ``ReLU(sum_c w_c A_c)`` resized
+    bilinearly to ``x``'s spatial size.
+
+    Returns:
+        The ``[H, W]`` map (detached) and a description of the hooked layer.
+    """
+    layer = model.spatial_layer
+    use_input = layer.kind == "vit"
+    owner = threading.get_ident()
+    captured: list[torch.Tensor] = []
+
+    def keep_input(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if threading.get_ident() == owner:
+            named = [kwargs.get(k) for k in ("hidden_states", "x")]
+            tensors = [a for a in (*args, *named, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            if tensors:
+                captured.append(tensors[0])
+
+    def keep_output(_module: torch.nn.Module, _args: tuple, output: Any) -> None:
+        if threading.get_ident() == owner:
+            captured.append(output[0] if isinstance(output, tuple) else output)
+
+    if use_input:
+        handle = layer.module.register_forward_pre_hook(keep_input, with_kwargs=True)
+    else:
+        handle = layer.module.register_forward_hook(keep_output)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            # A leaf that requires grad keeps the graph even if every parameter is frozen.
+            probe = x.detach().clone().requires_grad_(True)
+            score = forward_func(probe)
+            if not captured:
+                raise AttributionError(
+                    "Grad-CAM could not read the model's spatial layer during the forward pass."
+                )
+            activation = captured[-1]
+            (grad,) = torch.autograd.grad(score.sum(), activation)
+    finally:
+        handle.remove()
+    acts = layer.to_grid(activation.detach()).float()
+    grads = layer.to_grid(grad).float()
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * acts).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+    info = {
+        "layer": _module_name(model, layer.module),
+        "layer_kind": layer.kind,
+        "hooked": "input" if use_input else "output",
+        "grid": tuple(int(v) for v in acts.shape[-2:]),
+    }
+    return cam[0, 0].detach(), info
+
+
+def _module_name(model: VisionLanguageModel, target: torch.nn.Module) -> str:
+    for name, module in model.module.named_modules():
+        if module is target:
+            return name or type(target).__name__
+    return type(target).__name__
+
+
+# --- baselines -----------------------------------------------------------------------------------
+
+
+def _baseline_image(
+    baseline: Baseline, x: torch.Tensor, model: VisionLanguageModel, shape: tuple
+) -> tuple[torch.Tensor, str]:
+    """The baseline as a model-input tensor like ``x``, and a description of it."""
+    if isinstance(baseline, str):
+        if baseline == "black":
+            return torch.zeros_like(x), "black (all zeros)"
+        if baseline == "mean":
+            value = float(x.mean())
+            return torch.full_like(x, value), f"constant {value:.4f} (mean of the image)"
+        # "blur" (the options checked the name)
+        from scipy.ndimage import gaussian_filter
+
+        sigma = max(1.0, x.shape[-1] / 16)
+        blurred = gaussian_filter(x[0, 0].cpu().numpy(), sigma=sigma, mode="nearest")
+        return (
+            torch.as_tensor(blurred, dtype=x.dtype, device=x.device)[None, None],
+            f"gaussian blur of the image (sigma {sigma:g} model pixels)",
+        )
+    if isinstance(baseline, numbers.Real):
+        return torch.full_like(x, float(baseline)), f"constant {float(baseline):g}"
+    arr = np.asarray(baseline, dtype=np.float32)
+    if arr.shape != tuple(shape):
+        raise AttributionOptionsError(
+            f"A baseline image must have the image's shape {shape}, got {arr.shape}."
+        )
+    return model_input(model, arr), "custom image"
+
+
+# --- one runner per method -------------------------------------------------------------------
+
+#: What a runner returns: the ``[S, S]`` map, its parameters, the baseline score and the delta.
+RunResult = tuple[torch.Tensor, dict[str, Any], float | None, float | None]
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What every runner gets: the model, the forward function, the input and the caller's
+    image shape."""
+
+    model: VisionLanguageModel
+    forward: ForwardFunc
+    x: torch.Tensor
+    shape: tuple
+    progress: Progress | None
+
+
+def _run_ig(call: _Call, opts: IGOptions) -> RunResult:
+    base, description = _baseline_image(opts.baseline, call.x, call.model, call.shape)
+    with torch.no_grad():
+        baseline_score = float(call.forward(base)[0])
+    attr, delta = integrated_gradients(
+        call.forward,
+        call.x,
+        base,
+        steps=opts.steps,
+        internal_batch_size=opts.internal_batch_size,
+        progress=call.progress,
+    )
+    params = {
+        "steps": int(opts.steps),
+        "internal_batch_size": int(opts.internal_batch_size),
+        "baseline": description,
+        "integration": IG_INTEGRATION,
+    }
+    return attr[0, 0], params, baseline_score, delta
+
+
+def _run_gradcam(call: _Call, _opts: GradCAMOptions) -> RunResult:
+    model_map, info = grad_cam(call.model, call.forward, call.x)
+    return model_map, info, None, None
+
+
+def _run_occlusion(call: _Call, opts: OcclusionOptions) -> RunResult:
+    base, description = _baseline_image(opts.baseline, call.x, call.model, call.shape)
+    window, stride = opts.resolved(int(call.x.shape[-1]))
+    attr = occlusion(
+        call.forward,
+        call.x,
+        window=window,
+        stride=stride,
+        baseline=base,
+        batch_size=opts.batch,
+        progress=call.progress,
+    )
+    params = {
+        "window": window,
+        "stride": stride,
+        "baseline": description,
+        "internal_batch_size": int(opts.batch),
+    }
+    return attr[0, 0], params, None, None
+
+
+_RUNNERS: dict[str, Callable[[_Call, Any], RunResult]] = {
+    "ig": _run_ig,
+    "gradcam": _run_gradcam,
+    "occlusion": _run_occlusion,
+}
+
+
+# --- public entry points --------------------------------------------------------------------
+
+
+def attribute_image(
+    model: VisionLanguageModel,
+    pixels: np.ndarray,
+    prompt: str,
+    method: str = "ig",
+    *,
+    options: Options | None = None,
+    steps: int | None = None,
+    internal_batch_size: int | None = None,
+    baseline: Baseline | None = None,
+    window: int | None = None,
+    stride: int | None = None,
+    scaled: bool = False,
+    progress: Progress | None = None,
+) -> ImageAttribution:
+    """Explain the similarity of ``pixels`` with ``prompt`` by a map over the image.
+
+    The method's options come either as its options dataclass (``options=IGOptions(...)``)
+    or as the keyword arguments below, which map onto it (None = the method's default;
+    those a method does not take are ignored).
+
+    Args:
+        model: A loaded adapter.
+        pixels: Grayscale ``[H, W]`` image with values in [0, 1].
+        prompt: The text (its embedding is computed once, without gradients).
+        method: ``"ig"``, ``"gradcam"`` or ``"occlusion"``.
+        options: :class:`IGOptions`, :class:`GradCAMOptions` or :class:`OcclusionOptions`
+            of ``method``.
+        steps: IG integration points (default 128).
+        internal_batch_size: Images per forward pass (IG points, occluded images; 16).
+        baseline: What IG integrates from and occlusion paints: ``"black"`` (zeros),
+            ``"mean"`` (constant image mean), ``"blur"`` (Gaussian blur, sigma = S/16), a
+            constant in [0, 1], or an image of the same shape as ``pixels``; None = the
+            method's default (:data:`DEFAULT_BASELINES`). Grad-CAM has none.
+        window: Occlusion window side in model-input pixels (default ``S // 8``).
+        stride: Occlusion stride in model-input pixels (default ``S // 16``).
+        scaled: Explain ``logit_scale * cosine`` instead of the cosine.
+        progress: Optional ``callable(fraction, message)`` called as work advances.
+
+    Returns:
+        The :class:`ImageAttribution`.
+
+    Raises:
+        AttributionOptionsError: Unknown method, options of another method, options given
+            twice, or an option out of range (a ``ValueError`` too).
+        ValueError: A bad prompt, or an image that is not 2-D.
+        AttributionError: The model produced NaN or infinite values.
+    """
+    entry = image_method(method)
+    if options is None:
+        options = image_options(
+            method,
+            steps=steps,
+            internal_batch_size=internal_batch_size,
+            baseline=baseline,
+            window=window,
+            stride=stride,
+        )
+    else:
+        given = [
+            name
+            for name, value in (
+                ("steps", steps),
+                ("internal_batch_size", internal_batch_size),
+                ("baseline", baseline),
+                ("window", window),
+                ("stride", stride),
+            )
+            if value is not None
+        ]
+        if given:
+            raise AttributionOptionsError(
+                f"Give the {entry.display} options either as options= or as keyword "
+                f"arguments, not both ({', '.join(given)} given as well)."
+            )
+        if not isinstance(options, entry.options):
+            raise AttributionOptionsError(
+                f"{entry.display} takes {entry.options.__name__}, got {type(options).__name__}."
+            )
+    check_prompt(prompt)
+    shape = tuple(np.shape(pixels))
+    start = time.perf_counter()
+    with attribution_mode(model):
+        x = model_input(model, pixels)
+        size = int(x.shape[-1])
+        scale = float(model.logit_scale) if scaled else 1.0
+        forward = image_similarity_forward(model, _text_embedding(model, prompt), scale)
+        with torch.no_grad():
+            score = float(forward(x)[0])
+        check_finite(score, "similarity")
+        params: dict[str, Any] = {"input_size": size, "scaled": bool(scaled)}
+        if progress is not None:
+            progress(0.0, f"{method}: starting")
+        call = _Call(model, forward, x, shape, progress)
+        model_map, extra, baseline_score, delta = _RUNNERS[method](call, options)
+        params |= extra
+    model_np = model_map.detach().float().cpu().numpy()
+    check_finite(model_np, f"{method} map")
+    image_np = to_image_space(model_np, model.preprocess_cfg, shape)
+    check_finite(image_np, f"{method} map")
+    if delta is not None:
+        check_finite(delta, "convergence delta")
+    if progress is not None:
+        progress(1.0, f"{method}: done")
+    log.debug(
+        "%s attribution of %r on %s: %.2f s",
+        method,
+        prompt,
+        model.name,
+        time.perf_counter() - start,
+    )
+    return ImageAttribution(
+        method=method,
+        prompt=prompt,
+        attribution=frozen(image_np),
+        score=score,
+        baseline_score=baseline_score,
+        params=params,
+        signed=entry.signed,
+        convergence_delta=delta,
+        model_attribution=frozen(model_np),
+    )
+
+
+def attribute_pair(
+    model: VisionLanguageModel,
+    pixels: np.ndarray,
+    affirmed: str,
+    negated: str,
+    method: str = "ig",
+    **kw: Any,
+) -> tuple[ImageAttribution, ImageAttribution, np.ndarray]:
+    """Maps for an affirmed and a negated prompt, and their difference (affirmed - negated).
+
+    With IG and the same baseline the difference is itself the IG map of
+    ``sim(affirmed) - sim(negated)`` (completeness holds for it too). Keyword arguments go to
+    :func:`attribute_image`; a ``progress`` callback sees one continuous 0-1 range.
+    """
+    progress = kw.pop("progress", None)
+
+    def part(offset: float) -> Progress | None:
+        if progress is None:
+            return None
+        return lambda frac, msg: progress(offset + 0.5 * frac, msg)
+
+    first = attribute_image(model, pixels, affirmed, method, progress=part(0.0), **kw)
+    second = attribute_image(model, pixels, negated, method, progress=part(0.5), **kw)
+    diff = (first.attribution - second.attribution).astype(np.float32)
+    return first, second, diff

@@ -1,0 +1,267 @@
+"""Text attributions: which words drive an image-text similarity (integrated gradients on the
+token embeddings, Captum's LayerIntegratedGradients)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from explorer.attribution.core import (
+    AttributionError,
+    Counted,
+    as_image,
+    attribution_mode,
+    check_finite,
+    check_prompt,
+    relative,
+)
+from explorer.attribution.options import (
+    IG_INTEGRATION,
+    METHODS,
+    AttributionOptionsError,
+    TokenIGOptions,
+)
+from explorer.models.base import VisionLanguageModel
+from explorer.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class TokenAttribution:
+    """Per-token contributions to one image-text similarity.
+
+    Attributes:
+        prompt: The explained text.
+        tokens: Readable tokens as returned by ``model.token_strings`` (padding removed,
+            special tokens such as ``[CLS]``/``<start_of_text>`` kept).
+        scores: One attribution per token, aligned with ``tokens``; they sum (up to
+            ``convergence_delta``) to ``score - baseline_score``.
+        special: Aligned flags, True for special tokens. Special tokens are kept unchanged in
+            the baseline, so their score is exactly 0.
+        method: ``"layer_ig"`` (integrated gradients on the token embeddings).
+        params: ``steps``, ``internal_batch_size``, ``baseline_token_id``, ``special_tokens``
+            (how special positions were found), ``scaled``.
+        score: Similarity of the image with the prompt.
+        baseline_score: Similarity of the image with the baseline token sequence.
+        convergence_delta: ``sum(scores) - (score - baseline_score)``.
+    """
+
+    prompt: str
+    tokens: tuple[str, ...]
+    scores: tuple[float, ...]
+    special: tuple[bool, ...]
+    method: str
+    params: dict[str, Any]
+    score: float
+    baseline_score: float
+    convergence_delta: float
+
+    @property
+    def relative_delta(self) -> float:
+        """``|convergence_delta| / |score - baseline_score|`` (see ImageAttribution)."""
+        return relative(self.convergence_delta, self.score - self.baseline_score)
+
+
+def _tokenizer_specials(model: VisionLanguageModel) -> tuple[frozenset[int] | None, int | None]:
+    """Special token ids and the unknown-token id, where the adapter's tokenizer tells them.
+
+    Looks for a public ``special_token_ids`` on the adapter first, then at its tokenizer
+    (``all_special_ids`` of transformers and open_clip tokenizers). The unknown token is not
+    counted as special: it stands for a real word.
+    """
+    public = getattr(model, "special_token_ids", None)
+    if public is not None:
+        return frozenset(int(i) for i in public), None
+    tokenizer = getattr(model, "_tokenizer", None)
+    for tok in (tokenizer, getattr(tokenizer, "tokenizer", None)):
+        ids = getattr(tok, "all_special_ids", None)
+        if ids:
+            named = {
+                getattr(tok, f"{role}_token_id", None)
+                for role in ("bos", "eos", "cls", "sep", "pad", "sot", "eot")
+            }
+            unk = getattr(tok, "unk_token_id", None)
+            # CLIP's unknown token *is* its end-of-text token: then it stays special.
+            unk = int(unk) if isinstance(unk, int) and unk not in named else None
+            return frozenset(int(i) for i in ids if i != unk), unk
+    return None, None
+
+
+def _special_positions(
+    model: VisionLanguageModel, ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, str, int | None]:
+    real = mask.bool()
+    specials, unk = _tokenizer_specials(model)
+    if specials:
+        found = torch.tensor(sorted(specials), device=ids.device)
+        return torch.isin(ids, found) & real, "tokenizer special ids", unk
+    where = real.nonzero().flatten()
+    special = torch.zeros_like(real)
+    if len(where):
+        special[where[0]] = special[where[-1]] = True
+    return special, "first and last real positions", unk
+
+
+def _token_options(
+    options: TokenIGOptions | None,
+    steps: int | None,
+    internal_batch_size: int | None,
+    baseline_token_id: int | None,
+) -> TokenIGOptions:
+    given = {
+        k: v
+        for k, v in (
+            ("steps", steps),
+            ("internal_batch_size", internal_batch_size),
+            ("baseline_token_id", baseline_token_id),
+        )
+        if v is not None
+    }
+    if options is None:
+        return TokenIGOptions(**given)
+    if given:
+        raise AttributionOptionsError(
+            "Give the token attribution options either as options= or as keyword arguments, "
+            f"not both ({', '.join(given)} given as well)."
+        )
+    if not isinstance(options, TokenIGOptions):
+        raise AttributionOptionsError(
+            f"Token attributions take TokenIGOptions, got {type(options).__name__}."
+        )
+    return options
+
+
+def attribute_text(
+    model: VisionLanguageModel,
+    pixels: np.ndarray,
+    prompt: str,
+    *,
+    options: TokenIGOptions | None = None,
+    steps: int | None = None,
+    internal_batch_size: int | None = None,
+    baseline_token_id: int | None = None,
+    scaled: bool = False,
+    progress: Progress | None = None,
+) -> TokenAttribution:
+    """Explain the similarity of ``pixels`` with ``prompt`` token by token.
+
+    Integrated gradients on the token-embedding layer (``model.token_embedding_layer``),
+    summed over the embedding dimension. The baseline is the same sequence with every
+    non-special real token replaced by ``baseline_token_id`` (default ``model.pad_token_id``);
+    special tokens and padding are left as they are, so the sequence keeps its length, its
+    attention mask and its pooling position.
+
+    Special positions are those whose id is one of the tokenizer's special ids (``[CLS]``,
+    ``[SEP]``, ``<start_of_text>``, ... but not ``[UNK]``); when the tokenizer does not say,
+    the first and last real positions. If the padding id is itself one of the sequence's
+    special tokens (OpenAI CLIP pads with its end-of-text token, which also marks the pooled
+    position), the default baseline uses the unknown-token id, or else id 0, so that the
+    baseline does not move the pooled position.
+
+    Args:
+        model: A loaded adapter.
+        pixels: Grayscale ``[H, W]`` image in [0, 1] (embedded once, without gradients).
+        prompt: The text to explain.
+        options: :class:`TokenIGOptions`; or give its fields as the keyword arguments below
+            (None = the default), not both.
+        steps: Integration points (default 128).
+        internal_batch_size: Interpolated sequences per forward pass (default 16).
+        baseline_token_id: Overrides the baseline token.
+        scaled: Explain ``logit_scale * cosine`` instead of the cosine.
+        progress: Optional ``callable(fraction, message)``.
+
+    Returns:
+        The :class:`TokenAttribution` (special tokens kept and flagged in ``special``).
+
+    Raises:
+        AttributionOptionsError: An option out of range, or options given twice.
+        ValueError: A bad prompt or image.
+        AttributionError: The model produced NaN or infinite values.
+    """
+    from captum.attr import LayerIntegratedGradients
+
+    opts = _token_options(options, steps, internal_batch_size, baseline_token_id)
+    steps, internal_batch_size = opts.steps, opts.internal_batch_size
+    baseline_token_id = opts.baseline_token_id
+    check_prompt(prompt)
+    start = time.perf_counter()
+    with attribution_mode(model):
+        with torch.no_grad():
+            image = model.encode_image(model.preprocess(as_image(pixels)), normalize=True)
+        scale = float(model.logit_scale) if scaled else 1.0
+        tokens = model.tokenize([prompt])
+        ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        special, rule, unk = _special_positions(model, ids[0], mask[0])
+        if baseline_token_id is None:
+            baseline_token_id = int(model.pad_token_id)
+            kept = set(ids[0][special].tolist())
+            if baseline_token_id in kept:
+                baseline_token_id = unk if unk is not None and unk not in kept else 0
+                log.info(
+                    "the pad id is a special token here; the text baseline uses id %d",
+                    baseline_token_id,
+                )
+        replace_at = mask[0].bool() & ~special
+        baseline_ids = torch.where(replace_at, torch.full_like(ids[0], baseline_token_id), ids[0])
+        baseline_ids = baseline_ids[None]
+
+        def forward(input_ids: torch.Tensor) -> torch.Tensor:
+            batch = {"input_ids": input_ids, "attention_mask": mask.expand(input_ids.shape[0], -1)}
+            return (model.encode_text(batch, normalize=True) * image).sum(dim=-1) * scale
+
+        with torch.no_grad():
+            score = float(forward(ids)[0])
+            baseline_score = float(forward(baseline_ids)[0])
+        check_finite(torch.tensor([score, baseline_score]), "similarity")
+        counted = Counted(forward, steps + 4, progress, METHODS["layer_ig"].display)
+        lig = LayerIntegratedGradients(counted, model.token_embedding_layer)
+        with torch.inference_mode(False), torch.enable_grad():
+            attr, delta = lig.attribute(
+                ids,
+                baselines=baseline_ids,
+                n_steps=steps,
+                method=IG_INTEGRATION,
+                internal_batch_size=internal_batch_size,
+                return_convergence_delta=True,
+            )
+        per_position = attr.detach().float().sum(dim=-1)[0]
+        check_finite(per_position, "token attributions")
+        delta_value = float(delta.reshape(-1)[0])
+        check_finite(delta_value, "convergence delta")
+        real = mask[0].bool()
+        strings = model.token_strings(tokens)[0]
+        scores = per_position[real].cpu().tolist()
+        flags = special[real].cpu().tolist()
+        if len(strings) != len(scores):
+            raise AttributionError(
+                "The model's token strings do not line up with its token ids; no attribution."
+            )
+    if progress is not None:
+        progress(1.0, "Token attributions: done")
+    log.debug(
+        "token attribution of %r on %s: %.2f s", prompt, model.name, time.perf_counter() - start
+    )
+    return TokenAttribution(
+        prompt=prompt,
+        tokens=tuple(strings),
+        scores=tuple(float(s) for s in scores),
+        special=tuple(bool(f) for f in flags),
+        method="layer_ig",
+        params={
+            "steps": int(steps),
+            "internal_batch_size": int(internal_batch_size),
+            "baseline_token_id": int(baseline_token_id),
+            "special_tokens": rule,
+            "integration": IG_INTEGRATION,
+            "scaled": bool(scaled),
+        },
+        score=score,
+        baseline_score=baseline_score,
+        convergence_delta=delta_value,
+    )
