@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from explorer.attribution import BASELINES, DEFAULT_BASELINES, IMAGE_METHODS
+from explorer.attribution import BASELINES, DEFAULT_BASELINES, IMAGE_METHODS, uses_baseline
 from explorer.errors import ExplorerError
 from explorer.ui.common import MAX_PROMPT_CHARS, load_model, upload_pixels, user_error
 from explorer.ui.serving import CONCURRENCY, endpoint
@@ -36,11 +36,6 @@ OPENING_METHOD = "occlusion"
 OPENING_FINDING = "Pleural Effusion"
 
 
-def _uses_baseline(method: str) -> bool:
-    # TODO(issue 21): replace with explorer.attribution.uses_baseline once it lands there.
-    return method != "gradcam"
-
-
 def lesion_mask(path: str, finding: str | None, shape: tuple[int, int]) -> np.ndarray | None:
     """The true lesion of ``finding`` when ``path`` is a shipped phantom example, else None.
 
@@ -59,7 +54,7 @@ def lesion_mask(path: str, finding: str | None, shape: tuple[int, int]) -> np.nd
 
 def baseline_control(method: str):
     """Show the baseline choice only for the methods that use one (IG and occlusion)."""
-    return gr.update(visible=_uses_baseline(method))
+    return gr.update(visible=uses_baseline(method))
 
 
 @endpoint("attribute", gpu_seconds=120)
