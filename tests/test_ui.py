@@ -123,6 +123,7 @@ def _rows(table):
 
 
 @needs_default
+@pytest.mark.slow
 def test_report_map_on_iu_places_a_real_cxr_and_selects_a_cluster(client, samples_dir):
     import json
 
