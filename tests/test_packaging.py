@@ -68,18 +68,21 @@ def installed(wheel, tmp_path_factory) -> Path:
 def test_wheel_holds_code_configs_models_and_examples(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     package = ROOT / "explorer"
-    code = {f"explorer/{p.relative_to(package).as_posix()}" for p in package.rglob("*.py")}
-    configs = {f"explorer/{p.relative_to(package).as_posix()}" for p in package.rglob("*.json")}
+    code_and_data = {
+        f"explorer/{p.relative_to(package).as_posix()}"
+        for p in package.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
+    }
     shipped = {
         f"explorer/assets/{p.relative_to(ROOT / 'assets').as_posix()}"
         for folder in ("models", "examples")
         for p in (ROOT / "assets" / folder).rglob("*")
         if p.is_file()
     }
-    assert "explorer/configs/models.json" in configs and "explorer/__main__.py" in code
+    assert {"explorer/configs/models.json", "explorer/__main__.py"} <= code_and_data
     assert "explorer/assets/models/phantom-negaware/model.safetensors" in shipped
     assert "explorer/assets/examples/00000001_000.png" in shipped
-    assert not (code | configs | shipped) - names
+    assert not (code_and_data | shipped) - names
     assert "explorer/assets/README.md" in names  # the provenance and terms travel with them
     assert not any("__pycache__" in n or n.startswith(("tests/", "assets/")) for n in names)
 
