@@ -4,7 +4,8 @@ The one home of these locations. Everything is read at call time, so a test or a
 can point them elsewhere through the environment:
 
 * ``EXPLORER_ASSETS``: the folder of shipped assets (models, examples); default the checkout's
-  ``assets/``.
+  ``assets/``, or ``explorer/assets/`` of an installed package (the wheel puts them there, see
+  ``setup.py``).
 * ``EXPLORER_CACHE``: the cache folder (rendered phantoms, training work, report maps); default
   ``.cache/`` in a checkout, else the user's cache folder (``$XDG_CACHE_HOME`` or ``~/.cache``)
   under ``cxr-negation-explorer/``, so an installed package never writes into its own folder.
@@ -36,11 +37,16 @@ def configs_dir() -> Path:
 
 
 def assets_dir() -> Path:
-    """The shipped assets folder (``$EXPLORER_ASSETS``, else the checkout's ``assets/``)."""
+    """The shipped assets folder.
+
+    ``$EXPLORER_ASSETS`` if set, else the checkout's ``assets/``, else the installed package's
+    ``explorer/assets/``.
+    """
     env = os.environ.get("EXPLORER_ASSETS")
     if env:
         return Path(env).expanduser()
-    return project_root() / "assets"
+    root = checkout_root()
+    return root / "assets" if root is not None else PACKAGE_DIR / "assets"
 
 
 def examples_dir() -> Path:
@@ -58,3 +64,20 @@ def cache_dir() -> Path:
         return root / ".cache"
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "cxr-negation-explorer"
+
+
+def resolve(path: str | Path) -> Path:
+    """A path as the project's configs write it, made absolute.
+
+    Absolute paths (and ``~``) stay as they are; ``assets/...`` is under :func:`assets_dir` and
+    ``.cache/...`` under :func:`cache_dir`, wherever those are; any other relative path is under
+    :func:`project_root`.
+    """
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    if p.parts and p.parts[0] == "assets":
+        return assets_dir().joinpath(*p.parts[1:])
+    if p.parts and p.parts[0] == ".cache":
+        return cache_dir().joinpath(*p.parts[1:])
+    return project_root() / p

@@ -32,6 +32,7 @@ def _row(report, measure):
     return next(r for r in report.rows if r.measure.startswith(measure))
 
 
+@pytest.mark.slow
 def test_bench_measures_every_section(report):
     sections = {r.section for r in report.rows}
     assert sections == {"findings", "peer", "attribution", "embedding", "map"}
@@ -42,16 +43,19 @@ def test_bench_measures_every_section(report):
     assert "cores" in report.machine
 
 
+@pytest.mark.slow
 def test_pipeline_and_ours_give_the_same_probabilities(report):
     row = _row(report, "max |P ours - P pipeline|")
     assert row.met and row.value <= 1e-4
 
 
+@pytest.mark.slow
 def test_batched_and_single_embeddings_agree(report):
     row = _row(report, "max |batched - single|")
     assert row.met and row.value <= 1e-4
 
 
+@pytest.mark.slow
 def test_map_reopens_from_cache(report):
     assert _row(report, "reopen phantom-40").met
 

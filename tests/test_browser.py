@@ -19,6 +19,7 @@ CHROMIUM = next(
 )
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (apt-get install chromium)"),
 ]
 SHOTS = Path(

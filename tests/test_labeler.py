@@ -278,6 +278,7 @@ def test_cli_label_needs_text_or_validation(capsys):
 
 
 @needs_iu
+@pytest.mark.slow
 def test_cli_validate_mesh_subprocess():
     proc = subprocess.run(
         [sys.executable, "-m", "explorer", "label", "--validate-mesh"],

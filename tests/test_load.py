@@ -14,6 +14,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_load_script_with_small_numbers(capsys):
     from explorer.cli import main
 

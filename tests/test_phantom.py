@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from explorer.paths import examples_dir
 from explorer.phantom import (
     CHEXPERT_MAPPING,
     LATERALITIES,
@@ -469,11 +470,10 @@ def test_without_rewrites_combined_negatives() -> None:
 def test_shipped_example_phantoms_match_the_renderer() -> None:
     """The app re-renders an example's masks from its seed: the PNG must be that rendering."""
     import json
-    from pathlib import Path
 
     from PIL import Image
 
-    folder = Path(__file__).resolve().parents[1] / "assets" / "examples"
+    folder = examples_dir()
     meta = json.loads((folder / "phantoms.json").read_text())
     assert meta
     for name, case in meta.items():

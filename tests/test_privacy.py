@@ -67,6 +67,7 @@ def _text_of(path: Path) -> str:
         return ""
 
 
+@pytest.mark.slow
 def test_planted_identifiers_leave_no_trace(tmp_path):
     server_tmp = tmp_path / "server-tmp"
     server_tmp.mkdir(mode=0o700)
@@ -126,6 +127,7 @@ def test_planted_identifiers_leave_no_trace(tmp_path):
     assert not stray, stray
 
 
+@pytest.mark.slow
 def test_stopping_the_server_removes_its_private_folder(tmp_path):
     """SIGINT, as Ctrl-C; the folder goes before the graceful shutdown, which could hang."""
     with AppProcess(env={"TMPDIR": str(tmp_path), "EXPLORER_DEFAULT_MODEL": ""}) as app:

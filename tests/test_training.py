@@ -163,6 +163,7 @@ def test_flip_finding_negates_present_finding(tiny_set):
 
 
 @pytest.mark.parametrize("loss", ["infonce", "soft", "negaware"])
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(tiny_set, tmp_path, loss):
     cfg = TrainConfig.from_file(_write(tmp_path, _config(tmp_path, loss)))
     torch.manual_seed(0)
@@ -196,6 +197,7 @@ def _run(args: list[str], cache: Path, timeout: int = 300) -> subprocess.Complet
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_train_cli_exports_loadable_model_and_resumes(tmp_path, cache_dir):
     cfg = _config(tmp_path, "negaware", steps=3)
     path = _write(tmp_path, cfg)
@@ -241,6 +243,7 @@ def test_train_cli_exports_loadable_model_and_resumes(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_keep_replicas_identical(tmp_path, cache_dir):
     cfg = _config(tmp_path, "negaware", steps=2)
     cfg["name"] = "tiny-ddp"
@@ -276,6 +279,7 @@ def test_shifted_moves_each_image_within_the_limit():
     assert np.array_equal(moved[:, 1], shifted(img[::-1].copy(), offsets, shift=3))
 
 
+@pytest.mark.slow
 def test_stage1_learns_the_labels_and_is_cached(tiny_set, tmp_path):
     from explorer.training.pretrain import VisionPretrain, pretrain_vision
 
@@ -333,6 +337,7 @@ def test_cell_targets_of_images_without_masks_are_empty(masked_set):
     assert float(cell_targets(masked_set, bare[:1], np.full((1, 2), 3), [4], shift=3)[0].sum()) == 0
 
 
+@pytest.mark.slow
 def test_stage1_with_lesion_maps_learns_them(masked_set, tiny_set, tmp_path):
     from explorer.training.pretrain import VisionPretrain, pretrain_vision
 
@@ -365,6 +370,7 @@ def test_pooled_path_matches_the_pixel_path(tiny_set, tmp_path):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_train_with_a_locked_image_tower_keeps_stage1_weights(tmp_path, cache_dir):
     cfg = _config(tmp_path, "negaware", steps=3)
     cfg["name"] = "tiny-lit"
@@ -396,6 +402,7 @@ def test_train_with_a_locked_image_tower_keeps_stage1_weights(tmp_path, cache_di
     assert "reusing the image tower" in proc.stderr
 
 
+@pytest.mark.slow
 def test_bucketed_text_features_match_one_padded_call(tmp_path):
     from explorer.models.base import as_features
     from explorer.training.model import bucketed_text_features

@@ -75,6 +75,7 @@ def test_findings_on_real_png_and_dicom(client, samples_dir):
 
 @needs_default
 @pytest.mark.parametrize("method", ["gradcam", "occlusion", "ig"])
+@pytest.mark.slow
 def test_attribution_methods_on_phantom_example(client, method):
     from explorer.paths import examples_dir
 
@@ -95,6 +96,7 @@ def test_attribution_methods_on_phantom_example(client, method):
 
 
 @needs_default
+@pytest.mark.slow
 def test_attribution_baseline_is_used_and_stated(client):
     from explorer.paths import examples_dir
 
@@ -121,6 +123,7 @@ def _rows(table):
 
 
 @needs_default
+@pytest.mark.slow
 def test_report_map_on_iu_places_a_real_cxr_and_selects_a_cluster(client, samples_dir):
     import json
 
@@ -183,6 +186,7 @@ UPLOADED = "My images (ZIP) + labels (CSV)"
 
 
 @needs_default
+@pytest.mark.slow
 def test_batch_of_200_phantoms_matches_the_cli(client, capsys):
     import json
     import math
@@ -249,6 +253,7 @@ def test_batch_with_broken_files_and_bad_rows_lists_reasons(client, samples_dir,
 
 
 @needs_default
+@pytest.mark.slow
 def test_lesson_runs_offline_and_offers_a_handout(client):
     out = client.predict("phantom-negaware", "phantom-infonce", api_name="/lesson")
     texts, handout = out[:4], out[-1]

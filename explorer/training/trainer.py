@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from explorer.models.base import default_device, prepare_pixels
 from explorer.models.spec import Preprocess
-from explorer.paths import project_root
+from explorer.paths import resolve
 from explorer.training import losses
 from explorer.training.data import (
     TRAIN_SEED,
@@ -98,8 +98,7 @@ def _tuples(section: dict) -> dict:
 
 
 def _resolve(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else project_root() / p
+    return resolve(path)  # assets/ and .cache/ follow EXPLORER_ASSETS / EXPLORER_CACHE
 
 
 def _dist_setup() -> tuple[int, int]:
