@@ -397,7 +397,6 @@ def _iu_sentences() -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_negate_over_indiana_university_reports():
     """Measured when written: 22,838 sentences, 93.0% negated, round trip 99.9%."""
     sentences = _iu_sentences()

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from explorer.models.preprocess import Preprocess, from_checkpoint
-from explorer.paths import assets_dir, configs_dir, project_root
+from explorer.paths import configs_dir, project_root, resolve
 
 #: ``"preprocess": "checkpoint"`` in a spec: read it from the checkpoint folder's own files.
 FROM_CHECKPOINT = "checkpoint"
@@ -96,12 +96,7 @@ def local_path(source: str) -> Path | None:
     if source.startswith("hf-hub:") or "@" in source:
         return None
     if source.startswith(("/", "./", "../", "~", "assets/")):
-        path = Path(source).expanduser()
-        if path.is_absolute():
-            return path
-        if path.parts[0] == "assets":  # shipped: wherever the assets folder is
-            return assets_dir().joinpath(*path.parts[1:])
-        return project_root() / path
+        return resolve(source)
     candidate = project_root() / source
     return candidate if candidate.exists() else None
 
