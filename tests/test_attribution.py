@@ -20,9 +20,9 @@ from explorer.attribution import (
     integrated_gradients,
     model_input,
     occlusion,
-    pointing_hit,
     to_image_space,
 )
+from explorer.eval.metrics import pointing_hit
 from explorer.models import ModelRegistry, ModelSpec, Preprocess
 from explorer.models.base import SpatialLayer, VisionLanguageModel
 from explorer.models.tiny import TINY_BUILDERS, TINY_PREPROCESS, build_tiny_specs
