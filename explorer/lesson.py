@@ -138,7 +138,8 @@ def _step_models(models: Sequence, phantom) -> LessonStep:
 
 
 def _step_attribution(model, phantom, method: str = "gradcam") -> LessonStep:
-    from explorer.attribution import attribute_image, pointing_hit
+    from explorer.attribution import attribute_image
+    from explorer.eval.metrics import pointing_hit
     from explorer.plots import mask_outline, overlay
 
     inst = next(f for f in phantom.findings if f.name == "pleural effusion")

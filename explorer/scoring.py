@@ -12,6 +12,10 @@ model cannot say which statement it supports.
 
 Text embeddings of prompts are cached per model, so scoring a new image costs one image
 forward pass once the prompts have been seen.
+
+Two helpers are the one home of what the evaluation and the report map share with scoring:
+:func:`pair_probability` (the pair softmax) and :func:`embed_texts_once` (text embedding with
+repeated texts embedded once).
 """
 
 from __future__ import annotations
@@ -103,6 +107,54 @@ class FindingsResult:
         raise KeyError(finding)
 
 
+def pair_probability(sims: torch.Tensor, scale: float) -> torch.Tensor:
+    """P(affirmed) within each (affirmed, negated) prompt pair.
+
+    The softmax over the pair's two similarities, each times the model's logit scale (as in
+    CheXzero); the affirmed prompt's share. ``P >= 0.5`` exactly when the affirmed similarity is
+    at least the negated one.
+
+    Args:
+        sims: ``[..., 2]`` similarities of an image with each pair, affirmed prompt first.
+        scale: The model's logit scale (:attr:`VisionLanguageModel.logit_scale`).
+
+    Returns:
+        ``[...]`` probabilities (the leading shape of ``sims``).
+    """
+    return torch.softmax(scale * sims, dim=-1)[..., 0]
+
+
+def embed_texts_once(
+    model: VisionLanguageModel, texts: Sequence[str], batch: int = 128, by_length: bool = False
+) -> torch.Tensor:
+    """Text embeddings of ``texts`` (float32, on the CPU), each distinct text embedded once.
+
+    Corpora and prompt sets repeat themselves ("No acute cardiopulmonary abnormality."), so
+    the distinct texts are embedded in batches of ``batch`` and the rows repeated to match.
+
+    Args:
+        model: A loaded model.
+        texts: Texts, repeats allowed.
+        batch: Texts per forward pass.
+        by_length: Embed the distinct texts shortest first (equal lengths in code-point order),
+            so each batch pads less; otherwise in order of first appearance.
+
+    Returns:
+        ``[len(texts), D]``, row ``i`` the embedding of ``texts[i]`` (``[0]`` for no texts).
+    """
+    unique = list(dict.fromkeys(texts))
+    if not unique:
+        return torch.empty(0)
+    if by_length:
+        unique.sort(key=lambda t: (len(t), t))
+    rows = [
+        model.embed_texts(unique[k : k + batch]).float().cpu() for k in range(0, len(unique), batch)
+    ]
+    emb = torch.cat(rows)
+    where = {t: i for i, t in enumerate(unique)}
+    return emb[[where[t] for t in texts]]
+
+
 class TextEmbeddingCache:
     """Normalised text embeddings per (model, text), least recently used evicted first."""
 
@@ -117,11 +169,10 @@ class TextEmbeddingCache:
         key_model = id(model)
         with self._lock:
             missing = list(dict.fromkeys(t for t in texts if (key_model, t) not in self._items))
-        for k in range(0, len(missing), batch):
-            chunk = missing[k : k + batch]
-            emb = model.embed_texts(chunk).float().cpu()
+        if missing:
+            emb = embed_texts_once(model, missing, batch)
             with self._lock:
-                for t, e in zip(chunk, emb, strict=True):
+                for t, e in zip(missing, emb, strict=True):
                     self._items[(key_model, t)] = e
         with self._lock:
             out = []
@@ -218,7 +269,7 @@ def score_findings(
     # All pairs at once: [P, 2] similarities, the pairwise softmax and the prompts' cosine.
     block = cache.embed(model, texts).reshape(-1, 2, img.shape[0])
     sims = block @ img
-    probs = torch.softmax(scale * sims, dim=-1)[:, 0]
+    probs = pair_probability(sims, scale)
     text_cos = (block[:, 0] * block[:, 1]).sum(-1)
     per_pair = torch.stack([sims[:, 0], sims[:, 1], probs, text_cos], dim=1).numpy()
     scores, k = [], 0

@@ -32,6 +32,7 @@ from explorer.attribution import (
     to_image_space,
     uses_baseline,
 )
+from explorer.eval.metrics import pointing_hit
 from explorer.models import ModelRegistry, ModelSpec, Preprocess
 from explorer.models.base import SpatialLayer, VisionLanguageModel
 from explorer.models.tiny import (
@@ -54,21 +55,6 @@ REL_TOL, ABS_TOL = 0.05, 1e-4
 #: its final LayerNorm (eps 1e-12) turns the similarity into a narrow spike that needs ~512.
 IG_STEPS = {CONV_NAME: 512}
 DEFAULT_IG_STEPS = 128
-
-
-def _peak_in(attribution: np.ndarray, mask: np.ndarray, dilate_px: int = 3) -> bool:
-    """Whether the map's (first) maximum lies within ``dilate_px`` of the mask.
-
-    The pointing game lives in ``explorer.eval.metrics``; attribution tests only ask where a
-    map peaks, so they do not depend on the evaluation layer.
-    """
-    from scipy.ndimage import distance_transform_edt
-
-    attr = np.asarray(attribution, dtype=np.float64)
-    if attr.max() == attr.min() or not mask.any():
-        return False
-    row, col = np.unravel_index(int(np.argmax(attr)), attr.shape)
-    return bool(distance_transform_edt(~mask)[row, col] <= dilate_px)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -408,8 +394,8 @@ def test_gradcam_follows_the_channel_the_prompt_reads():
     model = ToyModel(Preprocess(32, (0.5,) * 3, (0.25,) * 3, "squash"))
     cam_bright = attribute_image(model, img, "bright", "gradcam").attribution
     cam_dark = attribute_image(model, img, "dark", "gradcam").attribution
-    assert _peak_in(cam_bright, bright) and not _peak_in(cam_bright, dark)
-    assert _peak_in(cam_dark, dark) and not _peak_in(cam_dark, bright)
+    assert pointing_hit(cam_bright, bright) and not pointing_hit(cam_bright, dark)
+    assert pointing_hit(cam_dark, dark) and not pointing_hit(cam_dark, bright)
     assert cam_bright[dark].max() == 0  # the dark square only lowers 'bright': ReLU'd away
 
 
@@ -423,7 +409,7 @@ def test_maps_point_at_the_only_region_the_model_reads(phantom):
     model = ToyModel(Preprocess(size, (0.5,) * 3, (0.25,) * 3, "squash"), region=region)
     for method in ("ig", "occlusion"):
         result = attribute_image(model, phantom.image, "there is a bright region", method)
-        assert _peak_in(result.attribution, mask, dilate_px=3), method
+        assert pointing_hit(result.attribution, mask, dilate_px=3), method
         mass = np.abs(result.model_attribution)
         if method == "ig":  # the gradient is exactly zero outside the pooled region
             assert mass[region == 0].max() == 0 and mass.sum() > 0

@@ -20,7 +20,7 @@ from explorer.eval.batch import (
     phantom_batch,
     read_batch,
 )
-from explorer.eval.benchmark import auc_score
+from explorer.eval.metrics import auc_score
 from explorer.models import ModelRegistry
 from explorer.models.tiny import build_tiny_specs
 from explorer.vocab.labels import CHEXPERT_FINDINGS

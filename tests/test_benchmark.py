@@ -1,26 +1,21 @@
-"""Benchmark metrics by hand, and a full benchmark run on a tiny model and a tiny held-out set."""
+"""A full negation benchmark and pointing game on a tiny model and a tiny held-out set.
+
+The metrics themselves are checked by hand in ``tests/test_metrics.py``.
+"""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
 
-from explorer.eval.benchmark import auc_score, format_table, hard_negative_texts, run_benchmark
+from explorer.eval.benchmark import format_table, hard_negative_texts, run_benchmark
+from explorer.eval.metrics import auc_score
 from explorer.models import ModelRegistry
 from explorer.models.tiny import build_tiny_specs
 from explorer.phantom import PHANTOM_FINDINGS
-from explorer.training import data as data_mod
+from explorer.phantom import sets as phantom_sets
+from explorer.phantom.splits import HELDOUT_SEED
 from explorer.vocab.prompts import prompt_pairs
-
-
-def test_auc_by_hand():
-    assert auc_score(np.array([1, 1, 0, 0]), np.array([0.9, 0.8, 0.1, 0.2])) == 1.0
-    assert auc_score(np.array([1, 1, 0, 0]), np.array([0.1, 0.2, 0.9, 0.8])) == 0.0
-    # one tie between a positive and a negative counts one half: (1 + 0.5) / 2
-    assert auc_score(np.array([1, 0, 1, 0]), np.array([0.5, 0.5, 0.9, 0.1])) == pytest.approx(0.875)
-    assert math.isnan(auc_score(np.array([1, 1]), np.array([0.1, 0.2])))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +26,7 @@ def tiny_heldout(tmp_path_factory):
 
 
 def test_hard_negatives_flip_a_present_finding(tiny_heldout):
-    data = data_mod.build_phantom_set(12, data_mod.HELDOUT_SEED, 64, workers=1)
+    data = phantom_sets.build_phantom_set(12, HELDOUT_SEED, 64, workers=1)
     true, negated, omitted, which = hard_negative_texts(data)
     assert len(true) == len(negated) == len(which) == 12
     for k, neg in enumerate(negated):
@@ -50,7 +45,7 @@ def test_run_benchmark_on_tiny_model(tiny_heldout, tmp_path):
     assert 0.0 <= result.task_b <= result.task_a <= 1.0
     # the per-finding accuracies are the overall one, split by the negated finding
     assert set(result.task_a_by_finding) <= set(PHANTOM_FINDINGS)
-    _, _, _, which = hard_negative_texts(data_mod.build_phantom_set(24, data_mod.HELDOUT_SEED, 64))
+    _, _, _, which = hard_negative_texts(phantom_sets.build_phantom_set(24, HELDOUT_SEED, 64))
     counts = {f: sum(w == f for w in which) for f in result.task_a_by_finding}
     pooled = sum(result.task_a_by_finding[f] * n for f, n in counts.items()) / result.task_a_n
     assert pooled == pytest.approx(result.task_a)
@@ -62,6 +57,18 @@ def test_run_benchmark_on_tiny_model(tiny_heldout, tmp_path):
     assert "task A" in table and spec.name in table
     assert "mean AUC, template 'there_is' alone" in table
     assert f"task A, {next(iter(result.task_a_by_finding))} negated" in table
+    # the zero-shot AUC is the pair softmax ("there is X" vs its negation, times the logit
+    # scale), averaged over the templates, scored against the truth
+    data = phantom_sets.build_phantom_set(24, HELDOUT_SEED, 64)
+    image = model.embed_image(data.pixels(np.arange(24))).float()
+    j = PHANTOM_FINDINGS.index("pleural effusion")
+    pairs = prompt_pairs(phantom_sets.zero_shot_phrase("pleural effusion"))
+    aff = model.embed_texts([p.affirmed for p in pairs]).float()
+    neg = model.embed_texts([p.negated for p in pairs]).float()
+    logits = model.logit_scale * np.stack([(image @ aff.T).numpy(), (image @ neg.T).numpy()], -1)
+    prob = np.exp(logits[..., 0]) / np.exp(logits).sum(-1)
+    expected = auc_score(data.truth[:, j] > 0, prob.mean(axis=1))
+    assert result.auc["pleural effusion"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_pointing_game_on_tiny_model(tiny_heldout, tmp_path):
@@ -95,13 +102,13 @@ def test_pointing_game_on_tiny_model(tiny_heldout, tmp_path):
     from explorer.eval.benchmark import LOCALISED_MAX_AREA
     from explorer.vocab.prompts import prompt_pair
 
-    data = data_mod.build_phantom_set(6, data_mod.HELDOUT_SEED, 64, keep_masks=True)
+    data = phantom_sets.build_phantom_set(6, HELDOUT_SEED, 64, keep_masks=True)
     affirmed = 0
     for k in range(len(data)):
         image = model.embed_image(data.pixels([k])[0]).reshape(-1)
         for finding, mask in data.masks[k].items():
             if mask.any() and mask.mean() < LOCALISED_MAX_AREA:
-                pair = prompt_pair(data_mod.zero_shot_phrase(finding), "there_is")
+                pair = prompt_pair(phantom_sets.zero_shot_phrase(finding), "there_is")
                 logits = (
                     model.logit_scale * model.embed_texts([pair.affirmed, pair.negated]) @ image
                 )
@@ -110,16 +117,3 @@ def test_pointing_game_on_tiny_model(tiny_heldout, tmp_path):
     table = format_pointing([result])
     assert f"{result.findings} ({result.affirmed})" in table
     assert "ig, findings the model affirms" in table and "ig, findings it misses" in table
-
-
-def test_a_coarse_grid_cannot_point_at_a_small_lesion():
-    from explorer.attribution import pointing_hit
-    from explorer.eval.benchmark import perfect_grid_map
-
-    mask = np.zeros((64, 64), dtype=bool)
-    mask[10:13, 10:13] = True  # 3x3 px, inside the top-left cell of a 2x2 grid, off its centre
-    coarse = perfect_grid_map(mask, (2, 2))
-    assert coarse.shape == mask.shape and coarse.max() == pytest.approx(9 / 32**2)
-    assert not pointing_hit(coarse, mask, 3)
-    assert pointing_hit(perfect_grid_map(mask, (64, 64)), mask, 0)
-    assert pointing_hit(perfect_grid_map(mask, (16, 16)), mask, 3)

@@ -145,3 +145,18 @@ def test_an_allowed_import_passes(tmp_path):
         "from explorer.scoring import x\nfrom explorer.vocab.labels import y\nfrom . import z\n"
     )
     assert violations(package) == []
+
+
+def test_evaluation_does_not_import_training():
+    """Evaluation and training share a layer, but the benchmarks must not lean on training code:
+    the held-out seeds and phantom sets come from ``explorer.phantom``."""
+    found = []
+    for path in sorted((PACKAGE / "eval").rglob("*.py")):
+        module = module_name(path)
+        for line, name in imports_of(
+            path.read_text(encoding="utf-8"), module, path.name == "__init__.py"
+        ):
+            if name == "explorer.training" or name.startswith("explorer.training."):
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{line}: imports {name}")
+    assert (PACKAGE / "eval" / "benchmark.py").exists()  # the check reads real files
+    assert found == []

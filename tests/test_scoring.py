@@ -10,7 +10,12 @@ from explorer.imaging import load_image
 from explorer.models import ModelRegistry
 from explorer.models.tiny import build_tiny_specs
 from explorer.plots import findings_figure
-from explorer.scoring import TextEmbeddingCache, score_findings
+from explorer.scoring import (
+    TextEmbeddingCache,
+    embed_texts_once,
+    pair_probability,
+    score_findings,
+)
 from explorer.vocab.labels import CHEXPERT_FINDINGS
 
 
@@ -91,3 +96,49 @@ def test_frame_and_figure(model, xray):
     fig = findings_figure(result)
     assert len(fig.data[0].y) == 14
     assert sorted(fig.data[0].x) == list(fig.data[0].x)  # sorted by probability
+
+
+def test_pair_probability_by_hand():
+    sims = torch.tensor([[0.3, 0.1], [0.2, 0.2], [0.0, 0.5]])
+    p = pair_probability(sims, 10.0)
+    # softmax of (3, 1): 1 / (1 + e^-2); of (0, 5): 1 / (1 + e^5)
+    expected = torch.tensor([1 / (1 + np.exp(-2.0)), 0.5, 1 / (1 + np.exp(5.0))])
+    assert p.shape == (3,) and torch.allclose(p, expected.float(), atol=1e-6)
+    # leading dimensions are kept: [images, templates, 2] -> [images, templates]
+    assert pair_probability(sims.reshape(3, 1, 2).expand(3, 4, 2), 10.0).shape == (3, 4)
+    # a larger scale sharpens the same verdict
+    assert pair_probability(sims[:1], 100.0).item() > p[0].item() > 0.5
+
+
+class _CountingModel:
+    """Embeds a text as [its length, its first character's code]; records every batch."""
+
+    def __init__(self):
+        self.batches: list[list[str]] = []
+
+    def embed_texts(self, texts):
+        self.batches.append(list(texts))
+        return torch.tensor([[len(t), ord(t[0])] for t in texts], dtype=torch.float64)
+
+
+def test_embed_texts_once_embeds_each_distinct_text_once():
+    fake = _CountingModel()
+    texts = ["ccc", "a", "bb", "a", "ccc", "dd"]
+    emb = embed_texts_once(fake, texts, batch=2)
+    assert fake.batches == [["ccc", "a"], ["bb", "dd"]]  # first-appearance order, batches of 2
+    assert emb.dtype == torch.float32 and emb.shape == (6, 2)
+    assert emb[:, 0].tolist() == [3, 1, 2, 1, 3, 2] and emb[5, 1].item() == ord("d")
+    fake = _CountingModel()
+    again = embed_texts_once(fake, texts, batch=2, by_length=True)
+    assert fake.batches == [["a", "bb"], ["dd", "ccc"]]  # shortest first, ties in text order
+    assert torch.equal(again, emb)  # the rows follow ``texts`` either way
+    assert embed_texts_once(_CountingModel(), []).numel() == 0
+
+
+def test_text_cache_embeds_only_missing_texts():
+    fake = _CountingModel()
+    cache = TextEmbeddingCache()
+    first = cache.embed(fake, ["x", "yy", "x"])
+    second = cache.embed(fake, ["yy", "zzz"])
+    assert fake.batches == [["x", "yy"], ["zzz"]] and len(cache) == 3
+    assert first[:, 0].tolist() == [1, 2, 1] and second[:, 0].tolist() == [2, 3]

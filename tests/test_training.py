@@ -13,15 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from explorer.phantom.sets import build_phantom_set, flip_finding
 from explorer.training import data as data_mod
-from explorer.training.data import (
-    build_phantom_set,
-    claims_vector,
-    finding_prompt_pairs,
-    flip_finding,
-    prompt_view,
-    sample_view,
-)
+from explorer.training.data import claims_vector, finding_prompt_pairs, prompt_view, sample_view
 from explorer.training.model import TrainingWrapper, build_dual_encoder
 from explorer.training.trainer import TrainConfig, batch_loss
 

@@ -8,7 +8,7 @@ reason; everything else still runs.
 :func:`evaluate` scores every image with :func:`explorer.scoring.score_findings` (one image
 forward pass each; prompt embeddings are cached) and returns an :class:`Evaluation`: one
 :class:`Case` per image and finding, per-finding AUC and accuracy at a threshold, calibration
-bins, and **negation errors** - a positive case where the model prefers the negated sentence,
+bins (all three from :mod:`explorer.eval.metrics`), and **negation errors** - a positive case where the model prefers the negated sentence,
 or a negative case where it prefers the affirmed one. :func:`flips` lists the cases whose
 verdict changes between two models on the same batch.
 """
@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from explorer.errors import ExplorerError
+from explorer.eval.metrics import accuracy_at, auc_score, calibration_bins
+from explorer.phantom.splits import PHANTOM_BATCH_SEED
 from explorer.progress import Progress
 from explorer.vocab.labels import CHEXPERT_FINDINGS, LABEL_NAMES
 
@@ -32,8 +34,6 @@ MAX_IMAGES = 2000
 #: Largest uncompressed ZIP content accepted (zip-bomb guard).
 MAX_ZIP_BYTES = 2 * 1024**3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
-#: First seed of phantom batches (apart from training, held-out and report-corpus seeds).
-PHANTOM_BATCH_SEED = 70_000_000
 _NAME_COLUMNS = ("file", "filename", "file_name", "image", "path", "name", "image_id")
 
 
@@ -302,8 +302,6 @@ class Evaluation:
         """Per finding: positives, negatives, AUC, accuracy at ``threshold``, negation errors."""
         import pandas as pd
 
-        from explorer.eval.benchmark import auc_score
-
         rows = []
         for finding in dict.fromkeys(c.finding for c in self.cases):
             cs = [c for c in self.cases if c.finding == finding and c.labelled]
@@ -314,34 +312,22 @@ class Evaluation:
                     "finding": finding,
                     "positives": int(y.sum()),
                     "negatives": int((~y).sum()),
-                    "AUC": round(auc_score(y, p), 4) if len(cs) else float("nan"),
-                    f"accuracy@{threshold:g}": round(float(((p >= threshold) == y).mean()), 4)
-                    if len(cs)
-                    else float("nan"),
+                    "AUC": round(auc_score(y, p), 4),
+                    f"accuracy@{threshold:g}": round(accuracy_at(y, p, threshold), 4),
                     "negation errors": int(sum(c.negation_error for c in cs)),
                 }
             )
         return pd.DataFrame(rows)
 
     def calibration(self, bins: int = 10) -> list[dict]:
-        """Reliability bins over all labelled cases: mean P(affirmed) vs share positive."""
+        """Reliability bins over all labelled cases: mean P(affirmed) vs share positive.
+
+        See :func:`explorer.eval.metrics.calibration_bins` (one dict per non-empty bin).
+        """
         cs = [c for c in self.cases if c.labelled]
-        p = np.array([c.prob_affirmed for c in cs])
-        y = np.array([c.label == 1 for c in cs], dtype=float)
-        edges = np.linspace(0, 1, bins + 1)
-        out = []
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-            m = (p >= lo) & ((p < hi) if hi < 1 else (p <= hi))
-            if m.any():
-                out.append(
-                    {
-                        "bin": f"{lo:.1f}-{hi:.1f}",
-                        "mean P(affirmed)": float(p[m].mean()),
-                        "share positive": float(y[m].mean()),
-                        "cases": int(m.sum()),
-                    }
-                )
-        return out
+        p = np.array([c.prob_affirmed for c in cs], dtype=np.float64)
+        y = np.array([c.label == 1 for c in cs], dtype=bool)
+        return calibration_bins(p, y, bins)
 
 
 def evaluate(

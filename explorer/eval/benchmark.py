@@ -1,6 +1,7 @@
 """Negation benchmark on a held-out phantom set (CXR-Align style, after Ko & Park 2025).
 
-For every held-out phantom (seeds from :data:`HELDOUT_SEED`, never used in training):
+For every held-out phantom (seeds from :data:`~explorer.phantom.splits.HELDOUT_SEED`, never
+used in training):
 
 * **Task A**: image vs {true report, the same report with one present finding negated}:
   accuracy of ranking the true report first (images with at least one present finding).
@@ -9,6 +10,13 @@ For every held-out phantom (seeds from :data:`HELDOUT_SEED`, never used in train
   averaged over the prompt templates, scored against the ground truth; and their mean.
 * **Retrieval** image -> report R@1/5/10 over all held-out reports. A hit is a retrieved report
   whose text equals the true report's text (normal studies often share identical wording).
+
+The **pointing game** (:func:`run_pointing_game`) asks whether each attribution method's map
+peaks inside a localised finding's mask. Pair probabilities come from
+:func:`explorer.scoring.pair_probability`, every figure from :mod:`explorer.eval.metrics`.
+
+Not to be confused with the speed bench (:mod:`explorer.ops.speed`, ``python -m explorer
+bench``) or the phantom renderer's render timing (:func:`explorer.phantom.render_timing`).
 """
 
 from __future__ import annotations
@@ -19,18 +27,25 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from explorer.eval.metrics import (
+    auc_score,
+    mean_or_nan,
+    perfect_grid_map,
+    pointing_hit,
+    recall_at_k,
+)
 from explorer.models.base import VisionLanguageModel
 from explorer.phantom import PHANTOM_FINDINGS
-from explorer.training.data import (
-    HELDOUT_SEED,
+from explorer.phantom.sets import (
     PhantomSet,
     build_phantom_set,
     flip_finding,
     join_sentences,
     zero_shot_phrase,
 )
+from explorer.phantom.splits import HELDOUT_SEED
+from explorer.scoring import embed_texts_once, pair_probability
 
 log = logging.getLogger(__name__)
 
@@ -57,37 +72,6 @@ class BenchmarkResult:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC by the rank statistic (ties count one half); NaN without both classes."""
-    labels = np.asarray(labels, dtype=bool)
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order), dtype=np.float64)
-    allv = np.concatenate([pos, neg])[order]
-    i = 0
-    while i < len(allv):  # average ranks over ties
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def _embed_texts(
-    model: VisionLanguageModel, texts: Sequence[str], batch: int = 128
-) -> torch.Tensor:
-    unique = list(dict.fromkeys(texts))
-    out = []
-    for k in range(0, len(unique), batch):
-        out.append(model.embed_texts(unique[k : k + batch]).float().cpu())
-    emb = torch.cat(out)
-    where = {t: i for i, t in enumerate(unique)}
-    return emb[[where[t] for t in texts]]
 
 
 def _embed_images(model: VisionLanguageModel, data: PhantomSet, batch: int = 64) -> torch.Tensor:
@@ -133,12 +117,12 @@ def run_benchmark(
     data = build_phantom_set(images, HELDOUT_SEED, size)
     img = _embed_images(model, data)
     true, negated, omitted, which = hard_negative_texts(data)
-    t_true = _embed_texts(model, true)
+    t_true = embed_texts_once(model, true)
     s_true = (img * t_true).sum(-1)
 
     has = [k for k, t in enumerate(negated) if t is not None]
-    t_neg = _embed_texts(model, [negated[k] for k in has])
-    t_omit = _embed_texts(model, [omitted[k] for k in has])
+    t_neg = embed_texts_once(model, [negated[k] for k in has])
+    t_omit = embed_texts_once(model, [omitted[k] for k in has])
     s_neg = (img[has] * t_neg).sum(-1)
     s_omit = (img[has] * t_omit).sum(-1)
     right = (s_true[has] > s_neg).numpy()
@@ -155,20 +139,19 @@ def run_benchmark(
     aucs, by_template = {}, {}
     for j, finding in enumerate(PHANTOM_FINDINGS):
         pairs = prompt_pairs(zero_shot_phrase(finding))
-        aff = _embed_texts(model, [p.affirmed for p in pairs])
-        neg = _embed_texts(model, [p.negated for p in pairs])
-        logits = torch.stack([img @ aff.T, img @ neg.T], dim=-1) * scale  # [N, templates, 2]
-        prob = torch.softmax(logits, dim=-1)[..., 0].numpy()
+        aff = embed_texts_once(model, [p.affirmed for p in pairs])
+        neg = embed_texts_once(model, [p.negated for p in pairs])
+        sims = torch.stack([img @ aff.T, img @ neg.T], dim=-1)  # [N, templates, 2]
+        prob = pair_probability(sims, scale).numpy()
         present = data.truth[:, j] > 0
         aucs[finding] = auc_score(present, prob.mean(axis=1))
         for t, pair in enumerate(pairs):
             by_template.setdefault(pair.template_id, []).append(auc_score(present, prob[:, t]))
 
-    sims = img @ _embed_texts(model, true).T
+    sims = img @ t_true.T
     top = sims.topk(10, dim=1).indices.numpy()
     texts = np.array(true, dtype=object)
-    hits = texts[top] == texts[:, None]
-    recall = {f"R@{k}": float(hits[:, :k].any(axis=1).mean()) for k in (1, 5, 10)}
+    recall = recall_at_k(texts[top] == texts[:, None], (1, 5, 10))
     valid = [v for v in aucs.values() if not np.isnan(v)]
     return BenchmarkResult(
         model=model.name,
@@ -254,7 +237,7 @@ def run_pointing_game(
     steps: int = 32,
 ) -> PointingResult:
     """Pointing game on the first ``images`` held-out phantoms, affirmed prompt "there is X"."""
-    from explorer.attribution import attribute_image, pointing_hit
+    from explorer.attribution import attribute_image
     from explorer.vocab.prompts import prompt_pair
 
     data = build_phantom_set(images, HELDOUT_SEED, size, keep_masks=True)
@@ -275,8 +258,7 @@ def run_pointing_game(
             pair = prompt_pair(zero_shot_phrase(finding), "there_is")
             if finding not in texts:
                 texts[finding] = model.embed_texts([pair.affirmed, pair.negated]).float()
-            sims = texts[finding] @ image
-            affirms = bool(sims[0] >= sims[1])  # P(affirmed) >= 0.5
+            affirms = bool(pair_probability(texts[finding] @ image, model.logit_scale) >= 0.5)
             affirmed += affirms
             for method in methods:
                 kwargs = {"steps": steps} if method == "ig" else {}
@@ -288,7 +270,7 @@ def run_pointing_game(
                 if method == "gradcam":
                     best = perfect_grid_map(mask, tuple(attr.params["grid"]))
                     ceiling.append(pointing_hit(best, mask, dilate_px))
-    rate = {m: _mean([h for v in hits[m].values() for h in v]) for m in methods}
+    rate = {m: mean_or_nan([h for v in hits[m].values() for h in v]) for m in methods}
     per = {m: {f: float(np.mean(v)) for f, v in hits[m].items()} for m in methods}
     return PointingResult(
         model.name,
@@ -298,26 +280,11 @@ def run_pointing_game(
         rate,
         per,
         params,
-        _mean(ceiling),
+        mean_or_nan(ceiling),
         affirmed=affirmed,
-        hits_affirmed={m: _mean(v) for m, v in seen.items()},
-        hits_missed={m: _mean(v) for m, v in unseen.items()},
+        hits_affirmed={m: mean_or_nan(v) for m, v in seen.items()},
+        hits_missed={m: mean_or_nan(v) for m, v in unseen.items()},
     )
-
-
-def _mean(values: Sequence[bool]) -> float:
-    return float(np.mean(values)) if len(values) else float("nan")
-
-
-def perfect_grid_map(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """The best map a ``grid``-resolution layer can draw of ``mask``, at the mask's size.
-
-    Each cell holds the share of its pixels inside the mask; the grid is resized bilinearly,
-    as Grad-CAM's is. Its pointing-game hit rate bounds any map of that resolution.
-    """
-    cells = F.adaptive_avg_pool2d(torch.from_numpy(np.asarray(mask, np.float32))[None, None], grid)
-    up = F.interpolate(cells, size=mask.shape, mode="bilinear", align_corners=False)
-    return up[0, 0].numpy()
 
 
 def format_pointing(results: Sequence[PointingResult]) -> str:

@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from explorer.eval.metrics import p95
 from explorer.paths import examples_dir, project_root
 
 ROOT = project_root()
@@ -35,12 +36,6 @@ ROOT = project_root()
 def default_image() -> Path:
     """The real sample radiograph the load test sends (a shipped example)."""
     return examples_dir() / "00000001_000.png"
-
-
-def p95(xs: list[float]) -> float:
-    """95th percentile, nearest rank (the value 95% of the sorted samples do not exceed)."""
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(0.95 * len(xs)))]
 
 
 def free_port() -> int:

@@ -142,7 +142,7 @@ def _pairs_texts() -> tuple[list[str], list[str]]:
 def bench_findings(model, images: Sequence[np.ndarray], repeats: int) -> list[BenchRow]:
     import torch
 
-    from explorer.ops.load import p95
+    from explorer.eval.metrics import p95
     from explorer.scoring import score_findings
     from explorer.vocab.labels import CHEXPERT_FINDINGS
 

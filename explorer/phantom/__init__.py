@@ -17,6 +17,11 @@ Public API:
 * :func:`render_timing` - render-time table (``python -m explorer.phantom``); contact sheets with
   ``python -m explorer.phantom.sheet OUT.png``.
 
+Sets and splits (import the modules themselves): :mod:`explorer.phantom.splits` holds the seed
+ranges (training, held-out benchmark, phantom batches); :mod:`explorer.phantom.sets` renders and
+caches a :class:`~explorer.phantom.sets.PhantomSet` and holds the report edits (flip a
+finding, join sentences) that training and the negation benchmark share.
+
 Laterality is the patient's side: the patient's right is on the left of the displayed image.
 """
 

@@ -288,25 +288,20 @@ def embed_corpus(
     """Text embeddings (L2-normalised, float32 ``[n, d]``) in resumable chunks under ``folder``."""
     import torch
 
+    from explorer.scoring import embed_texts_once
+
     n = len(texts)
     chunks = range(0, n, CHUNK)
     for c, start in enumerate(chunks):
         path = folder / f"emb-{c:05d}.npy"
         if path.exists():
             continue
-        # Identical reports (common: "No acute cardiopulmonary abnormality.") are embedded once.
-        part, inverse = np.unique(
-            np.asarray(texts[start : start + CHUNK], dtype=object).astype(str), return_inverse=True
-        )
-        order = np.argsort([len(t) for t in part], kind="stable")  # less padding per batch
-        rows = []
+        # Identical reports (common: "No acute cardiopulmonary abnormality.") are embedded once,
+        # shortest first (less padding per batch).
+        part = [str(t) for t in texts[start : start + CHUNK]]
         with torch.inference_mode():
-            for b in range(0, len(part), BATCH):
-                batch = [str(part[i]) for i in order[b : b + BATCH]]
-                rows.append(model.embed_texts(batch).float().cpu().numpy())
-        uniq = np.empty_like(np.concatenate(rows))
-        uniq[order] = np.concatenate(rows)
-        _save(path, uniq[inverse.reshape(-1)].astype(np.float32))
+            emb = embed_texts_once(model, part, BATCH, by_length=True)
+        _save(path, emb.numpy().astype(np.float32))
         if progress:
             progress(min(1.0, (start + CHUNK) / n), "embedding reports")
     return np.concatenate([np.load(folder / f"emb-{c:05d}.npy") for c in range(len(chunks))])

@@ -146,10 +146,10 @@ TEXT_ONLY_SETTINGS = frozenset(
 
 def cache_key(settings: VisionPretrain, model_cfg: dict, train_images: int, seed: int) -> str:
     """A short hash of everything that determines the stage-1 tower."""
-    from explorer.training.data import _code_version
+    from explorer.phantom.sets import render_version
 
     vision = {k: v for k, v in model_cfg.items() if k not in TEXT_ONLY_SETTINGS}
-    return digest([asdict(settings), vision, train_images, seed, _code_version(), SHIFT])
+    return digest([asdict(settings), vision, train_images, seed, render_version(), SHIFT])
 
 
 def pretrain_vision(

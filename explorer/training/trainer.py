@@ -24,15 +24,10 @@ import torch.distributed as dist
 from explorer.models.base import default_device, prepare_pixels
 from explorer.models.spec import Preprocess
 from explorer.paths import resolve
+from explorer.phantom.sets import build_phantom_set, render_version
+from explorer.phantom.splits import TRAIN_SEED
 from explorer.training import losses
-from explorer.training.data import (
-    TRAIN_SEED,
-    _code_version,
-    build_phantom_set,
-    claims_vector,
-    prompt_view,
-    sample_view,
-)
+from explorer.training.data import claims_vector, prompt_view, sample_view
 from explorer.training.loop import digest, load_state, save_state, warmup_cosine
 from explorer.training.model import EncoderConfig, TrainingWrapper, build_dual_encoder, export
 from explorer.training.pretrain import VisionPretrain, cache_key, pooled_features, pretrain_vision
@@ -341,7 +336,7 @@ _NOT_IN_FINGERPRINT = frozenset(
 def run_fingerprint(cfg: TrainConfig) -> str:
     """A short hash of the config and the phantom renderer: which checkpoints a run may resume."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
-    return digest([settings, _code_version()])
+    return digest([settings, render_version()])
 
 
 def replica_checksums(model: torch.nn.Module, world: int) -> list[float]:
