@@ -350,7 +350,7 @@ def test_pooled_path_matches_the_pixel_path(tiny_set, tmp_path):
     cfg = TrainConfig.from_file(_write(tmp_path, _config(tmp_path, "infonce")))
     model, _ = build_dual_encoder(cfg.model, pretrained_text=False)
     model.eval()
-    from explorer.models.base import prepare_pixels
+    from explorer.models.preprocess import prepare_pixels
     from explorer.training.pretrain import pooled_features
 
     px = prepare_pixels(tiny_set.pixels(np.arange(4)), cfg.preprocess)

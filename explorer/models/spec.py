@@ -122,7 +122,6 @@ def default_model_name(path: Path | None = None) -> str:
 __all__ = [
     "FROM_CHECKPOINT",
     "ModelSpec",
-    "Preprocess",
     "default_model_name",
     "load_specs",
     "local_path",

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from explorer.models.spec import ModelSpec, Preprocess
+from explorer.models.preprocess import Preprocess
+from explorer.models.spec import ModelSpec
 
 TINY_IMAGE_SIZE = 32
 TINY_PREPROCESS = Preprocess(

@@ -50,8 +50,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.models.base import prepare_pixels
-from explorer.models.spec import Preprocess
+from explorer.models.preprocess import Preprocess, prepare_pixels
 from explorer.training.loop import atomic_save, digest, load_state, save_state, warmup_cosine
 
 log = logging.getLogger(__name__)

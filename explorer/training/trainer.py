@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from explorer.models.base import default_device, prepare_pixels
-from explorer.models.spec import Preprocess
+from explorer.models.base import default_device
+from explorer.models.preprocess import Preprocess, prepare_pixels
 from explorer.paths import resolve
 from explorer.phantom.sets import build_phantom_set, render_version
 from explorer.phantom.splits import TRAIN_SEED
