@@ -556,7 +556,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-@command("bench", "performance bench: latency, peer pipeline, attribution, maps, app", _bench_args)
+@command("bench", "speed bench: latency, peer pipeline, attribution, maps, app", _bench_args)
 def _bench(args: argparse.Namespace) -> int:
     from explorer.ops.speed import run_bench
 

@@ -8,7 +8,7 @@ endpoint that the findings event never ran more requests at once than its queue 
 resident memory after the run is within ``max_rss_growth`` of memory after warm-up.
 
 :class:`AppProcess` (the app in a child process, its output captured to a file) is shared with
-the privacy tests and the performance bench (cold start).
+the privacy tests and the speed bench (cold start).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Performance bench: the hot paths a user waits on, with targets and the peer side by side.
+"""Speed bench: the hot paths a user waits on, with targets and the peer side by side.
 
 ``python -m explorer bench [--model NAME ...] [--json]`` measures, in one run on one machine:
 
