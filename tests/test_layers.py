@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "reports": 1,
     "plots": 1,
     "phantom": 1,
+    "data": 1,
     # 2 training and evaluation
     "training": 2,
     "eval": 2,

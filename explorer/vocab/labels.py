@@ -48,6 +48,31 @@ LABEL_NAMES = {POSITIVE: "positive", NEGATIVE: "negative", UNCERTAIN: "uncertain
 #: labels (:mod:`explorer.vocab.soft_labels`) and by the training texts' claim vectors.
 LABEL_VALUE = {POSITIVE: 1.0, NEGATIVE: -1.0, UNCERTAIN: 0.5}
 
+#: Findings NIH ChestX-ray14 labels that CheXpert has no name for; kept as findings of their own.
+EXTRA_FINDINGS: tuple[str, ...] = ("Emphysema", "Fibrosis", "Hernia")
+
+#: The one stated mapping from NIH ChestX-ray14 label names to findings (Wang et al., CVPR 2017).
+#: Several NIH labels can land on one CheXpert finding (Nodule and Mass are both Lung Lesion): a
+#: film is positive for it when any of them is. NIH has no Support Devices, Fracture or Enlarged
+#: Cardiomediastinum label, so those stay blank for NIH films.
+NIH_TO_FINDING: dict[str, str] = {
+    "Atelectasis": "Atelectasis",
+    "Cardiomegaly": "Cardiomegaly",
+    "Consolidation": "Consolidation",
+    "Edema": "Edema",
+    "Effusion": "Pleural Effusion",
+    "Emphysema": "Emphysema",
+    "Fibrosis": "Fibrosis",
+    "Hernia": "Hernia",
+    "Infiltration": "Lung Opacity",
+    "Mass": "Lung Lesion",
+    "Nodule": "Lung Lesion",
+    "Pleural_Thickening": "Pleural Other",
+    "Pneumonia": "Pneumonia",
+    "Pneumothorax": "Pneumothorax",
+    "No Finding": "No Finding",
+}
+
 log = logging.getLogger(__name__)
 
 PROMPTS_PATH = configs_dir() / "prompts.json"
