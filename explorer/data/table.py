@@ -206,8 +206,10 @@ def _parse_value(raw: str, naming: str) -> int | None:
 def _nih_finding(name: str) -> str | None:
     name = NIH_BOX_ALIASES.get(name.strip(), name.strip())
     by_norm = {_norm(k): v for k, v in NIH_TO_FINDING.items()}
-    return by_norm.get(_norm(name)) or canonical_finding(name) or next(
-        (f for f in EXTRA_FINDINGS if _norm(f) == _norm(name)), None
+    return (
+        by_norm.get(_norm(name))
+        or canonical_finding(name)
+        or next((f for f in EXTRA_FINDINGS if _norm(f) == _norm(name)), None)
     )
 
 
