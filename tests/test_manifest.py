@@ -70,7 +70,9 @@ def test_each_bad_row_is_named_with_its_reason_and_the_rest_is_read(planted):
     assert "unreadable image" in reasons["labels.csv row 9"]
     assert reasons["labels.csv row 10"] == "no file name"
     assert len(m.problems) == 8
-    a, _, _, d = _films(4)
+    a, b, _, d = _films(4)
+    assert [int(p.row.split()[2]) for p in m.problems] == [3, 4, 5, 6, 7, 8, 9, 10]  # table order
+    assert m.problems[2].row == f"labels.csv row 5 ({b})"  # named by number and file
     assert [r.key for r in m.rows] == [a, d]
     first = m.rows[0]
     assert first.labels["Cardiomegaly"] == 1 and first.labels["Pleural Effusion"] == 0

@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 
 from explorer.data.manifest import Manifest, ManifestProblem, ManifestRow
-from explorer.data.table import ManifestError, _nih_finding
+from explorer.data.table import ManifestError, nih_finding
 from explorer.vocab.labels import CHEXPERT_FINDINGS, EXTRA_FINDINGS
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def read_cxr_align(
         if missing:
             problems.append(ManifestProblem(where, f"no {', '.join(missing)}"))
             continue
-        finding = _nih_finding(str(entry["chosen"]))
+        finding = nih_finding(str(entry["chosen"]))
         if finding is None:
             problems.append(
                 ManifestProblem(where, f"'{entry['chosen']}' is not a CheXpert finding")

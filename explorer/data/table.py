@@ -203,7 +203,8 @@ def _parse_value(raw: str, naming: str) -> int | None:
     return int(v)
 
 
-def _nih_finding(name: str) -> str | None:
+def nih_finding(name: str) -> str | None:
+    """An NIH, CheXpert or extra finding name -> its CheXpert (or extra) finding, else None."""
     name = NIH_BOX_ALIASES.get(name.strip(), name.strip())
     by_norm = {_norm(k): v for k, v in NIH_TO_FINDING.items()}
     return (
@@ -220,7 +221,7 @@ def parse_boxes(text: str) -> tuple[Box, ...]:
         if not part:
             continue
         name, sep, coords = part.rpartition(":")
-        finding = _nih_finding(name) if sep else None
+        finding = nih_finding(name) if sep else None
         if finding is None:
             raise ValueError(f"box '{part[:40]}' does not name a known finding")
         try:
@@ -236,7 +237,7 @@ def parse_boxes(text: str) -> tuple[Box, ...]:
 def _row_labels(rec: Mapping[str, str], cols: LabelColumns) -> dict[str, int | None]:
     labels: dict[str, int | None] = {}
     if cols.finding_list:
-        listed = {_nih_finding(n) for n in str(rec[cols.finding_list]).split("|") if n.strip()}
+        listed = {nih_finding(n) for n in str(rec[cols.finding_list]).split("|") if n.strip()}
         if None in listed:
             raise ValueError(f"'{cols.finding_list}' names a finding NIH does not have")
         return {f: int(f in listed) for f in cols.columns}
@@ -269,6 +270,7 @@ def parse_label_table(
     view_column: str | None = None,
     boxes_column: str | None = None,
     require_labels: bool = True,
+    show_file: bool = False,
 ) -> LabelTable:
     """Parse a table's rows (labels, patient, report, view, boxes) without touching any file.
 
@@ -281,6 +283,8 @@ def parse_label_table(
         report_column, patient_column, view_column, boxes_column: Column names (default:
             guessed; absent is fine).
         require_labels: Refuse a table with no label column.
+        show_file: Name a bad row by its number and file (``"t.csv row 4 (a.png)"``), not
+            only its number.
 
     Raises:
         ManifestError: No file column, or (with ``require_labels``) no label column.
@@ -320,7 +324,7 @@ def parse_label_table(
             labels = _row_labels(rec, cols)
             boxes = parse_boxes(str(rec[boxes_col])) if boxes_col else ()
         except ValueError as err:
-            problems.append(ManifestProblem(where, str(err)))
+            problems.append(ManifestProblem(f"{where} ({file})" if show_file else where, str(err)))
             continue
         rows.append(
             TableRow(
@@ -363,9 +367,17 @@ def _image_size(path: Path, check: str) -> tuple[int, int] | None:
         with Image.open(path) as im:
             size = im.size
             im.verify()  # PNG: checks every chunk's CRC without decoding
-    except (UnidentifiedImageError, SyntaxError) as err:
-        raise ExplorerError(f"not a readable image ({type(err).__name__})") from None
+    except UnidentifiedImageError:
+        raise ExplorerError("not a PNG, JPEG, DICOM or other image file") from None
+    except SyntaxError:
+        raise ExplorerError("its image data is truncated or damaged") from None
     return size
+
+
+def row_number(where: str) -> int:
+    """The row number in a problem's name (``"t.csv row 4 (a.png)"`` -> 4; 0 when none)."""
+    match = re.search(r" row (\d+)", where)
+    return int(match.group(1)) if match else 0
 
 
 def _box_problem(boxes: Sequence[Box], size: tuple[int, int] | None) -> str | None:
@@ -431,6 +443,7 @@ def read_manifest(
         patient_column=patient_column,
         view_column=view_column,
         boxes_column=boxes_column,
+        show_file=True,
     )
     root = Path(images_root) if images_root is not None else path.parent
     problems = list(parsed.problems)
@@ -471,6 +484,7 @@ def read_manifest(
                 extra=t.extra,
             )
         )
+    problems.sort(key=lambda p: row_number(p.row))  # table order
     log.info(
         "read %s: %d rows, %d problems in %.2fs (check=%s)",
         path.name,

@@ -100,7 +100,7 @@ def _image_entries(source: Path) -> list[tuple[str, bytes]]:
 
 def _label_rows(labels_csv: Path | None) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
     """The label CSV through the one table parser (:mod:`explorer.data.table`), keyed by file name."""
-    from explorer.data.table import ManifestError, parse_label_table, read_frame
+    from explorer.data.table import ManifestError, parse_label_table, read_frame, row_number
 
     if labels_csv is None:
         return {}, []
@@ -116,7 +116,7 @@ def _label_rows(labels_csv: Path | None) -> tuple[dict[str, np.ndarray], list[tu
             problems.append((t.where, f"{name} is labelled twice; the first row is used"))
             continue
         rows[name] = _label_vector(t.labels)
-    problems.sort(key=lambda p: int(p[0].rpartition(" ")[2]))  # table order
+    problems.sort(key=lambda p: row_number(p[0]))  # table order
     return rows, problems
 
 
