@@ -60,3 +60,19 @@ def test_boxes_are_scaled_with_the_films():
             assert small.finding == big.finding
             assert small.x == pytest.approx(big.x * 256 / 384, abs=0.06)
             assert small.h == pytest.approx(big.h * 256 / 384, abs=0.06)
+
+
+def test_package_data_ships_every_file_of_the_set():
+    import fnmatch
+    import tomllib
+
+    from explorer.paths import checkout_root
+
+    root = checkout_root()
+    if root is None:
+        pytest.skip("not a checkout")
+    data = tomllib.loads((root / "pyproject.toml").read_text())
+    patterns = data["tool"]["setuptools"]["package-data"]["explorer.assets"]
+    files = [p.relative_to(root / "assets").as_posix() for p in SHIPPED.rglob("*") if p.is_file()]
+    assert len(files) == 302
+    assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files)
