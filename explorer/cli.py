@@ -267,7 +267,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--images", required=True, help="folder or ZIP of images, or phantom:N")
+    p.add_argument("--images", default=None, help="folder or ZIP of images, phantom:N, or nih-test")
     p.add_argument(
         "--labels", default=None, help="CSV: file name + CheXpert columns (1/0/-1/blank)"
     )
@@ -276,15 +276,29 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=0.5, help="threshold for accuracy")
     p.add_argument("--out", default=None, help="write every case to this CSV")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--manifest",
+        default=None,
+        help="instead of --images: a labelled table (CSV / TSV / Parquet) or a named manifest",
+    )
+    p.add_argument(
+        "--images-root", default=None, help="with --manifest: where its file paths resolve"
+    )
 
 
 @command("evaluate", "score a labelled batch: per-finding AUC, negation errors", _evaluate_args)
 def _evaluate(args: argparse.Namespace) -> int:
-    from explorer.eval.batch import evaluate, flips, read_batch
+    from explorer.data.table import read_manifest
+    from explorer.eval.batch import BatchError, evaluate, flips, manifest_batch, read_batch
     from explorer.models import default_registry
 
+    if (args.images is None) == (args.manifest is None):
+        raise BatchError("Give the images with --images, or a labelled table with --manifest.")
     reg = default_registry()
-    batch = read_batch(args.images, args.labels)
+    if args.manifest:
+        batch = manifest_batch(read_manifest(args.manifest, args.images_root))
+    else:
+        batch = read_batch(args.images, args.labels)
     model = reg.load(args.model or reg.default)
     ev = evaluate(model, batch)
     metrics = ev.metrics(args.threshold)

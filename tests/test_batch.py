@@ -177,3 +177,43 @@ def test_evaluate_cli_writes_cases_with_model_and_templates(tmp_path, capsys):
     frame = pd.read_csv(out)
     assert len(frame) == 8 * 14
     assert set(frame["model"]) == {"phantom-negaware"} and frame["templates"].iloc[0]
+
+
+def test_batch_csv_is_read_by_the_manifest_parser_in_nih_naming_too(folder, tmp_path):
+    labels = tmp_path / "nih.csv"
+    labels.write_text(
+        "Image Index,Effusion,Mass,Nodule\n00000001_000.png,1,0,1\n16747_3_1.jpg,0,0,0\n"
+    )
+    batch = read_batch(folder, labels)
+    by_name = {im.name: k for k, im in enumerate(batch.images)}
+    row = batch.labels[by_name["00000001_000.png"]]
+    assert row[CHEXPERT_FINDINGS.index("Pleural Effusion")] == 1
+    assert row[CHEXPERT_FINDINGS.index("Lung Lesion")] == 1
+    assert batch.labels[by_name["16747_3_1.jpg"], CHEXPERT_FINDINGS.index("Lung Lesion")] == 0
+
+
+def test_the_shipped_nih_test_films_are_a_batch():
+    batch = read_batch("nih-test")
+    assert len(batch) == 300 and not batch.problems and batch.name == "nih-test"
+    j = CHEXPERT_FINDINGS.index("Pneumonia")
+    assert int((batch.labels[:, j] == 1).sum()) == 113
+    assert np.isnan(batch.labels[:, CHEXPERT_FINDINGS.index("Support Devices")]).all()
+
+
+@pytest.mark.skipif(not default_model_ready(), reason="embedded default model not built")
+def test_evaluate_cli_reads_a_manifest(tmp_path, capsys):
+    from explorer.paths import assets_dir
+
+    images = assets_dir() / "nih-test" / "images"
+    names = sorted(p.name for p in images.glob("*.png"))[:3]
+    table = tmp_path / "m.csv"
+    table.write_text(
+        "file,Effusion,Pneumonia\n" + "".join(f"{n},0,1\n" for n in names) + "ghost.png,1,0\n"
+    )
+    args = ["evaluate", "--manifest", str(table), "--images-root", str(images), "--json"]
+    assert main(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["images"] == 3
+    assert [p["reason"][:11] for p in data["problems"]] == ["no image at"]
+    assert main(["evaluate"]) != 0
+    assert "--images, or a labelled table with --manifest" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """Batch error analysis: a set of labelled images, the model's affirmed-vs-negated verdicts.
 
-A :class:`Batch` is images (from a folder, a ZIP, or phantoms rendered on request) with
-optional CheXpert labels from a CSV (a file-name column plus any of the 14 findings as
-1 / 0 / -1 / blank). Unreadable images and bad CSV rows are listed in ``problems`` with their
+A :class:`Batch` is images (from a folder, a ZIP, a manifest such as the shipped ``nih-test``,
+or phantoms rendered on request) with optional CheXpert labels from a CSV (a file-name column
+plus any of the 14 findings as 1 / 0 / -1 / blank, or NIH columns; read by
+:mod:`explorer.data.table`). Unreadable images and bad CSV rows are listed in ``problems`` with their
 reason; everything else still runs.
 
 :func:`evaluate` scores every image with :func:`explorer.scoring.score_findings` (one image
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from explorer.data.manifest import Manifest
 from explorer.errors import ExplorerError
 from explorer.eval.metrics import accuracy_at, auc_score, calibration_bins
 from explorer.phantom.splits import PHANTOM_BATCH_SEED
@@ -34,7 +36,6 @@ MAX_IMAGES = 2000
 #: Largest uncompressed ZIP content accepted (zip-bomb guard).
 MAX_ZIP_BYTES = 2 * 1024**3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
-_NAME_COLUMNS = ("file", "filename", "file_name", "image", "path", "name", "image_id")
 
 
 class BatchError(ExplorerError):
@@ -98,69 +99,79 @@ def _image_entries(source: Path) -> list[tuple[str, bytes]]:
 
 
 def _label_rows(labels_csv: Path | None) -> tuple[dict[str, np.ndarray], list[tuple[str, str]]]:
-    import pandas as pd
-
-    from explorer.reports.corpus import label_columns, parse_label
+    """The label CSV through the one table parser (:mod:`explorer.data.table`), keyed by file name."""
+    from explorer.data.table import ManifestError, parse_label_table, read_frame, row_number
 
     if labels_csv is None:
         return {}, []
     try:
-        df = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise BatchError(f"No label file at {labels_csv}.") from None
-    except Exception as err:  # pandas raises many types for damaged files
-        raise BatchError(
-            f"{Path(labels_csv).name} could not be read as CSV ({type(err).__name__})."
-        ) from None
-    cols = {c.strip().lower().replace("_", " "): c for c in df.columns}
-    name_col = next(
-        (cols[c.replace("_", " ")] for c in _NAME_COLUMNS if c.replace("_", " ") in cols), None
-    )
-    if name_col is None:
-        raise BatchError(
-            f"{Path(labels_csv).name} needs a column naming each image file "
-            f"({', '.join(_NAME_COLUMNS[:4])}); it has: {', '.join(map(str, df.columns[:15]))}."
-        )
-    finding_cols = label_columns(df.columns)
-    if not finding_cols:
-        raise BatchError(
-            f"{Path(labels_csv).name} has no column named after a CheXpert finding "
-            "(e.g. 'Pleural Effusion')."
-        )
+        table = parse_label_table(read_frame(labels_csv, "label file"), Path(labels_csv).name)
+    except ManifestError as err:
+        raise BatchError(str(err)) from None
     rows: dict[str, np.ndarray] = {}
-    problems: list[tuple[str, str]] = []
-    for r, rec in enumerate(df.to_dict("records"), start=2):  # row 1 is the header
-        where = f"{Path(labels_csv).name} row {r}"
-        name = Path(str(rec[name_col]).strip()).name
-        if not name:
-            problems.append((where, "no file name"))
+    problems = [(p.row, p.reason) for p in table.problems]
+    for t in table.rows:
+        name = Path(t.file).name
+        if name in rows:
+            problems.append((t.where, f"{name} is labelled twice; the first row is used"))
             continue
-        vec = np.full(len(CHEXPERT_FINDINGS), np.nan, dtype=np.float32)
-        bad = None
-        for j, finding in enumerate(CHEXPERT_FINDINGS):
-            col = finding_cols.get(finding)
-            raw = str(rec[col]).strip() if col else ""
-            try:
-                vec[j] = parse_label(raw)
-            except ValueError:
-                bad = f"'{finding}' is '{raw[:20]}', not 1, 0, -1 or blank"
-                break
-        if bad:
-            problems.append((where, bad))
-        elif name in rows:
-            problems.append((where, f"{name} is labelled twice; the first row is used"))
-        else:
-            rows[name] = vec
+        rows[name] = _label_vector(t.labels)
+    problems.sort(key=lambda p: row_number(p[0]))  # table order
     return rows, problems
+
+
+def _label_vector(labels) -> np.ndarray:
+    """Finding -> 1 / 0 / -1 / None as ``float32 [14]`` over the CheXpert findings, NaN = blank."""
+    return np.array(
+        [np.nan if labels.get(f) is None else labels[f] for f in CHEXPERT_FINDINGS],
+        dtype=np.float32,
+    )
+
+
+def manifest_batch(manifest: Manifest, progress: Progress | None = None) -> Batch:
+    """A manifest's rows as a batch (pixels read now; :data:`MAX_IMAGES` at most).
+
+    The manifest's problems become the batch's; an image that fails to decode is added to them.
+    """
+    from explorer.imaging import load_radiograph
+
+    if len(manifest) > MAX_IMAGES:
+        raise BatchError(
+            f"{manifest.name} holds {len(manifest):,} images; a batch takes at most {MAX_IMAGES:,}."
+        )
+    problems = [(p.row, p.reason) for p in manifest.problems]
+    items, vecs = [], []
+    for k, row in enumerate(manifest.rows):
+        if progress:
+            progress(k / max(len(manifest), 1), "reading images")
+        try:
+            data = row.path.read_bytes()
+            pixels = load_radiograph(data).pixels
+        except (ExplorerError, OSError) as err:
+            problems.append((row.key, str(err)))
+            continue
+        items.append(BatchImage(row.key, pixels, data, row.path.suffix.lower()))
+        vecs.append(_label_vector(row.labels))
+    if not items:
+        raise BatchError("None of the images could be read; see the reasons listed.")
+    return Batch(manifest.name, tuple(items), np.stack(vecs), tuple(problems))
 
 
 def read_batch(
     images: str | Path, labels_csv: str | Path | None = None, progress: Progress | None = None
 ) -> Batch:
-    """A folder or ZIP of images (+ optional label CSV), or ``"phantom:N"`` -> :class:`Batch`."""
+    """A folder or ZIP of images (+ optional label CSV), ``"phantom:N"``, or a named manifest.
+
+    ``images`` may be a registered manifest's name (``"nih-test"``, the shipped real test
+    films; :mod:`explorer.data.named`). The label CSV is parsed by the one table parser,
+    :func:`explorer.data.table.parse_label_table` (CheXpert or NIH column names).
+    """
+    from explorer.data.named import NAMED_MANIFESTS, named_manifest
     from explorer.imaging import load_radiograph
 
     spec = str(images)
+    if spec in NAMED_MANIFESTS and not Path(spec).exists():
+        return manifest_batch(named_manifest(spec), progress)
     if spec.lower().startswith("phantom"):
         _, _, n = spec.partition(":")
         try:

@@ -14,7 +14,11 @@ from explorer.errors import ExplorerError
 from explorer.ui.common import csv_download, load_model, table_rows, user_error
 from explorer.ui.serving import endpoint, scratch_file
 
-SOURCES = ("Phantoms with known labels", "My images (ZIP) + labels (CSV)")
+SOURCES = (
+    "Phantoms with known labels",
+    "My images (ZIP) + labels (CSV)",
+    "Real NIH test films",
+)
 MARKS = ("correct label", "model wrong", "label wrong", "unsure")
 BATCH_HELP = (
     "Bring a set of images with labels, or render phantoms whose findings are known. For each "
@@ -47,6 +51,8 @@ def run_batch(
     try:
         if source == SOURCES[0]:
             batch = read_batch(f"phantom:{int(phantoms or 200)}", progress=say)
+        elif source == SOURCES[2]:
+            batch = read_batch("nih-test", progress=say)
         else:
             if not zip_path:
                 raise gr.Error("Upload a ZIP of images first.", print_exception=False)
