@@ -113,7 +113,7 @@ def _score_args(p: argparse.ArgumentParser) -> None:
 def _score(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from explorer.guard import typicality
+    from explorer.guard import encode_with_features, typicality
     from explorer.imaging import load_radiograph
     from explorer.models import load_model
     from explorer.scoring import score_findings
@@ -121,10 +121,17 @@ def _score(args: argparse.Namespace) -> int:
 
     pixels = load_radiograph(args.image).pixels
     model = load_model(args.model)
+    # One forward pass: the embedding scored and the domain guard's features.
+    features, embedding = encode_with_features(model, pixels)
     result = score_findings(
-        model, pixels, CHEXPERT_FINDINGS, custom=args.finding, templates=args.template
+        model,
+        pixels,
+        CHEXPERT_FINDINGS,
+        custom=args.finding,
+        templates=args.template,
+        image_embedding=embedding,
     )
-    domain = typicality(model, pixels)
+    domain = typicality(model, features=features)
     frame = result.to_frame()[
         ["finding", "P(affirmed)", "sim affirmed", "sim negated", "negation-blind"]
     ]

@@ -21,8 +21,9 @@ training domain, with a plain sentence.
 * Models whose training images are not here (the hub models) have no reference; the guard says
   so plainly (:attr:`Typicality.has_reference` is False) rather than guessing.
 
-The check costs one forward pass of the image tower per image (about 15 ms at 160 px on a
-CPU) and a matrix-vector product.
+The features come from the same forward pass that gives the image embedding
+(:func:`encode_with_features`), so scoring with the check costs no more than scoring; the
+check itself is a matrix-vector product.
 """
 
 from __future__ import annotations
@@ -143,10 +144,13 @@ def _as_rows(embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
     return x.reshape(1, -1) if x.ndim == 1 else x
 
 
-def image_features(
+def encode_with_features(
     model: VisionLanguageModel, pixels: np.ndarray | torch.Tensor, batch: int = _BATCH
-) -> np.ndarray:
-    """The guard's features: the last spatial layer's output averaged over the image.
+) -> tuple[np.ndarray, torch.Tensor]:
+    """The guard's features and the image embeddings, from one forward pass.
+
+    The features are the last spatial layer's output averaged over the image; the embeddings
+    are what :meth:`VisionLanguageModel.embed_image` returns (so scoring can reuse them).
 
     Args:
         model: A loaded model.
@@ -154,7 +158,8 @@ def image_features(
         batch: Images per forward pass.
 
     Returns:
-        ``[N, C]`` float32 (``N`` = 1 for a single image).
+        ``[N, C]`` float32 features and ``[N, D]`` normalised embeddings (``N`` = 1 for one
+        image).
     """
     x = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.asarray(pixels))
     x = x.float().reshape(-1, *x.shape[-2:])
@@ -164,18 +169,25 @@ def image_features(
     def hook(_module, _inputs, output):
         grabbed.append(layer.to_grid(output).float().mean(dim=(2, 3)).cpu())
 
-    rows = []
+    feats, embs = [], []
     # The lock keeps an attribution's hooks (another thread) from seeing this pass.
-    with MODEL_LOCK, torch.inference_mode():
+    with MODEL_LOCK, torch.no_grad():
         handle = layer.module.register_forward_hook(hook)
         try:
             for k in range(0, len(x), batch):
                 grabbed.clear()
-                model.encode_image(model.preprocess(x[k : k + batch]))
-                rows.append(grabbed[-1].numpy())
+                embs.append(model.encode_image(model.preprocess(x[k : k + batch])))
+                feats.append(grabbed[-1].numpy())
         finally:
             handle.remove()
-    return np.concatenate(rows).astype(np.float32)
+    return np.concatenate(feats).astype(np.float32), torch.cat(embs)
+
+
+def image_features(
+    model: VisionLanguageModel, pixels: np.ndarray | torch.Tensor, batch: int = _BATCH
+) -> np.ndarray:
+    """The guard's features of ``[H, W]`` or ``[N, H, W]`` images (:func:`encode_with_features`)."""
+    return encode_with_features(model, pixels, batch)[0]
 
 
 def fit_reference(
@@ -345,12 +357,14 @@ def judge(
     p99 = reference.percentile(99)
     outside = share < threshold
     ratio = distance / p99 if p99 > 0 else float("inf")
+    n = len(reference.calibration)
     if outside:
+        beyond = "every one" if share == 0 else f"{1 - share:.1%}"
         sentence = (
-            f"Outside {reference.model}'s training domain: this image is farther from its "
-            f"training images than {1 - share:.1%} of them (typicality {share:.1%}; distance "
-            f"{distance:.1f}, {ratio:.1f} times their 99th percentile). The scores below say "
-            "little about it."
+            f"Outside {reference.model}'s training domain: this image lies farther from the "
+            f"training images' centre than {beyond} of {n:,} held-apart training images "
+            f"(typicality {share:.1%}; distance {distance:.1f}, {ratio:.1f} times their 99th "
+            "percentile), so the model's scores and maps say little about it."
         )
     else:
         sentence = (
@@ -372,22 +386,31 @@ def judge(
 
 def typicality(
     model: VisionLanguageModel,
-    pixels: np.ndarray | torch.Tensor,
+    pixels: np.ndarray | torch.Tensor | None = None,
     reference: DomainReference | None = None,
     threshold: float = TYPICALITY_THRESHOLD,
+    features: np.ndarray | None = None,
 ) -> Typicality:
     """How typical one image is of ``model``'s training images.
 
     Args:
         model: A loaded model.
-        pixels: Grayscale image ``[H, W]`` in [0, 1].
+        pixels: Grayscale image ``[H, W]`` in [0, 1] (not needed when ``features`` given).
         reference: A reference to judge against (default: the model's own, or none).
         threshold: Typicality below which the image is outside the training domain.
+        features: The image's features from :func:`encode_with_features`, if at hand.
+
+    Raises:
+        ValueError: neither ``pixels`` nor ``features`` was given.
     """
     reference = reference if reference is not None else domain_reference(model)
     if reference is None:
         return no_reference(model.name)
-    return judge(reference, image_features(model, pixels), threshold)
+    if features is None:
+        if pixels is None:
+            raise ValueError("typicality needs the image's pixels or its features")
+        features = image_features(model, pixels)
+    return judge(reference, features, threshold)
 
 
 __all__ = [
@@ -398,6 +421,7 @@ __all__ = [
     "DomainReference",
     "Typicality",
     "domain_reference",
+    "encode_with_features",
     "image_features",
     "fit_reference",
     "has_phantom_training",

@@ -41,11 +41,14 @@ def guard_banner(result) -> str:
     return f"<small>Domain check: {result.sentence}</small>"
 
 
-def check_domain(model, pixels) -> str:
-    """The domain guard's banner for ``pixels`` under ``model`` (:mod:`explorer.guard`)."""
+def check_domain(model, pixels=None, features=None) -> str:
+    """The domain guard's banner for an image under ``model`` (:mod:`explorer.guard`).
+
+    ``features``: the image's guard features, if the caller has them (else from ``pixels``).
+    """
     from explorer.guard import typicality
 
-    return guard_banner(typicality(model, pixels))
+    return guard_banner(typicality(model, pixels, features=features))
 
 
 def template_choices() -> list[str]:
@@ -125,6 +128,7 @@ def score_image(
     The last two outputs are the domain guard's banner for each model (how typical the image
     is of that model's training images; :mod:`explorer.guard`).
     """
+    from explorer.guard import encode_with_features
     from explorer.plots import findings_figure
     from explorer.scoring import score_findings
     from explorer.vocab.labels import CHEXPERT_FINDINGS
@@ -142,6 +146,8 @@ def score_image(
         if notice:
             notices.append(notice)
         try:
+            # One forward pass gives the embedding scored and the domain guard's features.
+            features, embedding = encode_with_features(model, pixels)
             result = score_findings(
                 model,
                 pixels,
@@ -149,7 +155,9 @@ def score_image(
                 custom=custom,
                 templates=templates or None,
                 negations=negations,
+                image_embedding=embedding,
             )
+            banner = check_domain(model, features=features)
         except ExplorerError as err:
             raise user_error(err) from None
         frame = result.to_frame()
@@ -159,7 +167,7 @@ def score_image(
                 frame,
                 csv_download(frame, f"findings-{model.name}"),
                 model_card(model.name),
-                check_domain(model, pixels),
+                banner,
             )
         )
     if len(outputs) == 1:
