@@ -129,3 +129,22 @@ def test_result_round_trips_to_json(model, reference):
     assert data["outside"] is True and data["has_reference"] is True
     assert 0.0 <= data["typicality"] < data["threshold"]
     assert data["reference"].startswith(f"{COUNT} training phantoms")
+
+
+def test_score_command_reports_the_domain(capsys):
+    """``score --json`` carries the guard's figure; the text output warns in one line."""
+    from conftest import default_model_ready
+
+    from explorer.cli import main
+
+    if not default_model_ready():
+        pytest.skip("embedded default model not built")
+    film = str(examples_dir() / "00027426_000.png")
+    assert main(["score", film, "--json", "--template", "there_is"]) == 0
+    domain = json.loads(capsys.readouterr().out)["domain"]
+    assert domain["model"] == "phantom-negaware" and domain["outside"] is True
+    assert domain["typicality"] < domain["threshold"] and domain["distance"] > 0
+    phantom = str(examples_dir() / "phantom-normal.png")
+    assert main(["score", phantom, "--template", "there_is"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("domain: Within phantom-negaware's training domain")
