@@ -43,7 +43,8 @@ from explorer.paths import cache_dir
 log = logging.getLogger(__name__)
 
 #: Training phantoms in a phantom model's reference (fit on the first part, calibrated on the
-#: rest). About 15 s to render and embed on 2 CPU cores, once per model and weights.
+#: rest). About 35 s to render and run on 2 busy CPU cores, once per model and weights
+#: (the rendered phantoms are cached too: 20 s for the second phantom model); 0.3 s cached.
 REFERENCE_COUNT = 1200
 #: Share of the reference held apart to calibrate the distances (not used for the fit, so a
 #: new image from the training domain is as typical as these, not less).
