@@ -105,10 +105,15 @@ def _score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-@command("score", "affirmed vs negated prompts for the 14 findings (and any extra)", _score_args)
+@command(
+    "score",
+    "affirmed vs negated prompts for the 14 findings (and any extra), and the domain check",
+    _score_args,
+)
 def _score(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from explorer.guard import encode_with_features, typicality
     from explorer.imaging import load_radiograph
     from explorer.models import load_model
     from explorer.scoring import score_findings
@@ -116,13 +121,23 @@ def _score(args: argparse.Namespace) -> int:
 
     pixels = load_radiograph(args.image).pixels
     model = load_model(args.model)
+    # One forward pass: the embedding scored and the domain guard's features.
+    features, embedding = encode_with_features(model, pixels)
     result = score_findings(
-        model, pixels, CHEXPERT_FINDINGS, custom=args.finding, templates=args.template
+        model,
+        pixels,
+        CHEXPERT_FINDINGS,
+        custom=args.finding,
+        templates=args.template,
+        image_embedding=embedding,
     )
+    domain = typicality(model, features=features)
     frame = result.to_frame()[
         ["finding", "P(affirmed)", "sim affirmed", "sim negated", "negation-blind"]
     ]
-    _emit(asdict(result), args.json, f"model: {result.model}\n" + frame.to_string(index=False))
+    text = f"model: {result.model}\n" + frame.to_string(index=False)
+    text += f"\n{'WARNING: ' if domain.outside else ''}domain: {domain.sentence}"
+    _emit({**asdict(result), "domain": domain.to_dict()}, args.json, text)
     return 0
 
 

@@ -170,3 +170,44 @@ def test_batch_drill_down_opens_the_case(page):
     # (the file name is drawn as stem and extension in separate elements)
     page.locator("#cxr-upload", has_text=Path(name).stem).wait_for(timeout=60_000)
     page.get_by_role("tab", name="Findings", selected=True).wait_for(timeout=30_000)
+
+
+#: Every shipped real film (the phantom models were trained on phantoms only).
+SHIPPED_REAL_FILMS = ("00000001_000.png", "00027426_000.png", "siim-pneumothorax-sample.dcm")
+
+
+@pytest.mark.parametrize("name", SHIPPED_REAL_FILMS)
+def test_domain_banner_for_every_shipped_real_film(page, name):
+    """A phantom-trained model on a real film: the Findings and Attribution tabs say so."""
+    from explorer.guard import typicality
+    from explorer.imaging import load_radiograph
+    from explorer.models import load_model
+    from explorer.paths import examples_dir
+
+    # The app runs in this process: the figure it will show, to tell it from the last film's.
+    expected = typicality(
+        load_model("phantom-negaware"), load_radiograph(examples_dir() / name).pixels
+    )
+    assert expected.outside
+    figure = f"distance {expected.distance:.1f},"
+    _upload(page, examples_dir() / name)
+    page.get_by_role("tab", name="Findings").click()
+    page.get_by_role("button", name="Score findings").click()
+    banner = page.locator("#findings-guard")
+    banner.get_by_text(figure).wait_for(timeout=300_000)
+    assert "Outside phantom-negaware's training domain" in banner.inner_text()
+    assert "typicality" in banner.inner_text()
+    # beside the chart: the banner is in the chart's column, right above it
+    chart = page.locator(".js-plotly-plot").first
+    chart.wait_for(timeout=120_000)
+    b, c = banner.bounding_box(), chart.bounding_box()
+    assert b is not None and c is not None and b["y"] < c["y"] < b["y"] + b["height"] + 200
+    page.wait_for_timeout(500)
+    _shot(page, f"5-guard-findings-{Path(name).stem}")
+    page.get_by_role("tab", name="Attribution").click()
+    page.get_by_role("button", name="Explain").click()
+    guard = page.locator("#attribution-guard")
+    guard.get_by_text(figure).wait_for(timeout=300_000)
+    assert "Outside phantom-negaware's training domain" in guard.inner_text()
+    page.wait_for_timeout(500)
+    _shot(page, f"5-guard-attribution-{Path(name).stem}")

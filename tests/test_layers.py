@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "plots": 1,
     "phantom": 1,
     "data": 1,
+    "guard": 1,
     # 2 training and evaluation
     "training": 2,
     "eval": 2,

@@ -80,7 +80,7 @@ def test_attribution_methods_on_phantom_example(client, method):
     from explorer.paths import examples_dir
 
     path = examples_dir() / "phantom-left-effusion.png"
-    a, n, d, tok_a, tok_n, info = client.predict(
+    a, n, d, tok_a, tok_n, info, banner = client.predict(
         handle_file(str(path)),
         "phantom-negaware",
         "Pleural Effusion",
@@ -91,6 +91,7 @@ def test_attribution_methods_on_phantom_example(client, method):
     )
     assert a and n and d
     assert method in info and "similarity" in info
+    assert "Within phantom-negaware's training domain" in banner  # a phantom: no warning
     words = [item["token"] for item in (tok_n["value"] if isinstance(tok_n, dict) else tok_n)]
     assert "no" in words
 
@@ -102,10 +103,37 @@ def test_attribution_baseline_is_used_and_stated(client):
 
     path = handle_file(str(examples_dir() / "phantom-left-effusion.png"))
     args = (path, "phantom-negaware", "Pleural Effusion", "occlusion", 0.6, False)
-    *_, info = client.predict(*args, "blur", api_name="/attribute")
+    *_, info, _ = client.predict(*args, "blur", api_name="/attribute")
     assert "baseline=gaussian blur of the image" in info
-    *_, info = client.predict(*args, "black", api_name="/attribute")
+    *_, info, _ = client.predict(*args, "black", api_name="/attribute")
     assert "baseline=black (all zeros)" in info
+
+
+@needs_default
+def test_domain_banner_for_a_real_film_and_not_for_a_phantom(client, tmp_path):
+    """The guard warns beside the chart for a real film under a phantom model, in both tabs."""
+    from PIL import Image
+
+    from explorer.paths import examples_dir
+    from explorer.phantom import render_phantom
+    from explorer.phantom.splits import HELDOUT_SEED
+
+    held_out = render_phantom(HELDOUT_SEED, size=160).image  # never trained on
+    Image.fromarray((held_out * 255).round().astype("uint8")).save(tmp_path / "held-out.png")
+    real = handle_file(str(examples_dir() / "00000001_000.png"))
+    phantom = handle_file(str(tmp_path / "held-out.png"))
+    args = ("phantom-negaware", "phantom-infonce", "", ["there_is"], "")
+    *_, banner, banner2 = client.predict(real, *args, api_name="/findings")
+    for text, name in ((banner, "phantom-negaware"), (banner2, "phantom-infonce")):
+        assert "Not like this model's training images" in text
+        assert f"Outside {name}'s training domain" in text and "typicality 0.0%" in text
+    *_, banner, banner2 = client.predict(phantom, *args, api_name="/findings")
+    assert "Outside" not in banner + banner2
+    assert "Within phantom-negaware's training domain" in banner
+    *_, banner = client.predict(
+        real, "phantom-negaware", "Cardiomegaly", "gradcam", 0.5, False, api_name="/attribute"
+    )
+    assert "Outside phantom-negaware's training domain" in banner
 
 
 def test_findings_without_image_is_a_clear_error(client):

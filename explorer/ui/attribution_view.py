@@ -68,13 +68,15 @@ def explain(
     baseline: str | None = None,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
 ):
-    """Maps for the affirmed and negated prompt, their difference, token weights.
+    """Maps for the affirmed and negated prompt, their difference, token weights, and the
+    domain guard's banner (how typical the image is of the model's training images).
 
     ``baseline`` is what IG integrates from and occlusion paints (Grad-CAM has none); None
     = the method's default.
     """
     from explorer.attribution import attribute_pair, attribute_text
     from explorer.plots import mask_outline, overlay, token_highlights
+    from explorer.ui.findings_view import check_domain
     from explorer.vocab.prompts import prompt_pair
 
     pixels = upload_pixels(path)
@@ -99,6 +101,7 @@ def explain(
         progress(0.85, desc="Token attributions")
         tokens_a = attribute_text(model, pixels, pair.affirmed)
         tokens_n = attribute_text(model, pixels, pair.negated)
+        guard = check_domain(model, pixels)
     except ExplorerError as err:
         raise user_error(err) from None
     images = [
@@ -135,6 +138,7 @@ def explain(
         token_highlights(tokens_a.tokens, tokens_a.scores),
         token_highlights(tokens_n.tokens, tokens_n.scores),
         info,
+        guard,
     )
 
 
@@ -168,6 +172,7 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
         )
         explain_btn = gr.Button("Explain", variant="primary")
     info = gr.Markdown()
+    guard = gr.Markdown(elem_id="attribution-guard")
     with gr.Row():
         map_a = gr.Image(label="Affirmed prompt", type="numpy", interactive=False)
         map_n = gr.Image(label="Negated prompt", type="numpy", interactive=False)
@@ -179,7 +184,7 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
     explain_btn.click(
         explain,
         inputs=[upload, model, finding, method, opacity, show_mask, baseline],
-        outputs=[map_a, map_n, map_d, tok_a, tok_n, info],
+        outputs=[map_a, map_n, map_d, tok_a, tok_n, info, guard],
         api_name="attribute",
         concurrency_limit=CONCURRENCY["attribute"],
     )

@@ -30,6 +30,27 @@ SCORE_COLUMNS = [
 MAX_CUSTOM_FINDINGS = 10
 
 
+def guard_banner(result) -> str:
+    """Markdown beside the chart: the domain guard's figure and sentence for one model.
+
+    A warning banner when the image is outside the model's training domain; otherwise one
+    quiet line (the figure, or that the model has no reference here).
+    """
+    if result.outside:
+        return f"⚠️ **Not like this model's training images.** {result.sentence}"
+    return f"<small>Domain check: {result.sentence}</small>"
+
+
+def check_domain(model, pixels=None, features=None) -> str:
+    """The domain guard's banner for an image under ``model`` (:mod:`explorer.guard`).
+
+    ``features``: the image's guard features, if the caller has them (else from ``pixels``).
+    """
+    from explorer.guard import typicality
+
+    return guard_banner(typicality(model, pixels, features=features))
+
+
 def template_choices() -> list[str]:
     """The ids of the prompt templates (all averaged unless the person narrows them)."""
     from explorer.vocab.prompts import prompt_templates
@@ -102,7 +123,12 @@ def score_image(
     negation_text: str | None,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
 ):
-    """Scores, figures, tables and CSV for one model (and an optional second)."""
+    """Scores, figures, tables and CSV for one model (and an optional second).
+
+    The last two outputs are the domain guard's banner for each model (how typical the image
+    is of that model's training images; :mod:`explorer.guard`).
+    """
+    from explorer.guard import encode_with_features
     from explorer.plots import findings_figure
     from explorer.scoring import score_findings
     from explorer.vocab.labels import CHEXPERT_FINDINGS
@@ -120,6 +146,8 @@ def score_image(
         if notice:
             notices.append(notice)
         try:
+            # One forward pass gives the embedding scored and the domain guard's features.
+            features, embedding = encode_with_features(model, pixels)
             result = score_findings(
                 model,
                 pixels,
@@ -127,7 +155,9 @@ def score_image(
                 custom=custom,
                 templates=templates or None,
                 negations=negations,
+                image_embedding=embedding,
             )
+            banner = check_domain(model, features=features)
         except ExplorerError as err:
             raise user_error(err) from None
         frame = result.to_frame()
@@ -137,13 +167,14 @@ def score_image(
                 frame,
                 csv_download(frame, f"findings-{model.name}"),
                 model_card(model.name),
+                banner,
             )
         )
     if len(outputs) == 1:
-        outputs.append((None, None, None, ""))
-    (fig, frame, csv, card), (fig2, frame2, csv2, card2) = outputs
+        outputs.append((None, None, None, "", ""))
+    (fig, frame, csv, card, guard), (fig2, frame2, csv2, card2, guard2) = outputs
     notice = "\n\n".join(f"⚠️ {n}" for n in notices)
-    return fig, frame, csv, card, fig2, frame2, csv2, card2, notice
+    return fig, frame, csv, card, fig2, frame2, csv2, card2, notice, guard, guard2
 
 
 def show_second(name: str | None) -> gr.Column:
@@ -170,11 +201,13 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
     with gr.Row():
         with gr.Column():
             card = gr.Markdown()
+            guard = gr.Markdown(elem_id="findings-guard")
             plot = gr.Plot(label="Affirmed vs negated")
             table = gr.Dataframe(headers=SCORE_COLUMNS, label="Scores", interactive=False)
             csv = gr.File(label="Download CSV", elem_id="findings-csv")
         with gr.Column(visible=False) as second:
             card2 = gr.Markdown()
+            guard2 = gr.Markdown(elem_id="findings-guard-2")
             plot2 = gr.Plot(label="Second model")
             table2 = gr.Dataframe(
                 headers=SCORE_COLUMNS, label="Scores (second model)", interactive=False
@@ -184,7 +217,7 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
     run.click(
         score_image,
         inputs=[upload, model, compare, custom, templates, negations],
-        outputs=[plot, table, csv, card, plot2, table2, csv2, card2, notice],
+        outputs=[plot, table, csv, card, plot2, table2, csv2, card2, notice, guard, guard2],
         api_name="findings",
         concurrency_limit=CONCURRENCY["findings"],
     )
