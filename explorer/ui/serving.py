@@ -221,16 +221,17 @@ def launch(demo: Any, settings: ServeSettings, **kwargs: Any) -> Any:
 
 
 def warm_up(settings: ServeSettings) -> threading.Thread:
-    """Load the opening model and embed every prompt template in the background.
+    """In the background: load the opening model, embed the prompts, fit its domain reference.
 
     Started by ``app.py`` next to the server, so the first findings answer does not pay for
-    loading weights and encoding 14 x 2 x templates prompts.
+    loading weights, encoding 14 x 2 x templates prompts or the domain guard's reference.
     """
     import plotly.graph_objects  # noqa: F401 - imported here: two threads importing it deadlock
 
     def work() -> None:
         import numpy as np
 
+        from explorer.guard import domain_reference
         from explorer.models import default_registry
         from explorer.plots import findings_figure
         from explorer.scoring import score_findings
@@ -242,6 +243,7 @@ def warm_up(settings: ServeSettings) -> threading.Thread:
             result = score_findings(model, np.zeros((64, 64), dtype=np.float32))
             findings_figure(result).to_json()  # plotly builds its validators on first use
             result.to_frame().to_csv()
+            domain_reference(model)  # the domain guard's reference (rendered once, then cached)
             logging.getLogger(__name__).info(
                 "warmed up %s in %.1f s", model.name, time.perf_counter() - t0
             )
