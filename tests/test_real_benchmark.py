@@ -37,7 +37,7 @@ FINDINGS = ("No Finding", "Cardiomegaly", "Pleural Effusion", "Pneumothorax")
 def manifest(tmp_path_factory) -> Manifest:
     """24 films: 22 phantoms (11 with an effusion, 11 without) and the two real NIH films.
 
-    Pleural Effusion is the phantom's truth (12+ / 12-: the real films count as negatives);
+    Pleural Effusion is the phantom's truth (12+ / 11-: one real film negative, one uncertain);
     Cardiomegaly has 11+ / 13-; Pneumothorax 8+ / 14- (left out of the AUC table), blank on
     the real films; patient "p0" has eight films.
     """
@@ -60,8 +60,13 @@ def manifest(tmp_path_factory) -> Manifest:
             "Pneumothorax": int(k % 3 == 0),
         }
         rows.append(ManifestRow(path.name, path, labels, patient_id="p0" if k < 8 else f"p{k}"))
-    for name in REAL:
-        labels = {"No Finding": 0, "Cardiomegaly": 1, "Pleural Effusion": 0, "Pneumothorax": None}
+    for name, effusion in zip(REAL, (0, -1), strict=True):  # the second film: uncertain
+        labels = {
+            "No Finding": 0,
+            "Cardiomegaly": 1,
+            "Pleural Effusion": effusion,
+            "Pneumothorax": None,
+        }
         rows.append(ManifestRow(name, ASSETS / name, labels, patient_id=name[:8]))
     return Manifest("hand-built", tuple(rows), (), FINDINGS)
 
@@ -83,7 +88,10 @@ def test_auc_matches_an_independent_computation(tiny, manifest, result):
         [score_findings(tiny, r.pixels()).score("Pleural Effusion").prob_affirmed for r in manifest]
     )
     truth = manifest.label_matrix()[:, FINDINGS.index("Pleural Effusion")]
-    assert result.auc["Pleural Effusion"] == pytest.approx(roc_auc_score(truth, probs), abs=1e-6)
+    known = truth >= 0  # the uncertain film is left out
+    expected = roc_auc_score(truth[known], probs[known])
+    assert result.auc["Pleural Effusion"] == pytest.approx(expected, abs=1e-6)
+    assert result.cases["Pleural Effusion"] == (12, 11)
     assert result.mean_auc == pytest.approx(np.mean(list(result.auc.values())))
 
 
@@ -97,7 +105,7 @@ def test_finding_filter_needs_ten_positives_and_ten_negatives(result):
 def test_fewer_cases_drop_a_finding(tiny, manifest):
     fewer = Manifest("fewer", manifest.rows[3:], (), FINDINGS)
     out = run_manifest_benchmark(tiny, fewer, resamples=20, pointing_methods=())
-    assert out.cases["Cardiomegaly"] == (9, 12) and out.cases["Pleural Effusion"] == (9, 12)
+    assert out.cases["Cardiomegaly"] == (9, 12) and out.cases["Pleural Effusion"] == (9, 11)
     assert set(out.auc) == {"No Finding"}  # 10+ / 11-
     assert "Left out" in format_manifest_table([out])
 

@@ -15,6 +15,10 @@ The **pointing game** (:func:`run_pointing_game`) asks whether each attribution 
 peaks inside a localised finding's mask. Pair probabilities come from
 :func:`explorer.scoring.pair_probability`, every figure from :mod:`explorer.eval.metrics`.
 
+:func:`hard_negative_scores` (tasks A and B from the texts) and :func:`zero_shot_probabilities`
+(the pair softmax per finding and template) are shared with the benchmark on real films
+(:mod:`explorer.eval.real_benchmark`).
+
 Not to be confused with the speed bench (:mod:`explorer.ops.speed`, ``python -m explorer
 bench``) or the phantom renderer's render timing (:func:`explorer.phantom.render_timing`).
 """

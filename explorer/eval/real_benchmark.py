@@ -311,7 +311,7 @@ def run_manifest_benchmark(
         aucs = []
         for f in kept:
             y, s = truth[f][idx], scores[f][idx]
-            known = ~np.isnan(y)
+            known = (y == 1) | (y == 0)  # uncertain and blank labels left out
             aucs.append(auc_score(y[known] == 1, s[known]))
         a, b = right_a[idx], right_b[idx]
         return np.array(
