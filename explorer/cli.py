@@ -266,7 +266,10 @@ def _open_manifest(spec: str, images_root: str | None):
             return named(spec)
         raise ExplorerError(f"No manifest file at {spec}.")
     if path.suffix.lower() == ".json":
-        return data.read_cxr_align(path, images_root)
+        read_json = getattr(data, "read_cxr_align", None)
+        if read_json is None:
+            raise ExplorerError("This copy of the explorer cannot read CXR-Align JSON files.")
+        return read_json(path, images_root)
     return read_manifest(path, images_root)
 
 
