@@ -252,9 +252,47 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
         "--pointing", type=int, default=0, help="also run the pointing game on N phantoms"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--manifest",
+        default=None,
+        help="score real films instead of phantoms: a labelled table (CSV / TSV / Parquet), "
+        "a CXR-Align JSON, or a named manifest such as nih-test",
+    )
+    p.add_argument(
+        "--images-root", default=None, help="folder the manifest's file paths are relative to"
+    )
 
 
-@command("benchmark", "negation benchmark (CXR-Align style) on held-out phantoms", _benchmark_args)
+def _open_manifest(spec: str, images_root: str | None):
+    """The manifest named by ``--manifest``: a file read by explorer.data, or a named one."""
+    from pathlib import Path
+
+    try:
+        import explorer.data as data
+        from explorer.data import read_manifest
+    except ImportError:
+        raise ExplorerError(
+            "This copy of the explorer has no manifest reader (explorer.data.read_manifest)."
+        ) from None
+    path = Path(spec)
+    if not path.exists():
+        named = getattr(data, "named_manifest", None)
+        if named is not None and path.suffix == "":
+            return named(spec)
+        raise ExplorerError(f"No manifest file at {spec}.")
+    if path.suffix.lower() == ".json":
+        read_json = getattr(data, "read_cxr_align", None)
+        if read_json is None:
+            raise ExplorerError("This copy of the explorer cannot read CXR-Align JSON files.")
+        return read_json(path, images_root)
+    return read_manifest(path, images_root)
+
+
+@command(
+    "benchmark",
+    "negation benchmark (CXR-Align style) on held-out phantoms or a manifest of real films",
+    _benchmark_args,
+)
 def _benchmark(args: argparse.Namespace) -> int:
     from explorer.eval.benchmark import (
         HELDOUT_IMAGES,
@@ -265,6 +303,10 @@ def _benchmark(args: argparse.Namespace) -> int:
     )
     from explorer.models import load_model
 
+    if args.manifest:
+        return _manifest_benchmark(args)
+    if args.images_root:
+        raise ExplorerError("--images-root applies to --manifest only.")
     n = args.images or HELDOUT_IMAGES
     models = [load_model(name) for name in args.model]
     results = [run_benchmark(m, images=n) for m in models]
@@ -274,6 +316,29 @@ def _benchmark(args: argparse.Namespace) -> int:
         pointing = [run_pointing_game(m, images=args.pointing) for m in models]
         data["pointing"] = [p.as_dict() for p in pointing]
         text += "\n\n" + format_pointing(pointing)
+    _emit(data, args.json, text)
+    return 0
+
+
+def _manifest_benchmark(args: argparse.Namespace) -> int:
+    from explorer.eval.real_benchmark import format_manifest_table, run_manifest_benchmark
+    from explorer.models import load_model
+
+    if args.images is not None or args.pointing:
+        raise ExplorerError(
+            "--images and --pointing apply to the phantom benchmark; with --manifest every "
+            "row is scored and the pointing game runs on the manifest's boxes."
+        )
+    manifest = _open_manifest(args.manifest, args.images_root)
+    results = [run_manifest_benchmark(load_model(name), manifest) for name in args.model]
+    data = {
+        "manifest": manifest.name,
+        "problems": [{"row": p.row, "reason": p.reason} for p in manifest.problems],
+        "benchmark": [r.as_dict() for r in results],
+    }
+    text = f"{manifest.name}: {len(manifest)} films\n\n" + format_manifest_table(results)
+    if manifest.problems:
+        text += "\n\nnot used:\n" + "\n".join(f"  {p.row}: {p.reason}" for p in manifest.problems)
     _emit(data, args.json, text)
     return 0
 

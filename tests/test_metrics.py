@@ -10,6 +10,7 @@ import pytest
 from explorer.eval.metrics import (
     accuracy_at,
     auc_score,
+    bootstrap_by_patient,
     calibration_bins,
     mean_or_nan,
     nearest_rank,
@@ -138,3 +139,67 @@ def test_mean_or_nan():
     assert mean_or_nan([True, False, True, True]) == 0.75
     assert mean_or_nan([0.5]) == 0.5
     assert math.isnan(mean_or_nan([]))
+
+
+# --- bootstrap by patient ------------------------------------------------------------------------
+
+
+def test_bootstrap_interval_contains_the_estimate_and_is_seeded():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=60)
+    patients = [f"p{k // 2}" for k in range(60)]  # two films each
+
+    def mean(idx):
+        return values[idx].mean()
+
+    low, high = bootstrap_by_patient(patients, mean, resamples=500, seed=1)
+    assert low < values.mean() < high
+    assert high - low < 1.0  # about 4 standard errors of 60 normal values, not the spread
+    again = bootstrap_by_patient(patients, mean, resamples=500, seed=1)
+    other = bootstrap_by_patient(patients, mean, resamples=500, seed=2)
+    assert np.array_equal(again, [low, high]) and not np.array_equal(other, [low, high])
+
+
+def test_bootstrap_keeps_a_patients_rows_together():
+    patients = ["many"] * 30 + [f"single{k}" for k in range(10)]
+    draws = []
+
+    def record(idx):
+        counts = np.bincount(idx, minlength=40)
+        draws.append(counts)
+        return float(counts[:30].sum())
+
+    bootstrap_by_patient(patients, record, resamples=200, seed=0)
+    counts = np.stack(draws)
+    # every film of "many" comes in as often as the others of that patient
+    assert (counts[:, :30] == counts[:, :1]).all()
+    # 11 patients drawn each time: 'many' (30 rows) and the singles weigh the same
+    per_patient = counts[:, :1].ravel() + counts[:, 30:].sum(axis=1)
+    assert (per_patient == 11).all()
+    assert (counts[:, 0] == 0).any() and (counts[:, 0] >= 2).any()
+
+
+def test_bootstrap_by_patient_is_wider_than_by_image():
+    # one patient's 30 films all positive, ten other patients negative: resampling images
+    # would pretend there are 40 independent films
+    values = np.array([1.0] * 30 + [0.0] * 10)
+    by_patient = bootstrap_by_patient(["a"] * 30 + list("bcdefghijk"), lambda i: values[i].mean())
+    by_image = bootstrap_by_patient([str(k) for k in range(40)], lambda i: values[i].mean())
+    assert by_patient[1] - by_patient[0] > 2 * (by_image[1] - by_image[0])
+
+
+def test_bootstrap_vector_statistic_and_nan_resamples():
+    labels = np.array([1] * 3 + [0] * 17)
+
+    def stats(idx):
+        y = labels[idx]
+        share = y.mean()
+        return [share, share if y.any() else np.nan]  # the second is NaN without positives
+
+    out = bootstrap_by_patient([str(k) for k in range(20)], stats, resamples=300)
+    assert out.shape == (2, 2)
+    assert out[0, 0] == 0.0 and out[0, 1] > 0.0  # NaN resamples are left out, not zeros
+    with pytest.raises(ValueError, match="at least one row"):
+        bootstrap_by_patient([], stats)
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_by_patient(["a"], stats, level=1.5)

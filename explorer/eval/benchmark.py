@@ -15,6 +15,10 @@ The **pointing game** (:func:`run_pointing_game`) asks whether each attribution 
 peaks inside a localised finding's mask. Pair probabilities come from
 :func:`explorer.scoring.pair_probability`, every figure from :mod:`explorer.eval.metrics`.
 
+:func:`hard_negative_scores` (tasks A and B from the texts) and :func:`zero_shot_probabilities`
+(the pair softmax per finding and template) are shared with the benchmark on real films
+(:mod:`explorer.eval.real_benchmark`).
+
 Not to be confused with the speed bench (:mod:`explorer.ops.speed`, ``python -m explorer
 bench``) or the phantom renderer's render timing (:func:`explorer.phantom.render_timing`).
 """
@@ -46,6 +50,7 @@ from explorer.phantom.sets import (
 )
 from explorer.phantom.splits import HELDOUT_SEED
 from explorer.scoring import embed_texts_once, pair_probability
+from explorer.vocab.prompts import PromptPair
 
 log = logging.getLogger(__name__)
 
@@ -108,41 +113,119 @@ def hard_negative_texts(
     return true, negated, omitted, which
 
 
+@dataclass(frozen=True)
+class HardNegativeScores:
+    """Tasks A and B on the rows that have a hard negative (shared by both benchmarks).
+
+    Attributes:
+        rows: Indices of the rows with a negated text, in order.
+        right_a: Per such row, whether the true report scores above the negated one.
+        right_b: ...and above the omitted one too (rows without an omitted text: task A only).
+    """
+
+    rows: np.ndarray
+    right_a: np.ndarray
+    right_b: np.ndarray
+
+    @property
+    def task_a(self) -> float:
+        """Task A accuracy (NaN without rows)."""
+        return float(self.right_a.mean()) if len(self.rows) else float("nan")
+
+    @property
+    def task_b(self) -> float:
+        """Task B accuracy (NaN without rows)."""
+        return float(self.right_b.mean()) if len(self.rows) else float("nan")
+
+
+def hard_negative_scores(
+    model: VisionLanguageModel,
+    images: torch.Tensor,
+    true: torch.Tensor,
+    negated: Sequence[str | None],
+    omitted: Sequence[str | None],
+) -> HardNegativeScores:
+    """Score each image against its true report, its negated twin and its omitted twin.
+
+    Args:
+        model: The model (its text encoder embeds the twins).
+        images: Normalised image embeddings ``[N, D]``.
+        true: Normalised embeddings of the true reports ``[N, D]``.
+        negated: Per image, the report with one present finding negated (None: no task row).
+        omitted: Per image, the report with that finding's sentences dropped; a task row
+            without one counts for task B by task A alone.
+
+    Returns:
+        Per task row, whether the true report won (task A) and won against both (task B).
+    """
+    has = [k for k, t in enumerate(negated) if t is not None]
+    if not has:
+        empty = np.zeros(0, dtype=bool)
+        return HardNegativeScores(np.zeros(0, dtype=int), empty, empty)
+    s_true = (images[has] * true[has]).sum(-1)
+    s_neg = (images[has] * embed_texts_once(model, [negated[k] for k in has])).sum(-1)
+    right_a = (s_true > s_neg).numpy()
+    with_omit = [i for i, k in enumerate(has) if omitted[k] is not None]
+    beats_omit = np.ones(len(has), dtype=bool)
+    if with_omit:
+        t_omit = embed_texts_once(model, [omitted[has[i]] for i in with_omit])
+        s_omit = (images[[has[i] for i in with_omit]] * t_omit).sum(-1)
+        beats_omit[with_omit] = (s_true[with_omit] > s_omit).numpy()
+    return HardNegativeScores(np.asarray(has), right_a, right_a & beats_omit)
+
+
+def zero_shot_probabilities(
+    model: VisionLanguageModel, images: torch.Tensor, findings: Sequence[str]
+) -> list[tuple[tuple[PromptPair, ...], np.ndarray]]:
+    """P(affirmed) of each image for each finding and prompt template (the zero-shot AUC's score).
+
+    The softmax over each (affirmed, negated) prompt pair, scaled by the model's logit scale
+    (:func:`explorer.scoring.pair_probability`), with the prompts of
+    :func:`explorer.vocab.prompts.prompt_pairs` over every template, as
+    :func:`explorer.scoring.score_findings` scores one image; the mean over templates is the
+    score.
+
+    Args:
+        model: The model.
+        images: Normalised image embeddings ``[N, D]``.
+        findings: CheXpert names or phrases to prompt with.
+
+    Returns:
+        Per finding, its prompt pairs and ``[N, templates]`` probabilities.
+    """
+    from explorer.vocab.prompts import prompt_pairs
+
+    out = []
+    for finding in findings:
+        pairs = prompt_pairs(finding)
+        aff = embed_texts_once(model, [p.affirmed for p in pairs])
+        neg = embed_texts_once(model, [p.negated for p in pairs])
+        sims = torch.stack([images @ aff.T, images @ neg.T], dim=-1)  # [N, templates, 2]
+        out.append((pairs, pair_probability(sims, model.logit_scale).numpy()))
+    return out
+
+
 def run_benchmark(
     model: VisionLanguageModel, images: int = HELDOUT_IMAGES, size: int = RENDER_SIZE
 ) -> BenchmarkResult:
     """Score ``model`` on the held-out phantom set (rendered once, then cached)."""
-    from explorer.vocab.prompts import prompt_pairs
-
     data = build_phantom_set(images, HELDOUT_SEED, size)
     img = _embed_images(model, data)
     true, negated, omitted, which = hard_negative_texts(data)
     t_true = embed_texts_once(model, true)
-    s_true = (img * t_true).sum(-1)
-
-    has = [k for k, t in enumerate(negated) if t is not None]
-    t_neg = embed_texts_once(model, [negated[k] for k in has])
-    t_omit = embed_texts_once(model, [omitted[k] for k in has])
-    s_neg = (img[has] * t_neg).sum(-1)
-    s_omit = (img[has] * t_omit).sum(-1)
-    right = (s_true[has] > s_neg).numpy()
-    task_a = float(right.mean()) if has else float("nan")
-    negated_finding = np.array([which[k] for k in has], dtype=object)
+    tasks = hard_negative_scores(model, img, t_true, negated, omitted)
+    negated_finding = np.array([which[k] for k in tasks.rows], dtype=object)
     by_finding = {
-        f: float(right[negated_finding == f].mean())
+        f: float(tasks.right_a[negated_finding == f].mean())
         for f in PHANTOM_FINDINGS
         if (negated_finding == f).any()
     }
-    task_b = float((right & (s_true[has] > s_omit).numpy()).mean()) if has else float("nan")
 
-    scale = model.logit_scale
     aucs, by_template = {}, {}
-    for j, finding in enumerate(PHANTOM_FINDINGS):
-        pairs = prompt_pairs(zero_shot_phrase(finding))
-        aff = embed_texts_once(model, [p.affirmed for p in pairs])
-        neg = embed_texts_once(model, [p.negated for p in pairs])
-        sims = torch.stack([img @ aff.T, img @ neg.T], dim=-1)  # [N, templates, 2]
-        prob = pair_probability(sims, scale).numpy()
+    phrases = [zero_shot_phrase(f) for f in PHANTOM_FINDINGS]
+    for j, (finding, (pairs, prob)) in enumerate(
+        zip(PHANTOM_FINDINGS, zero_shot_probabilities(model, img, phrases), strict=True)
+    ):
         present = data.truth[:, j] > 0
         aucs[finding] = auc_score(present, prob.mean(axis=1))
         for t, pair in enumerate(pairs):
@@ -156,11 +239,11 @@ def run_benchmark(
     return BenchmarkResult(
         model=model.name,
         images=len(data),
-        task_a=task_a,
-        task_a_n=len(has),
+        task_a=tasks.task_a,
+        task_a_n=len(tasks.rows),
         task_a_by_finding=by_finding,
-        task_b=task_b,
-        task_b_n=len(has),
+        task_b=tasks.task_b,
+        task_b_n=len(tasks.rows),
         auc=aucs,
         mean_auc=float(np.mean(valid)) if valid else float("nan"),
         recall=recall,

@@ -9,6 +9,8 @@
   coarse map resolution.
 * :func:`nearest_rank` and :func:`p95` - percentiles of timings (speed bench, load test).
 * :func:`mean_or_nan` - a mean that is NaN, not a warning, over no values.
+* :func:`bootstrap_by_patient` - a percentile bootstrap interval that resamples patients, so
+  several films of one patient stay together (the real-film benchmark's intervals).
 
 Everything here is a plain function of arrays: no model, no rendering, no files. Only
 :func:`perfect_grid_map` needs torch (imported when called), so the load test and the speed
@@ -17,7 +19,7 @@ bench can import this module cheaply.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -177,3 +179,63 @@ def p95(values: Sequence[float]) -> float:
 def mean_or_nan(values: Sequence[float]) -> float:
     """The mean of ``values`` (booleans count 1/0), NaN when there are none."""
     return float(np.mean(values)) if len(values) else float("nan")
+
+
+def bootstrap_by_patient(
+    patients: Sequence[str],
+    statistic: Callable[[np.ndarray], float | np.ndarray],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> np.ndarray:
+    """Percentile bootstrap interval of a figure, resampling *patients* (not images).
+
+    Each resample draws as many patients as there are, with replacement, and keeps every row
+    of a drawn patient together (a patient drawn twice brings all its rows twice), so films of
+    one patient never split between "in" and "out" and the interval is not too narrow when a
+    patient has many films.
+
+    Args:
+        patients: The patient of each row (``[n]``).
+        statistic: Called with the row indices of one resample (``int [m]``, repeats allowed)
+            and returning a figure or a 1-D array of figures (e.g. one AUC per finding). NaN
+            results (a resample without both classes) are left out of the percentiles.
+        resamples: How many bootstrap resamples.
+        seed: Seed of the random generator (same seed, same interval).
+        level: Coverage of the interval (0.95 = 2.5th to 97.5th percentile).
+
+    Returns:
+        ``[2, ...]``: the lower and upper bounds (``[2]`` for a scalar statistic, ``[2, k]``
+        for ``k`` figures); NaN where no resample gave a finite figure.
+
+    Raises:
+        ValueError: No rows, ``resamples < 1`` or ``level`` outside (0, 1).
+    """
+    if len(patients) == 0:
+        raise ValueError("a bootstrap needs at least one row")
+    if resamples < 1:
+        raise ValueError(f"resamples must be at least 1, got {resamples}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    _, patient_of_row = np.unique(
+        np.asarray(patients, dtype=object).astype(str), return_inverse=True
+    )
+    n_patients = int(patient_of_row.max()) + 1
+    rows = np.arange(len(patient_of_row))
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(resamples):
+        drawn = np.bincount(rng.integers(0, n_patients, n_patients), minlength=n_patients)
+        stats.append(np.asarray(statistic(np.repeat(rows, drawn[patient_of_row])), dtype=float))
+    table = np.stack(stats)
+    tail = (1.0 - level) / 2.0 * 100.0
+    out = np.full((2, *table.shape[1:]), np.nan)
+    finite = np.isfinite(table)
+    if finite.all():
+        return np.percentile(table, [tail, 100.0 - tail], axis=0)
+    flat = table.reshape(resamples, -1)
+    for j in range(flat.shape[1]):
+        col = flat[np.isfinite(flat[:, j]), j]
+        if len(col):
+            out.reshape(2, -1)[:, j] = np.percentile(col, [tail, 100.0 - tail])
+    return out
