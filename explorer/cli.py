@@ -264,28 +264,10 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
 
 
 def _open_manifest(spec: str, images_root: str | None):
-    """The manifest named by ``--manifest``: a file read by explorer.data, or a named one."""
-    from pathlib import Path
+    """The manifest named by ``--manifest`` (see :func:`explorer.data.open_manifest`)."""
+    from explorer.data import open_manifest
 
-    try:
-        import explorer.data as data
-        from explorer.data import read_manifest
-    except ImportError:
-        raise ExplorerError(
-            "This copy of the explorer has no manifest reader (explorer.data.read_manifest)."
-        ) from None
-    path = Path(spec)
-    if not path.exists():
-        named = getattr(data, "named_manifest", None)
-        if named is not None and path.suffix == "":
-            return named(spec)
-        raise ExplorerError(f"No manifest file at {spec}.")
-    if path.suffix.lower() == ".json":
-        read_json = getattr(data, "read_cxr_align", None)
-        if read_json is None:
-            raise ExplorerError("This copy of the explorer cannot read CXR-Align JSON files.")
-        return read_json(path, images_root)
-    return read_manifest(path, images_root)
+    return open_manifest(spec, images_root)
 
 
 @command(
@@ -368,7 +350,6 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 @command("evaluate", "score a labelled batch: per-finding AUC, negation errors", _evaluate_args)
 def _evaluate(args: argparse.Namespace) -> int:
-    from explorer.data.table import read_manifest
     from explorer.eval.batch import BatchError, evaluate, flips, manifest_batch, read_batch
     from explorer.models import default_registry
 
@@ -376,7 +357,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise BatchError("Give the images with --images, or a labelled table with --manifest.")
     reg = default_registry()
     if args.manifest:
-        batch = manifest_batch(read_manifest(args.manifest, args.images_root))
+        batch = manifest_batch(_open_manifest(args.manifest, args.images_root))
     else:
         batch = read_batch(args.images, args.labels)
     model = reg.load(args.model or reg.default)

@@ -281,4 +281,5 @@ def test_cli_benchmark_on_a_manifest(tiny, manifest, monkeypatch, capsys, tmp_pa
     assert seen["args"] == (table, "/films")
     assert data["manifest"] == "hand-built" and data["benchmark"][0]["images"] == 24
     assert set(data["benchmark"][0]) >= {"mean_auc", "task_a", "task_b", "auc", "auc_ci"}
+    monkeypatch.undo()  # the real reader: a missing table is a sentence and exit 2
     assert main(["benchmark", "--model", "t", "--manifest", str(tmp_path / "nope.csv")]) == 2
