@@ -148,3 +148,24 @@ def test_score_command_reports_the_domain(capsys):
     assert main(["score", phantom, "--template", "there_is"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("domain: Within phantom-negaware's training domain")
+
+
+@pytest.mark.slow
+def test_every_shipped_real_film_is_outside_a_phantom_models_domain():
+    """All 300 films of the shipped nih-test set (and the real examples) get the warning."""
+    from conftest import default_model_ready
+
+    from explorer.data import named_manifest
+    from explorer.models import default_registry
+
+    if not default_model_ready():
+        pytest.skip("embedded default model not built")
+    model = default_registry().load("phantom-negaware")
+    films = [row.pixels() for row in named_manifest("nih-test")]
+    films += [
+        load_radiograph(examples_dir() / name).pixels
+        for name in ("00000001_000.png", "00027426_000.png", "siim-pneumothorax-sample.dcm")
+    ]
+    judged = [typicality(model, pixels) for pixels in films]
+    assert len(judged) == 303 and all(t.has_reference for t in judged)
+    assert [t for t in judged if not t.outside] == []
