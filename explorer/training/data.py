@@ -123,3 +123,37 @@ def prompt_view(
     if truth[j] > 0:
         return TextView(affirmed, claims, negated, -claims, finding)
     return TextView(negated, claims, affirmed, -claims, finding)
+
+
+@dataclass(frozen=True, eq=False)
+class PhantomTraining:
+    """A rendered phantom set as the trainer draws batches from it (reports are paired)."""
+
+    data: object  # explorer.phantom.sets.PhantomSet
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.data.truth
+
+    @property
+    def masks(self):
+        return self.data.masks
+
+    def pixels(self, index) -> np.ndarray:
+        return self.data.pixels(index)
+
+    def image_claims(self, index) -> np.ndarray:
+        """What each image's own full report asserts (the image side of the similarity)."""
+        return np.stack([claims_vector(self.data.reports[i].sentences) for i in index])
+
+    def views(self, index, rng: np.random.Generator, cfg, with_negative: bool) -> list[TextView]:
+        """A prompt view (share ``cfg.p_prompt``) or a sampled view of each image's report."""
+        return [
+            prompt_view(self.data.truth[i], rng, cfg.prompt_templates)
+            if rng.random() < cfg.p_prompt
+            else sample_view(self.data.reports[i], rng, cfg.p_full_report, with_negative)
+            for i in index
+        ]

@@ -70,6 +70,7 @@ class VisionPretrain:
     max_minutes: float = 0.0
     checkpoint_every: int = 250
     mask_weight: float = 0.0
+    augment: str = "shift"  # "shift" (phantoms) or "radiograph" (see radiograph_augment)
 
 
 class _Classifier(nn.Module):
@@ -143,12 +144,50 @@ TEXT_ONLY_SETTINGS = frozenset(
 )
 
 
-def cache_key(settings: VisionPretrain, model_cfg: dict, train_images: int, seed: int) -> str:
-    """A short hash of everything that determines the stage-1 tower."""
+def cache_key(
+    settings: VisionPretrain,
+    model_cfg: dict,
+    train_images: int,
+    seed: int,
+    data_key: str | None = None,
+) -> str:
+    """A short hash of everything that determines the stage-1 tower.
+
+    ``data_key`` names real training films (:attr:`explorer.training.real.FilmSet.fingerprint`);
+    without it the data are the rendered phantoms (their count and renderer version).
+    """
+    vision = {k: v for k, v in model_cfg.items() if k not in TEXT_ONLY_SETTINGS}
+    if data_key is not None:
+        return digest([asdict(settings), vision, data_key, seed, SHIFT])
     from explorer.phantom.sets import render_version
 
-    vision = {k: v for k, v in model_cfg.items() if k not in TEXT_ONLY_SETTINGS}
     return digest([asdict(settings), vision, train_images, seed, render_version(), SHIFT])
+
+
+def radiograph_augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Augmentations suited to radiographs, for ``[B, S, S]`` images in [0, 1].
+
+    Per image: a scale of 0.9-1.1, a rotation of up to 5 degrees, a shift of up to 6 % of the
+    side (edges repeated), and a contrast change (gamma 0.8-1.25, then a gain of 0.9-1.1 and an
+    offset of up to 0.05 about mid-grey). Never a horizontal flip: the heart is on the left, and
+    laterality is part of what a finding says.
+    """
+    b = len(images)
+    scale = rng.uniform(0.9, 1.1, b)
+    angle = np.deg2rad(rng.uniform(-5.0, 5.0, b))
+    shift = rng.uniform(-0.12, 0.12, (b, 2))  # affine_grid's [-1, 1] frame: 6 % of the side
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    theta = np.stack(
+        [np.stack([cos, -sin, shift[:, 0]], 1), np.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    grid = F.affine_grid(torch.from_numpy(theta).float(), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
+    gamma = torch.from_numpy(np.exp(rng.uniform(np.log(0.8), np.log(1.25), (b, 1, 1)))).float()
+    gain = torch.from_numpy(rng.uniform(0.9, 1.1, (b, 1, 1))).float()
+    offset = torch.from_numpy(rng.uniform(-0.05, 0.05, (b, 1, 1))).float()
+    x = (x.clamp(0, 1) ** gamma - 0.5) * gain + 0.5 + offset
+    return x.clamp(0, 1).numpy()
 
 
 def pretrain_vision(
@@ -211,7 +250,10 @@ def pretrain_vision(
         rng = np.random.default_rng([seed, 1, rank, step])
         index = rng.choice(len(data), size=settings.batch_size, replace=False)
         offsets = shift_offsets(len(index), rng)
-        pixels = prepare_pixels(shifted(data.pixels(index), offsets), preprocess)
+        if settings.augment == "radiograph":
+            pixels = prepare_pixels(radiograph_augment(data.pixels(index), rng), preprocess)
+        else:
+            pixels = prepare_pixels(shifted(data.pixels(index), offsets), preprocess)
         pixels = pixels.to(device, memory_format=torch.channels_last)
         logits, maps = net(pixels)
         bce = F.binary_cross_entropy_with_logits(logits, targets[index].to(device))

@@ -27,7 +27,7 @@ from explorer.paths import resolve
 from explorer.phantom.sets import build_phantom_set, render_version
 from explorer.phantom.splits import TRAIN_SEED
 from explorer.training import losses
-from explorer.training.data import claims_vector, prompt_view, sample_view
+from explorer.training.data import PhantomTraining
 from explorer.training.loop import digest, load_state, save_state, warmup_cosine
 from explorer.training.model import EncoderConfig, TrainingWrapper, build_dual_encoder, export
 from explorer.training.pretrain import VisionPretrain, cache_key, pooled_features, pretrain_vision
@@ -42,6 +42,12 @@ class TrainConfig:
 
     name: str
     loss: str = "negaware"  # one of losses.LOSSES
+    data: str = "phantom"  # "phantom" (rendered, paired reports) or "real" (a manifest + reports)
+    manifest: str = "nih-train"  # real data: the films (explorer.training.real.training_manifest)
+    reports: str = "iu"  # real data: the report corpus the films are matched with
+    p_written: float = 0.0  # real data: share of views written from the film's labels
+    match_top_k: int = 32  # real data: a film's text is drawn from its k closest reports
+    vision_init: str = ""  # start the image tower from this exported model's tower ("" = random)
     out_dir: str = "assets/models/phantom-negaware"
     steps: int = 600
     batch_size: int = 64
@@ -80,6 +86,8 @@ class TrainConfig:
             raise ValueError(f"unknown training config keys: {sorted(unknown)}")
         if data.get("loss", "negaware") not in losses.LOSSES:
             raise ValueError(f"loss must be one of {losses.LOSSES}")
+        if data.get("data", "phantom") not in ("phantom", "real"):
+            raise ValueError("data must be 'phantom' or 'real'")
         return cls(**_tuples(data), vision_pretrain=stage1, model=EncoderConfig(**_tuples(model)))
 
     @property
@@ -139,12 +147,7 @@ def batch_loss(
     ``pooled``: the locked image tower's features of every row of ``data`` (or ``None``).
     """
     with_neg = cfg.loss == "negaware"
-    views = [
-        prompt_view(data.truth[i], rng, cfg.prompt_templates)
-        if rng.random() < cfg.p_prompt
-        else sample_view(data.reports[i], rng, cfg.p_full_report, with_neg)
-        for i in index
-    ]
+    views = data.views(index, rng, cfg, with_neg)
     if pooled is not None:  # locked image tower: its features were computed once
         image_input = {"pooled": pooled[index]}
     else:
@@ -177,8 +180,8 @@ def batch_loss(
         neg_mask=neg_mask,
         **image_input,
     )
-    report_claims = np.stack([claims_vector(data.reports[i].sentences) for i in index])
-    sim = clinical_similarity(report_claims, np.stack([v.claims for v in views])).to(device)
+    image_claims = data.image_claims(index)
+    sim = clinical_similarity(image_claims, np.stack([v.claims for v in views])).to(device)
     if cfg.loss == "infonce":
         loss = losses.info_nce(img, txt, scale)
     elif cfg.loss == "soft":
@@ -208,17 +211,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     model, tokenizer = build_dual_encoder(cfg.model, pretrained_text=cfg.pretrained_text)
     model.to(device).train()
 
-    masks = cfg.vision_pretrain.steps > 0 and cfg.vision_pretrain.mask_weight > 0
     if rank == 0:
-        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size, masks)
+        data = training_data(cfg)
     if world > 1:
         dist.barrier()
     if rank != 0:
-        data = build_phantom_set(cfg.train_images, TRAIN_SEED, cfg.model.image_size, masks)
+        data = training_data(cfg)
+    if cfg.vision_init:
+        load_vision_tower(model.vision_model, _resolve(cfg.vision_init))
 
     stage1 = {}
     if cfg.vision_pretrain.steps:
-        key = cache_key(cfg.vision_pretrain, asdict(cfg.model), cfg.train_images, cfg.seed)
+        key = cache_key(
+            cfg.vision_pretrain,
+            asdict(cfg.model),
+            cfg.train_images,
+            cfg.seed,
+            data_key=_data_key(cfg, data),
+        )
         stage1 = pretrain_vision(
             model.vision_model,
             data,
@@ -251,7 +261,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     out = _resolve(cfg.out_dir)
     state_path = work / "train_state.pt"
     log_path = work / "train_log.jsonl"
-    run_key = run_fingerprint(cfg)
+    run_key = run_fingerprint(cfg, data)
     start = 0
     if state_path.exists():
         resumed = load_state(state_path, device, model, optimizer, scheduler, run_key)
@@ -333,10 +343,55 @@ _NOT_IN_FINGERPRINT = frozenset(
 )
 
 
-def run_fingerprint(cfg: TrainConfig) -> str:
-    """A short hash of the config and the phantom renderer: which checkpoints a run may resume."""
+def run_fingerprint(cfg: TrainConfig, data=None) -> str:
+    """A short hash of the config and its data (the phantom renderer's version, or the real
+    films' fingerprint): which checkpoints a run may resume."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
-    return digest([settings, render_version()])
+    if cfg.data == "phantom":
+        return digest([settings, render_version()])
+    return digest([settings, _data_key(cfg, data)])
+
+
+def _data_key(cfg: TrainConfig, data) -> str | None:
+    """What names the real training data in cache keys (None: phantoms, keyed as before)."""
+    if cfg.data == "phantom":
+        return None
+    return data.fingerprint + (f"-init-{cfg.vision_init}" if cfg.vision_init else "")
+
+
+def training_data(cfg: TrainConfig):
+    """The set a config trains on: rendered phantoms, or real films matched with real reports."""
+    size = cfg.model.image_size
+    if cfg.data == "real":
+        from explorer.training.real import real_training
+
+        return real_training(cfg, size, _resolve(cfg.work_dir))
+    masks = cfg.vision_pretrain.steps > 0 and cfg.vision_pretrain.mask_weight > 0
+    return PhantomTraining(build_phantom_set(cfg.train_images, TRAIN_SEED, size, masks))
+
+
+def load_vision_tower(tower: torch.nn.Module, folder: Path) -> None:
+    """Copy the image tower of an exported model (``folder``) into ``tower`` (same architecture).
+
+    Raises:
+        ValueError: The folder's tower does not fit (another architecture).
+    """
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    prefix = "vision_model."
+    state = {k[len(prefix) :]: v.float() for k, v in weights.items() if k.startswith(prefix)}
+    own = tower.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong or not state:
+        raise ValueError(
+            f"the image tower in {folder} does not fit this architecture ({len(missing)} "
+            f"missing, {len(unexpected)} unexpected, {len(wrong)} wrongly shaped weights)"
+        )
+    tower.load_state_dict(state)
+    log.info("image tower initialised from %s", folder)
 
 
 def replica_checksums(model: torch.nn.Module, world: int) -> list[float]:
