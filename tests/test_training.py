@@ -15,7 +15,13 @@ from safetensors.torch import load_file
 
 from explorer.phantom.sets import build_phantom_set, flip_finding
 from explorer.training import data as data_mod
-from explorer.training.data import claims_vector, finding_prompt_pairs, prompt_view, sample_view
+from explorer.training.data import (
+    PhantomTraining,
+    claims_vector,
+    finding_prompt_pairs,
+    prompt_view,
+    sample_view,
+)
 from explorer.training.model import TrainingWrapper, build_dual_encoder
 from explorer.training.trainer import TrainConfig, batch_loss
 
@@ -138,7 +144,9 @@ def test_batches_use_prompt_views_as_configured(tiny_set, tmp_path, p_prompt):
     model, tok = build_dual_encoder(cfg.model, pretrained_text=False)
     recorder = _Recorder(tok)
     rng = np.random.default_rng(0)
-    batch_loss(TrainingWrapper(model), recorder, tiny_set, np.arange(6), rng, cfg, "cpu")
+    batch_loss(
+        TrainingWrapper(model), recorder, PhantomTraining(tiny_set), np.arange(6), rng, cfg, "cpu"
+    )
     texts, twins = recorder.calls
     bare = {
         t for f in data_mod.PHANTOM_FINDINGS for p in finding_prompt_pairs(f, ("bare",)) for t in p
@@ -168,7 +176,13 @@ def test_a_few_steps_lower_the_loss(tiny_set, tmp_path, loss):
 
     def step_loss():
         return batch_loss(
-            wrapper, tok, tiny_set, index, np.random.default_rng(1), cfg, torch.device("cpu")
+            wrapper,
+            tok,
+            PhantomTraining(tiny_set),
+            index,
+            np.random.default_rng(1),
+            cfg,
+            torch.device("cpu"),
         )[0]
 
     first = step_loss().item()
