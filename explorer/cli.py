@@ -230,7 +230,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-@command("train", "train a phantom dual encoder (works under torchrun)", _train_args)
+@command(
+    "train", "train a dual encoder on phantoms or real films (works under torchrun)", _train_args
+)
 def _train(args: argparse.Namespace) -> int:
     from explorer.training.trainer import TrainConfig, train
 
@@ -261,6 +263,12 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--images-root", default=None, help="folder the manifest's file paths are relative to"
     )
+    p.add_argument(
+        "--probe",
+        default=None,
+        help="with --manifest: also fit a linear probe on each model's image features of these "
+        "training films (nih-train, or a table) and score it on the manifest: the upper bound",
+    )
 
 
 def _open_manifest(spec: str, images_root: str | None):
@@ -287,8 +295,8 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     if args.manifest:
         return _manifest_benchmark(args)
-    if args.images_root:
-        raise ExplorerError("--images-root applies to --manifest only.")
+    if args.images_root or args.probe:
+        raise ExplorerError("--images-root and --probe apply to --manifest only.")
     n = args.images or HELDOUT_IMAGES
     models = [load_model(name) for name in args.model]
     results = [run_benchmark(m, images=n) for m in models]
@@ -312,16 +320,118 @@ def _manifest_benchmark(args: argparse.Namespace) -> int:
             "row is scored and the pointing game runs on the manifest's boxes."
         )
     manifest = _open_manifest(args.manifest, args.images_root)
-    results = [run_manifest_benchmark(load_model(name), manifest) for name in args.model]
+    models = [load_model(name) for name in args.model]
+    results = [run_manifest_benchmark(m, manifest) for m in models]
     data = {
         "manifest": manifest.name,
         "problems": [{"row": p.row, "reason": p.reason} for p in manifest.problems],
         "benchmark": [r.as_dict() for r in results],
     }
     text = f"{manifest.name}: {len(manifest)} films\n\n" + format_manifest_table(results)
+    if len(results) > 1:
+        from explorer.eval.real_benchmark import task_a_difference
+
+        pairs = [task_a_difference(results[0], r, manifest.patients()) for r in results[1:]]
+        data["task_a_difference"] = [d.as_dict() for d in pairs]
+        text += "\n\n" + "\n".join(
+            f"task A, {d.model} minus {d.baseline}: {d.difference:+.3f} "
+            f"[{d.ci[0]:+.3f}, {d.ci[1]:+.3f}] (paired patient bootstrap, {d.rows} films)"
+            for d in pairs
+        )
+    if args.probe:
+        from explorer.eval.probe import format_probe_table, run_linear_probe
+        from explorer.training.real import training_manifest
+
+        train = training_manifest(args.probe)
+        probes = [run_linear_probe(m, train, manifest) for m in models]
+        data["probe"] = [r.as_dict() for r in probes]
+        text += "\n\n" + format_probe_table(probes)
     if manifest.problems:
         text += "\n\nnot used:\n" + "\n".join(f"  {p.row}: {p.reason}" for p in manifest.problems)
     _emit(data, args.json, text)
+    return 0
+
+
+# --- domain guard -------------------------------------------------------------------------------
+
+
+def _guard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument(
+        "--manifest",
+        default="nih-train",
+        help="the model's training films (default nih-train: the NIH films beside the checkout)",
+    )
+    p.add_argument("--write", action="store_true", help="ship the reference in the model's folder")
+    p.add_argument(
+        "--check",
+        action="append",
+        default=None,
+        help="a manifest to judge against the reference (repeatable; default nih-test)",
+    )
+    p.add_argument("--phantoms", type=int, default=0, help="also judge N held-out phantoms")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _judged(reference, features, name: str) -> dict:
+    import numpy as np
+
+    from explorer.guard import TYPICALITY_THRESHOLD
+
+    share = reference.typicality(reference.distances(features))
+    return {
+        "set": name,
+        "images": int(len(share)),
+        "within": float((share >= TYPICALITY_THRESHOLD).mean()),
+        "median_typicality": float(np.median(share)),
+    }
+
+
+@command(
+    "guard",
+    "fit a real-trained model's domain reference from its training films, and check sets",
+    _guard_args,
+)
+def _guard(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from explorer.guard import image_features, manifest_reference, write_reference
+    from explorer.models import load_model
+    from explorer.training.real import training_manifest
+
+    model = load_model(args.model)
+    ref = manifest_reference(model, training_manifest(args.manifest))
+    out = {
+        "model": model.name,
+        "reference": ref.description,
+        "fingerprint": ref.fingerprint,
+        "calibration_p99": ref.percentile(99),
+        "seconds": ref.seconds,
+        "checks": [],
+    }
+    for name in args.check or ["nih-test"]:
+        manifest = _open_manifest(name, None)
+        feats = np.concatenate([image_features(model, r.pixels()) for r in manifest.rows])
+        out["checks"].append(_judged(ref, feats, manifest.name))
+    if args.phantoms:
+        from explorer.phantom.sets import build_phantom_set
+        from explorer.phantom.splits import HELDOUT_SEED
+
+        size = model.preprocess_cfg.image_size
+        data = build_phantom_set(args.phantoms, HELDOUT_SEED, size)
+        feats = image_features(model, data.pixels(np.arange(len(data))))
+        out["checks"].append(_judged(ref, feats, f"{args.phantoms} held-out phantoms"))
+    if args.write:
+        out["written"] = str(write_reference(ref, model))
+    lines = [f"{model.name}: reference of {ref.description} ({ref.seconds:.0f} s)"]
+    lines += [
+        f"  {c['set']}: {c['within']:.1%} of {c['images']:,} within the training domain "
+        f"(median typicality {c['median_typicality']:.2f})"
+        for c in out["checks"]
+    ]
+    if args.write:
+        lines.append(f"written to {out['written']}")
+    _emit(out, args.json, "\n".join(lines))
     return 0
 
 

@@ -18,8 +18,13 @@ training domain, with a plain sentence.
   (:data:`explorer.phantom.splits.TRAIN_SEED`) at the model's input size, computed on first
   use and cached under :func:`explorer.paths.cache_dir` keyed by the model's weights
   fingerprint, so a retrained model gets a new one.
-* Models whose training images are not here (the hub models) have no reference; the guard says
-  so plainly (:attr:`Typicality.has_reference` is False) rather than guessing.
+* Models trained on films that do not travel with the app (the real models, trained on the
+  NIH training side that lives beside the checkout) ship their reference in their model
+  folder (:data:`REFERENCE_FILE`), written once by ``python -m explorer guard --write`` from
+  the training films (:func:`manifest_reference`); it is used only while the weights'
+  fingerprint matches the one it was computed with.
+* Models with neither (the hub models) have no reference; the guard says so plainly
+  (:attr:`Typicality.has_reference` is False) rather than guessing.
 
 The features come from the same forward pass that gives the image embedding
 (:func:`encode_with_features`), so scoring with the check costs no more than scoring; the
@@ -31,6 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -55,6 +61,8 @@ TYPICALITY_THRESHOLD = 0.01
 PHANTOM_TAG = "phantom"
 #: Bumped when the reference's format or recipe changes (old cache files are then ignored).
 REFERENCE_VERSION = 1
+#: The file in a local model folder that holds its shipped reference (:func:`shipped_reference`).
+REFERENCE_FILE = "domain_reference.npz"
 _BATCH = 128
 
 
@@ -309,19 +317,122 @@ def phantom_reference(
     return ref
 
 
-_MEMO: dict[int, tuple[VisionLanguageModel, DomainReference]] = {}
+def _by_patient(rows: Sequence, seed: int = 0) -> list:
+    """The rows in a seeded order of whole patients (a patient's films stay together)."""
+    import hashlib
+
+    def key(row) -> tuple[str, str]:
+        return (hashlib.sha256(f"{seed}|{row.patient}".encode()).hexdigest(), row.key)
+
+    return sorted(rows, key=key)
+
+
+def manifest_reference(
+    model: VisionLanguageModel,
+    manifest,
+    count: int | None = None,
+    calibration_share: float = CALIBRATION_SHARE,
+) -> DomainReference:
+    """The reference of a model trained on real films: those of ``manifest`` (its training side).
+
+    The films are put in a seeded order of whole patients, so the held-apart calibration part
+    shares no patient with the fitted part (a new patient's film is then judged as typical as
+    these, not as typical as a film of a patient already fitted).
+
+    Args:
+        model: A loaded model.
+        manifest: The films the model was trained on (:class:`explorer.data.manifest.Manifest`).
+        count: Use only the first ``count`` films of that order (default: all).
+        calibration_share: Share of the films held apart to calibrate.
+
+    Raises:
+        ValueError: fewer than 8 films.
+    """
+    from explorer.reports.map import model_fingerprint
+
+    t0 = time.perf_counter()
+    rows = _by_patient(manifest.rows)[:count]
+    feats = []
+    for k in range(0, len(rows), _BATCH):
+        pixels = [r.pixels() for r in rows[k : k + _BATCH]]
+        if len({p.shape for p in pixels}) == 1:
+            feats.append(image_features(model, np.stack(pixels)))
+        else:
+            feats.extend(image_features(model, p) for p in pixels)
+    x = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
+    patients = len({r.patient for r in rows})
+    description = f"{len(rows):,} training films of {patients:,} patients ({manifest.name})"
+    ref = fit_reference(
+        model.name, x, description, model_fingerprint(model), calibration_share=calibration_share
+    )
+    return replace(ref, seconds=time.perf_counter() - t0)
+
+
+def reference_path(model: VisionLanguageModel) -> Path | None:
+    """Where a local model's shipped reference lives (None for a hub model)."""
+    from explorer.models.spec import local_path
+
+    folder = local_path(model.spec.source)
+    return None if folder is None else folder / REFERENCE_FILE
+
+
+def write_reference(ref: DomainReference, model: VisionLanguageModel) -> Path:
+    """Ship ``ref`` in the model's folder (:data:`REFERENCE_FILE`); returns the file.
+
+    Raises:
+        ValueError: the model has no local folder, or ``ref`` was computed with other weights.
+    """
+    from explorer.reports.map import model_fingerprint
+
+    path = reference_path(model)
+    if path is None:
+        raise ValueError(f"{model.name} is not a local model folder; its reference can't ship")
+    if ref.fingerprint != model_fingerprint(model):
+        raise ValueError(f"this reference was computed with other weights than {model.name}'s")
+    _save(ref, path)
+    return path
+
+
+def shipped_reference(model: VisionLanguageModel) -> DomainReference | None:
+    """The reference in the model's folder, if there is one and it matches the weights."""
+    from explorer.reports.map import model_fingerprint
+
+    path = reference_path(model)
+    if path is None or not path.is_file():
+        return None
+    try:
+        ref = _load(path)
+    except (OSError, ValueError, KeyError):
+        log.warning("domain reference %s of %s unreadable; no domain check", path, model.name)
+        return None
+    if ref.fingerprint != model_fingerprint(model):
+        log.warning(
+            "domain reference of %s was computed with other weights (%s); no domain check "
+            "until `python -m explorer guard --model %s --write` is run again",
+            model.name,
+            ref.fingerprint,
+            model.name,
+        )
+        return None
+    return replace(ref, model=model.name)
+
+
+_MEMO: dict[int, tuple[VisionLanguageModel, DomainReference | None]] = {}
 _LOCK = threading.Lock()
 
 
 def domain_reference(model: VisionLanguageModel) -> DomainReference | None:
-    """The model's reference (computed once per process and weights), or None if it has none."""
-    if not has_phantom_training(model):
-        return None
+    """The model's reference (computed once per process and weights), or None if it has none.
+
+    A phantom model's is computed from training phantoms; any other local model's is the one
+    shipped in its folder (:func:`shipped_reference`).
+    """
     with _LOCK:  # one computation even when two requests arrive together
         hit = _MEMO.get(id(model))
         if hit is not None and hit[0] is model:
             return hit[1]
-        ref = phantom_reference(model)
+        phantom = has_phantom_training(model)
+        ref = phantom_reference(model) if phantom else shipped_reference(model)
         _MEMO[id(model)] = (model, ref)
         return ref
 
@@ -418,6 +529,7 @@ __all__ = [
     "CALIBRATION_SHARE",
     "PHANTOM_TAG",
     "REFERENCE_COUNT",
+    "REFERENCE_FILE",
     "TYPICALITY_THRESHOLD",
     "DomainReference",
     "Typicality",
@@ -427,7 +539,11 @@ __all__ = [
     "fit_reference",
     "has_phantom_training",
     "judge",
+    "manifest_reference",
     "no_reference",
     "phantom_reference",
+    "reference_path",
+    "shipped_reference",
     "typicality",
+    "write_reference",
 ]

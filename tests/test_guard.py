@@ -169,3 +169,85 @@ def test_every_shipped_real_film_is_outside_a_phantom_models_domain():
     judged = [typicality(model, pixels) for pixels in films]
     assert len(judged) == 303 and all(t.has_reference for t in judged)
     assert [t for t in judged if not t.outside] == []
+
+
+# --- references shipped in a model folder (models trained on films that do not travel) ------
+
+
+def _films(folder, patients: int = 12, per_patient: int = 2):
+    """A tiny manifest of noise films, ``per_patient`` films for each patient."""
+    from PIL import Image
+
+    from explorer.data.table import read_manifest
+
+    rng = np.random.default_rng(0)
+    lines = ["file,patient_id,Cardiomegaly"]
+    for p in range(patients):
+        for k in range(per_patient):
+            name = f"p{p}-{k}.png"
+            Image.fromarray((rng.random((48, 40)) * 255).astype(np.uint8)).save(folder / name)
+            lines.append(f"{name},{p},{k % 2}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return read_manifest(folder / "labels.csv", folder)
+
+
+@pytest.fixture()
+def own_folder_model(tmp_path):
+    """A tiny model in a folder of its own (not tagged phantom), loaded afresh per test."""
+    spec = tiny_convnext_spec(tmp_path / "model")
+    return ModelRegistry((spec,)).load(TINY_CONVNEXT_NAME, "cpu")
+
+
+def test_a_manifest_reference_holds_whole_patients_apart(own_folder_model, tmp_path):
+    manifest = _films(tmp_path)
+    ordered = guard._by_patient(manifest.rows)
+    patients = [r.patient for r in ordered]
+    # each patient's films are together, so the last third shares no patient with the rest
+    assert len(set(patients[-8:]) & set(patients[:-8])) == 0
+    assert sorted(patients) == sorted(r.patient for r in manifest.rows)
+    ref = guard.manifest_reference(own_folder_model, manifest)
+    assert len(ref.calibration) == 8 and ref.description.startswith("24 training films of 12")
+    films = np.stack([r.pixels() for r in manifest.rows])
+    share = ref.typicality(ref.distances(image_features(own_folder_model, films)))
+    assert (share >= TYPICALITY_THRESHOLD).mean() > 0.9
+    # a real radiograph is nothing like noise films
+    film = load_radiograph(examples_dir() / "siim-pneumothorax-sample.dcm").pixels
+    assert typicality(own_folder_model, film, ref).outside
+
+
+def test_a_shipped_reference_is_used_only_with_its_weights(own_folder_model, tmp_path, caplog):
+    model = own_folder_model
+    assert guard.domain_reference(model) is None  # nothing shipped yet
+    ref = guard.manifest_reference(model, _films(tmp_path))
+    path = guard.write_reference(ref, model)
+    assert path == guard.reference_path(model) and path.name == guard.REFERENCE_FILE
+    again = ModelRegistry((model.spec,)).load(TINY_CONVNEXT_NAME, "cpu")  # a new process, say
+    shipped = guard.domain_reference(again)
+    assert shipped is not None and shipped.description == ref.description
+    np.testing.assert_allclose(shipped.calibration, ref.calibration)
+    # a reference of other weights is refused when written, and ignored when read
+    stale = replace(ref, fingerprint="0" * 16)
+    with pytest.raises(ValueError, match="other weights"):
+        guard.write_reference(stale, model)
+    guard._save(stale, path)
+    with caplog.at_level("WARNING"):
+        assert guard.shipped_reference(again) is None
+    assert "computed with other weights" in caplog.text and "explorer guard" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["real-negaware", "real-infonce"])
+def test_real_models_see_nih_films_as_theirs_and_phantoms_as_foreign(name):
+    """The shipped reference matches the weights; the held-out NIH films are in its domain."""
+    from explorer.data import named_manifest
+    from explorer.models import default_registry
+
+    model = default_registry().load(name)
+    ref = guard.domain_reference(model)
+    assert ref is not None and "training films" in ref.description
+    films = [row.pixels() for row in named_manifest("nih-test")]
+    judged = [typicality(model, pixels) for pixels in films]
+    assert np.mean([not t.outside for t in judged]) >= 0.95
+    phantoms = build_phantom_set(20, HELDOUT_SEED, model.preprocess_cfg.image_size)
+    feats = image_features(model, phantoms.pixels(np.arange(20)))
+    assert all(judge(ref, f[None]).outside for f in feats)

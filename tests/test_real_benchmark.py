@@ -20,6 +20,7 @@ from explorer.eval.real_benchmark import (
     format_manifest_table,
     row_texts,
     run_manifest_benchmark,
+    task_a_difference,
 )
 from explorer.models import ModelRegistry
 from explorer.models.tiny import build_tiny_specs
@@ -139,6 +140,23 @@ def test_task_a_from_written_reports(tiny, manifest, result):
     right_b = right_a & ((img * true).sum(-1) > (img * omit).sum(-1)).numpy()
     assert result.task_a == pytest.approx(right_a.mean(), abs=1e-6)
     assert result.task_b == pytest.approx(right_b.mean(), abs=1e-6)
+
+
+def test_task_a_of_two_models_is_compared_on_the_same_rows(manifest, result, tmp_path):
+    from dataclasses import replace
+
+    assert [v >= 0 for v in result.task_a_rows].count(True) == result.task_a_n
+    same = task_a_difference(result, result, manifest.patients(), resamples=100)
+    assert same.difference == 0 and same.ci == (0.0, 0.0)
+    spec = build_tiny_specs(tmp_path)[3]  # another tiny model: other answers on the same rows
+    other = run_manifest_benchmark(
+        ModelRegistry([spec]).load(spec.name, "cpu"), manifest, resamples=50, pointing_methods=()
+    )
+    diff = task_a_difference(result, other, manifest.patients(), resamples=200)
+    assert diff.difference == pytest.approx(result.task_a - other.task_a)
+    assert diff.ci[0] <= diff.difference <= diff.ci[1] and diff.rows == result.task_a_n
+    with pytest.raises(ValueError, match="same rows"):
+        task_a_difference(result, replace(other, seed=1), manifest.patients())
 
 
 def test_task_texts_from_given_and_cxr_align_reports():

@@ -125,8 +125,41 @@ def test_prompt_views_are_true_of_the_film_and_twin_with_the_other_prompt(real_s
             j = _j(view.flipped)
             assert view.claims[j] == real_set.films.claims[i, j] != 0
             assert view.negated_claims[j] == -view.claims[j]
-            assert is_negated(view.text) == (view.claims[j] < 0)
-            assert is_negated(view.negated) == (view.claims[j] > 0)
+            # No Finding is inverted: "there is no acute cardiopulmonary abnormality" affirms it
+            denies = (view.claims[j] < 0) != (view.flipped == "No Finding")
+            assert is_negated(view.text) == denies
+            assert is_negated(view.negated) == (not denies)
+
+
+def test_no_finding_is_taught_both_ways_so_its_zero_shot_pair_means_something(real_set):
+    # Without these views a negation-aware model ranked normal films below abnormal ones on
+    # the No Finding pair (nih-test AUC 0.30): "there is acute cardiopulmonary abnormality"
+    # had never been shown next to an abnormal film.
+    rng = np.random.default_rng(4)
+    normal, abnormal = real_set.films.labels[2], real_set.films.labels[0]
+    for labels, claim in ((normal, 1), (abnormal, -1)):
+        views = [prompt_view(labels, rng, ()) for _ in range(80)]
+        about = [v for v in views if v.flipped == "No Finding"]
+        assert about and all(v.claims[_j("No Finding")] == claim for v in about)
+        # the normal film is told "no acute cardiopulmonary abnormality", the abnormal one not
+        assert all(is_negated(v.text) == (claim > 0) for v in about)
+        assert all("acute cardiopulmonary abnormality" in v.text for v in about)
+    # a normal film's written report has its normality negated as the hard negative
+    view = written_view(normal, rng, 1.0, True)
+    assert view.flipped == "No Finding" and view.claims[_j("No Finding")] == 1
+    assert "acute cardiopulmonary abnormality" in view.negated.lower()
+    assert view.negated_claims[_j("No Finding")] == -1
+
+
+def test_affirming_a_finding_in_a_normal_report_makes_it_abnormal():
+    from explorer.training.real import _flip
+
+    labels = {"No Finding": 1, "Pleural Effusion": 0}
+    text = "No pleural effusion."  # the normality sentence itself is not there to negate
+    claims = label_vector(labels, REAL_FINDINGS)
+    flipped, out, finding = _flip(text, labels, claims, np.random.default_rng(0))
+    assert finding == "Pleural Effusion" and not is_negated(flipped)
+    assert out[_j("Pleural Effusion")] == 1 and out[_j("No Finding")] == -1
 
 
 def test_written_views_state_the_labels_and_negate_a_present_finding(real_set):

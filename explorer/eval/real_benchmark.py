@@ -153,6 +153,8 @@ class ManifestBenchmarkResult:
         resamples: Bootstrap resamples.
         seed: The seed of the task texts and the bootstrap.
         seconds: Wall time of the run.
+        task_a_rows: Per manifest row, 1 where task A was right, 0 where wrong, -1 where the
+            row has no task (pairs two models' runs: :func:`task_a_difference`).
     """
 
     model: str
@@ -181,6 +183,7 @@ class ManifestBenchmarkResult:
     resamples: int = RESAMPLES
     seed: int = 0
     seconds: float = float("nan")
+    task_a_rows: tuple[int, ...] = ()
 
     def as_dict(self) -> dict:
         """A JSON-ready dict (intervals as two-item lists)."""
@@ -362,9 +365,65 @@ def run_manifest_benchmark(
         resamples=resamples,
         seed=seed,
         seconds=time.perf_counter() - start,
+        task_a_rows=tuple(-1 if np.isnan(v) else int(v) for v in right_a),
     )
     log.info("%s on %s: %.1f s", model.name, manifest.name, result.seconds)
     return result
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Task A of one model minus another's on the same rows and texts, patients resampled."""
+
+    model: str
+    baseline: str
+    difference: float
+    ci: tuple[float, float]
+    rows: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def task_a_difference(
+    result: ManifestBenchmarkResult,
+    baseline: ManifestBenchmarkResult,
+    patients: Sequence[str],
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> PairedDifference:
+    """The paired bootstrap interval of ``result.task_a - baseline.task_a``.
+
+    Both runs must be of the same manifest with the same seed (so the same negated texts); a
+    resample draws patients once and scores both models on them, which is narrower and more
+    honest than comparing the two separate intervals.
+
+    Raises:
+        ValueError: the runs are not of the same rows and texts.
+    """
+    a, b = np.asarray(result.task_a_rows, float), np.asarray(baseline.task_a_rows, float)
+    if (
+        len(a) != len(patients)
+        or a.shape != b.shape
+        or result.manifest != baseline.manifest
+        or result.seed != baseline.seed
+        or not np.array_equal(a < 0, b < 0)
+    ):
+        raise ValueError("task A can be paired only across runs of the same rows, texts and seed")
+    a[a < 0], b[b < 0] = np.nan, np.nan
+
+    def diff(idx: np.ndarray) -> float:
+        x, y = a[idx], b[idx]
+        return float(np.nanmean(x) - np.nanmean(y)) if np.isfinite(x).any() else np.nan
+
+    ci = bootstrap_by_patient(patients, diff, resamples, seed)
+    return PairedDifference(
+        model=result.model,
+        baseline=baseline.model,
+        difference=diff(np.arange(len(a))),
+        ci=(float(ci[0]), float(ci[1])),
+        rows=int(np.isfinite(a).sum()),
+    )
 
 
 def format_manifest_table(results: Sequence[ManifestBenchmarkResult]) -> str:
@@ -428,10 +487,12 @@ __all__ = [
     "MIN_CASES",
     "RESAMPLES",
     "ManifestBenchmarkResult",
+    "PairedDifference",
     "RowTexts",
     "embed_rows",
     "format_manifest_table",
     "prompt_name",
     "row_texts",
     "run_manifest_benchmark",
+    "task_a_difference",
 ]

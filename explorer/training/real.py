@@ -214,9 +214,11 @@ def _pairs(finding: str, templates: tuple[str, ...]) -> tuple[tuple[str, str], .
 def prompt_view(labels: dict, rng: np.random.Generator, templates: tuple[str, ...]) -> TextView:
     """One stated finding of the film as a zero-shot prompt, true of the film, with its twin.
 
-    Half the time (when the film has any) a present finding, otherwise any stated one.
+    Half the time (when the film has any) a present finding, otherwise any stated one. No Finding
+    is a finding like the others here: the zero-shot pair of an inverted finding is only
+    meaningful if the model has been shown which of its two prompts an abnormal film matches.
     """
-    stated = [f for f, v in labels.items() if v is not None and f != _NO_FINDING]
+    stated = [f for f, v in labels.items() if v is not None]
     if not stated:
         return TextView("", np.zeros(len(REAL_FINDINGS), np.float32), None, None, None)
     present = [f for f in stated if labels[f] == POSITIVE]
@@ -240,17 +242,19 @@ def _flip(text: str, labels: dict, claims: np.ndarray, rng, prefer: Sequence[str
     from explorer.vocab.negation import negate_report
 
     present = [f for f, v in labels.items() if v == POSITIVE and f in REAL_FINDINGS]
-    present = [f for f in present if f != _NO_FINDING]
     rng.shuffle(present)
     present.sort(key=lambda f: f not in prefer)
     denied = [f for f, v in labels.items() if v == 0 and f in REAL_FINDINGS and f != _NO_FINDING]
     rng.shuffle(denied)
+    normal = REAL_FINDINGS.index(_NO_FINDING)
     for finding in [*present, *denied]:
         flipped = negate_report(text, [_prompt_name(finding)])
         if flipped != text:
             out = claims.copy()
             j = REAL_FINDINGS.index(finding)
             out[j] = -1.0 if out[j] > 0 else 1.0
+            if finding != _NO_FINDING and out[j] > 0 and out[normal] > 0:
+                out[normal] = -1.0  # a finding affirmed: the text no longer describes a normal film
             return flipped, out, finding
     return None
 

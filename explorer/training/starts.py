@@ -40,20 +40,16 @@ def _subset(films, index: np.ndarray):
 
 
 def probe_auc(train_x, train_y, val_x, val_y, findings, min_pos: int = 5) -> dict[str, float]:
-    """Validation AUC per finding of a logistic regression per finding (balanced, C = 0.5)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.preprocessing import StandardScaler
+    """Validation AUC per finding of the linear probe (:func:`explorer.eval.probe.fit_probes`)."""
+    from explorer.eval.metrics import auc_score
+    from explorer.eval.probe import fit_probes
 
-    scaler = StandardScaler().fit(train_x)
-    tx, vx = scaler.transform(train_x), scaler.transform(val_x)
+    scores = fit_probes(train_x, train_y, findings)(val_x)
     out = {}
     for j, f in enumerate(findings):
-        y, yv = train_y[:, j] > 0, val_y[:, j] > 0
-        if y.sum() < 5 or yv.sum() < min_pos or (~yv).sum() < min_pos:
-            continue
-        clf = LogisticRegression(C=0.5, class_weight="balanced", max_iter=2000).fit(tx, y)
-        out[f] = float(roc_auc_score(yv, clf.decision_function(vx)))
+        yv = np.asarray(val_y)[:, j] > 0
+        if f in scores and yv.sum() >= min_pos and (~yv).sum() >= min_pos:
+            out[f] = float(auc_score(yv, scores[f]))
     return out
 
 
