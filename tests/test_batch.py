@@ -172,11 +172,11 @@ def test_evaluate_cli_writes_cases_with_model_and_templates(tmp_path, capsys):
     out = tmp_path / "report.csv"
     assert main(["evaluate", "--images", "phantom:8", "--out", str(out), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["images"] == 8 and data["model"] == "phantom-negaware"
+    assert data["images"] == 8 and data["model"] == "real-negaware"
     assert {m["finding"] for m in data["metrics"]} == set(CHEXPERT_FINDINGS)
     frame = pd.read_csv(out)
     assert len(frame) == 8 * 14
-    assert set(frame["model"]) == {"phantom-negaware"} and frame["templates"].iloc[0]
+    assert set(frame["model"]) == {"real-negaware"} and frame["templates"].iloc[0]
 
 
 def test_batch_csv_is_read_by_the_manifest_parser_in_nih_naming_too(folder, tmp_path):

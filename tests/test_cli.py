@@ -124,7 +124,7 @@ def test_map_build_then_place_a_real_image(samples_dir, tmp_path, capsys, monkey
     args = ["map", "build", "--corpus", str(table), "--no-progress", "--json"]
     assert main(args) == 0
     built = json.loads(capsys.readouterr().out)
-    assert built["reports"] == 32 and built["model"] == "phantom-negaware"
+    assert built["reports"] == 32 and built["model"] == "real-negaware"
     assert 0.0 <= built["alignment"]["cluster_agreement"] <= 1.0
     assert {"labelling", "embedding", "layout (UMAP)"} <= set(built["timings_s"])
     image = str(samples_dir / "00000001_000.png")

@@ -140,14 +140,21 @@ def test_score_command_reports_the_domain(capsys):
     if not default_model_ready():
         pytest.skip("embedded default model not built")
     film = str(examples_dir() / "00027426_000.png")
-    assert main(["score", film, "--json", "--template", "there_is"]) == 0
+    phantom = str(examples_dir() / "phantom-normal.png")
+    one = ["--template", "there_is"]
+    assert main(["score", film, "--json", "--model", "phantom-negaware", *one]) == 0
     domain = json.loads(capsys.readouterr().out)["domain"]
     assert domain["model"] == "phantom-negaware" and domain["outside"] is True
     assert domain["typicality"] < domain["threshold"] and domain["distance"] > 0
-    phantom = str(examples_dir() / "phantom-normal.png")
-    assert main(["score", phantom, "--template", "there_is"]) == 0
+    assert main(["score", phantom, "--model", "phantom-negaware", *one]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("domain: Within phantom-negaware's training domain")
+    # the embedded default learned real films: the same film is at home, the phantom is not
+    assert main(["score", film, "--json", *one]) == 0
+    domain = json.loads(capsys.readouterr().out)["domain"]
+    assert domain["model"] == "real-negaware" and domain["outside"] is False
+    assert main(["score", phantom, *one]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("WARNING: domain:")
 
 
 @pytest.mark.slow
@@ -251,3 +258,25 @@ def test_real_models_see_nih_films_as_theirs_and_phantoms_as_foreign(name):
     phantoms = build_phantom_set(20, HELDOUT_SEED, model.preprocess_cfg.image_size)
     feats = image_features(model, phantoms.pixels(np.arange(20)))
     assert all(judge(ref, f[None]).outside for f in feats)
+
+
+def test_guard_command_writes_the_reference_and_judges_sets(own_folder_model, tmp_path, capsys):
+    import explorer.models
+    from explorer.cli import main
+
+    train, other = tmp_path / "train", tmp_path / "other"
+    train.mkdir(), other.mkdir()
+    _films(train)
+    _films(other, patients=3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(explorer.models, "load_model", lambda name: own_folder_model)
+        args = ["guard", "--model", "m", "--manifest", str(train / "labels.csv")]
+        args += ["--check", str(other / "labels.csv"), "--phantoms", "6", "--write", "--json"]
+        assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["reference"].startswith("24 training films of 12 patients")
+    films, phantoms = out["checks"]
+    assert films["images"] == 6 and films["within"] > 0.5  # more noise films: at home
+    assert phantoms["set"] == "6 held-out phantoms" and phantoms["images"] == 6
+    assert out["written"] == str(guard.reference_path(own_folder_model))
+    assert guard.shipped_reference(own_folder_model).fingerprint == out["fingerprint"]

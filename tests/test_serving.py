@@ -46,7 +46,7 @@ def offline(monkeypatch):
 def test_requested_default_falls_back_with_a_notice_when_the_hub_is_unreachable(offline):
     reg = default_registry()
     name, notice = reg.preferred("biomedclip")
-    assert name == reg.default == "phantom-negaware"
+    assert name == reg.default == "real-negaware"
     assert "biomedclip" in notice and "cannot load here" in notice and reg.default in notice
     assert reg.preferred("no-such-model")[1].startswith("The requested default model")
     assert reg.preferred(None) == (reg.default, None)
@@ -60,7 +60,7 @@ def test_app_opens_on_the_embedded_default_and_says_why(offline):
     notices = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "start-notice"]
     assert len(notices) == 1 and "biomedclip" in notices[0].value
     dropdowns = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Model"]
-    assert dropdowns and all(d.value == "phantom-negaware" for d in dropdowns)
+    assert dropdowns and all(d.value == "real-negaware" for d in dropdowns)
     plain = build_demo(ServeSettings())
     assert not [b for b in plain.blocks.values() if getattr(b, "elem_id", None) == "start-notice"]
 
