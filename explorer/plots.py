@@ -235,6 +235,19 @@ def map_figure(
                 hoverinfo="text",
             )
         )
+        # Named in words too: a placed image often sits on top of its nearest reports, where
+        # plotly's hover prefers the smaller report markers to the star.
+        fig.add_annotation(
+            x=image_xy[0],
+            y=image_xy[1],
+            text="your image",
+            showarrow=True,
+            arrowhead=2,
+            ax=45,
+            ay=-40,
+            font={"color": "#d62728", "size": 13},
+            bgcolor="rgba(255,255,255,0.85)",
+        )
     fig.update_layout(
         title=title
         or f"{report_map.corpus}: {len(report_map):,} reports, {report_map.model} text embeddings (UMAP)",

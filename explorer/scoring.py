@@ -56,6 +56,8 @@ class FindingScore:
             sees no difference between the two sentences).
         negation_blind: The model barely separates the two (see the module docstring).
         custom: The finding was typed by the user rather than one of the 14 CheXpert labels.
+        own_negation: The negated prompts are the user's own sentence (``negations``), not the
+            templates' or the engine's.
     """
 
     finding: str
@@ -68,6 +70,7 @@ class FindingScore:
     text_cosine: float
     negation_blind: bool
     custom: bool = False
+    own_negation: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class FindingsResult:
                 "affirmed prompts": " | ".join(s.affirmed),
                 "negated prompts": " | ".join(s.negated),
                 "custom": s.custom,
+                "your negation": s.own_negation,
             }
             for s in self.scores
         ]
@@ -289,6 +293,7 @@ def score_findings(
                 text_cosine=tc,
                 negation_blind=abs(p - 0.5) < blind_margin or tc >= blind_text_cosine,
                 custom=finding not in findings,
+                own_negation=bool((negations or {}).get(finding, "").strip()),
             )
         )
     used = tuple(dict.fromkeys(p.template_id for ps in pairs.values() for p in ps))

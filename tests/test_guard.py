@@ -149,12 +149,13 @@ def test_score_command_reports_the_domain(capsys):
     assert main(["score", phantom, "--model", "phantom-negaware", *one]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("domain: Within phantom-negaware's training domain")
-    # the embedded default learned real films: the same film is at home, the phantom is not
+    # the embedded default learned real films: the same film is at home there
     assert main(["score", film, "--json", *one]) == 0
     domain = json.loads(capsys.readouterr().out)["domain"]
     assert domain["model"] == "real-negaware" and domain["outside"] is False
-    assert main(["score", phantom, *one]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("WARNING: domain:")
+    assert main(["score", film, *one]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("domain: Within real-negaware's training domain")
 
 
 @pytest.mark.slow
@@ -244,8 +245,11 @@ def test_a_shipped_reference_is_used_only_with_its_weights(own_folder_model, tmp
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["real-negaware", "real-infonce"])
-def test_real_models_see_nih_films_as_theirs_and_phantoms_as_foreign(name):
-    """The shipped reference matches the weights; the held-out NIH films are in its domain."""
+def test_real_models_see_nih_films_as_theirs_and_a_negative_as_foreign(name, samples_dir):
+    """The shipped reference matches the weights; the held-out NIH films are in its domain, and
+    a film shown as its negative (the MONOCHROME1 sample, whose stored values are those of the
+    MONOCHROME2 one) is not. (Held-out phantoms are *not* told apart by these towers: 98.5 % of
+    200 fall within, measured with ``python -m explorer guard --model NAME --phantoms 200``.)"""
     from explorer.data import named_manifest
     from explorer.models import default_registry
 
@@ -255,9 +259,9 @@ def test_real_models_see_nih_films_as_theirs_and_phantoms_as_foreign(name):
     films = [row.pixels() for row in named_manifest("nih-test")]
     judged = [typicality(model, pixels) for pixels in films]
     assert np.mean([not t.outside for t in judged]) >= 0.95
-    phantoms = build_phantom_set(20, HELDOUT_SEED, model.preprocess_cfg.image_size)
-    feats = image_features(model, phantoms.pixels(np.arange(20)))
-    assert all(judge(ref, f[None]).outside for f in feats)
+    negative = load_radiograph(samples_dir / "siim-pneumothorax-sample-monochrome1.dcm").pixels
+    positive = load_radiograph(samples_dir / "siim-pneumothorax-sample.dcm").pixels
+    assert typicality(model, negative).outside and not typicality(model, positive).outside
 
 
 def test_guard_command_writes_the_reference_and_judges_sets(own_folder_model, tmp_path, capsys):

@@ -158,7 +158,7 @@ def test_preprocessing_of_the_real_default_model(radiograph):
 
     model = load_model(None, "cpu")
     pre = model.preprocess_cfg
-    assert pre == Preprocess(160, (0.5,) * 3, (0.25,) * 3, "squash")
+    assert pre == Preprocess(224, (0.5,) * 3, (0.25,) * 3, "squash")
     torch.testing.assert_close(
         model.preprocess(radiograph), prepare_pixels(radiograph, pre), atol=0, rtol=0
     )

@@ -214,8 +214,12 @@ def test_map_figure_rows_round_trip(tmp_path, monkeypatch, tiny_model):
     assert sorted(rows.tolist()) == list(range(30))
     for t in report_traces:  # each point sits at its own report's coordinates
         assert np.allclose(np.asarray(t.x), built.xy[np.asarray(t.customdata), 0])
+    # the placed image is named in words where it sits (hover may pick a report on top of it)
+    (note,) = fig.layout.annotations
+    assert note.text == "your image" and (note.x, note.y) == (0.0, 0.0)
     by_finding = map_figure(built, "Pleural Effusion")
     assert any(t.name.startswith("positive") for t in by_finding.data)
+    assert not by_finding.layout.annotations
     with pytest.raises(ValueError, match="reference"):
         map_figure(built, "disagreement")
 

@@ -61,6 +61,11 @@ def test_custom_finding_and_user_negation(model, xray):
     custom = result.score("a small right apical pneumothorax")
     assert custom.custom and "no" in custom.negated[0]
     assert result.score("Pleural Effusion").negated == ("the costophrenic angles are sharp",)
+    # the table says whose negation it is: the user's sentence, not the templates'
+    frame = result.to_frame().set_index("finding")
+    assert frame.loc["Pleural Effusion", "your negation"]
+    assert not frame.loc["Pleural Effusion", "custom"]
+    assert not frame.loc["a small right apical pneumothorax", "your negation"]
     with pytest.raises(ValueError, match="finding"):
         score_findings(model, xray, findings=[], custom=["  "], templates=["there_is"])
 

@@ -235,7 +235,9 @@ def test_batch_of_200_phantoms_matches_the_cli(client, capsys):
     assert "200 images" in status and "negation errors" in status and "flip" in status
     assert not _rows(problems)
     ui_auc = {r[0]: r[3] for r in _rows(metrics)}
-    assert main(["evaluate", "--images", "phantom:200", "--json"]) == 0
+    assert (
+        main(["evaluate", "--images", "phantom:200", "--model", "phantom-negaware", "--json"]) == 0
+    )
     cli = json.loads(capsys.readouterr().out)
     for m in cli["metrics"]:
         a, b = ui_auc[m["finding"]], m["AUC"]

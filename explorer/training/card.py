@@ -169,7 +169,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, VisionTextDualEncode
 
 model = VisionTextDualEncoderModel.from_pretrained("{name}")  # this folder
 tokenizer = AutoTokenizer.from_pretrained("{name}")
-processor = AutoImageProcessor.from_pretrained("{name}")  # grey film as RGB, squashed to square
+processor = AutoImageProcessor.from_pretrained("{name}")  # squashes the film to a square
 ```
 
 ## Licence

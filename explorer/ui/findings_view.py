@@ -26,6 +26,7 @@ SCORE_COLUMNS = [
     "sim negated",
     "margin",
     "negation-blind",
+    "your negation",
 ]
 MAX_CUSTOM_FINDINGS = 10
 

@@ -77,11 +77,19 @@ def prompt_pair(
 ) -> PromptPair:
     """Build the affirmed and negated prompt for a finding.
 
-    A CheXpert name uses its phrase and the template's own negated form. Free text ("left
-    lower lobe collapse", "a small right apical pneumothorax") is put into the affirmed
-    template and its negated prompt is made by :func:`negate`; free text that is itself
-    negated or hedged ("no pleural effusion", "possible pneumonia") is first turned into its
-    affirmed form.
+    A CheXpert name uses its phrase and the template's own negated form. Typed text is read
+    as one of two kinds (:func:`typed_kind`):
+
+    * a **noun phrase** ("left lower lobe collapse", "a small right apical pneumothorax") goes
+      into both halves of the template, every modifier kept ("there is no small left pleural
+      effusion"; a leading article is dropped after "no"). A hedged phrase ("possible
+      pneumonia") is prompted as its finding. A denied phrase ("no pneumothorax") is built
+      from its finding and the two prompts swapped, so that the pair's affirmed prompt is what
+      was typed (as for No Finding: ``affirmed`` = "there is no pneumothorax");
+    * a **statement** (a sentence with its own verb, "heart size is normal", "the lungs are
+      clear", or a normal phrase such as "clear lungs") is prompted as typed and negated by
+      :func:`negate` ("heart size is enlarged"); templates do not apply to it, so every
+      template gives the same pair.
 
     Args:
         finding_or_free_text: A CheXpert name or a finding phrase.
@@ -109,14 +117,51 @@ def prompt_pair(
             affirmed, negated = negated, affirmed
         return PromptPair(canonical, affirmed, negated, tmpl.id)
     phrase = re.sub(r"[\s.!?;:]+$", "", text)
+    kind = typed_kind(phrase)
+    if kind == "statement":
+        return PromptPair(text, phrase, negate(phrase), tmpl.id)
+    if phrase.istitle():  # "Small Left Pleural Effusion": a heading's capitals, not a name's
+        phrase = phrase.lower()
     pol = polarity(phrase)
     if pol == "negated":
         phrase = negate(phrase)
     elif pol == "uncertain":
         phrase = negate(negate(phrase))
     be = "are" if is_plural(strip_noun_phrase(phrase) or phrase) else "is"
+    bare = _ARTICLE_RE.sub("", phrase)
     affirmed = tmpl.affirmed.format(finding=phrase, be=be)
-    return PromptPair(text, affirmed, negate(affirmed), tmpl.id)
+    negated = tmpl.negated.format(finding=bare if "no {finding}" in tmpl.negated else phrase, be=be)
+    if pol == "negated":
+        affirmed, negated = negated, affirmed
+    return PromptPair(text, affirmed, negated, tmpl.id)
+
+
+#: A verb of its own makes typed text a statement ("heart size is normal"), not a noun phrase.
+_VERB_RE = re.compile(
+    r"\b(?:is|are|was|were|be|been|appears?|seems?|remains?|shows?|demonstrates?|has|have"
+    r"|measures?|looks?|persists?|noted|identified|visualized|visualised)\b",
+    re.IGNORECASE,
+)
+#: A leading article, dropped after "no" ("there is no small effusion").
+_ARTICLE_RE = re.compile(r"^(?:an?|the)\s+", re.IGNORECASE)
+#: Denials that make typed text a denied noun phrase ("no pneumothorax", "without effusion").
+_DENIAL_RE = re.compile(r"^(?:no|without|negative for|free of|absence of)\b", re.IGNORECASE)
+
+
+def typed_kind(text: str) -> str:
+    """``"statement"`` or ``"phrase"``: how :func:`prompt_pair` reads typed text.
+
+    A statement has a verb of its own ("heart size is normal", "no pneumothorax is seen") or
+    says that something is normal without naming a finding to deny ("clear lungs", "normal heart
+    size": the engine's normal cues); anything else is a noun phrase, possibly denied ("no
+    pneumothorax") or hedged ("possible pneumonia").
+    """
+    core = re.sub(r"[\s.!?;:]+$", "", text.strip())
+    if _VERB_RE.search(core):
+        return "statement"
+    if polarity(core) == "negated" and not _DENIAL_RE.match(core):
+        return "statement"
+    return "phrase"
 
 
 def prompt_pairs(
