@@ -90,6 +90,7 @@ def test_attribution_methods_on_phantom_example(client, method):
         api_name="/attribute",
     )
     assert a and n and d
+    assert all(str(m).endswith(".png") for m in (a, n, d))  # what people save, not WebP
     assert method in info and "similarity" in info
     assert "Within phantom-negaware's training domain" in banner  # a phantom: no warning
     words = [item["token"] for item in (tok_n["value"] if isinstance(tok_n, dict) else tok_n)]
@@ -134,6 +135,20 @@ def test_domain_banner_for_a_real_film_and_not_for_a_phantom(client, tmp_path):
         real, "phantom-negaware", "Cardiomegaly", "gradcam", 0.5, False, api_name="/attribute"
     )
     assert "Outside phantom-negaware's training domain" in banner
+
+
+@needs_default
+def test_findings_api_takes_an_image_alone_and_names_its_outputs(client, samples_dir):
+    """A programmer's first call: only the image; every other input has its default."""
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for name in ("/findings", "/attribute"):
+        assert all(p["parameter_has_default"] for p in api[name]["parameters"][1:]), name
+        labels = [r["label"] for r in api[name]["returns"]]
+        assert not any(str(label).startswith("value_") for label in labels), labels
+    out = client.predict(handle_file(str(samples_dir / "00000001_000.png")), api_name="/findings")
+    table = out[1]["data"] if isinstance(out[1], dict) else out[1]
+    assert len(table) == 14 and "real-negaware" in out[3]  # the default model, all 14 findings
+    assert "Within real-negaware's training domain" in out[9]
 
 
 def test_findings_without_image_is_a_clear_error(client):

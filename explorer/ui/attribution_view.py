@@ -171,12 +171,14 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
             label="Baseline (IG starts from it, occlusion paints with it)",
         )
         explain_btn = gr.Button("Explain", variant="primary")
-    info = gr.Markdown()
-    guard = gr.Markdown(elem_id="attribution-guard")
+    info = gr.Markdown(label="Method and parameters")
+    guard = gr.Markdown(label="Domain check", elem_id="attribution-guard")
     with gr.Row():
-        map_a = gr.Image(label="Affirmed prompt", type="numpy", interactive=False)
-        map_n = gr.Image(label="Negated prompt", type="numpy", interactive=False)
-        map_d = gr.Image(label="Difference (affirmed − negated)", type="numpy", interactive=False)
+        map_a = gr.Image(label="Affirmed prompt", type="numpy", interactive=False, format="png")
+        map_n = gr.Image(label="Negated prompt", type="numpy", interactive=False, format="png")
+        map_d = gr.Image(
+            label="Difference (affirmed − negated)", type="numpy", interactive=False, format="png"
+        )
     with gr.Row():
         tok_a = gr.HighlightedText(label="Words: affirmed prompt", color_map=None)
         tok_n = gr.HighlightedText(label="Words: negated prompt", color_map=None)

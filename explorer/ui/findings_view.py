@@ -192,23 +192,26 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
         compare = gr.Dropdown([""] + model_names, value="", label="Compare with (optional)")
     with gr.Accordion("Prompts", open=False):
         templates = gr.CheckboxGroup(template_ids, value=template_ids, label="Templates averaged")
-        custom = gr.Textbox(label="Extra findings, one per line (negated automatically)", lines=2)
+        custom = gr.Textbox(
+            value="", label="Extra findings, one per line (negated automatically)", lines=2
+        )
         negations = gr.Textbox(
+            value="",
             label="Your own negations, one per line: finding => negated sentence",
             lines=2,
         )
     run = gr.Button("Score findings", variant="primary")
-    notice = gr.Markdown()
+    notice = gr.Markdown(label="Notice")
     with gr.Row():
         with gr.Column():
-            card = gr.Markdown()
-            guard = gr.Markdown(elem_id="findings-guard")
+            card = gr.Markdown(label="Model card")
+            guard = gr.Markdown(label="Domain check", elem_id="findings-guard")
             plot = gr.Plot(label="Affirmed vs negated")
             table = gr.Dataframe(headers=SCORE_COLUMNS, label="Scores", interactive=False)
             csv = gr.File(label="Download CSV", elem_id="findings-csv")
         with gr.Column(visible=False) as second:
-            card2 = gr.Markdown()
-            guard2 = gr.Markdown(elem_id="findings-guard-2")
+            card2 = gr.Markdown(label="Model card (second model)")
+            guard2 = gr.Markdown(label="Domain check (second model)", elem_id="findings-guard-2")
             plot2 = gr.Plot(label="Second model")
             table2 = gr.Dataframe(
                 headers=SCORE_COLUMNS, label="Scores (second model)", interactive=False
