@@ -14,13 +14,27 @@ NEGATED_COLOUR = "#2471a3"
 BLIND_COLOUR = "#7f8c8d"
 
 
-def findings_figure(result: FindingsResult, sort: bool = True) -> go.Figure:
+def findings_order(result: FindingsResult) -> list[str]:
+    """The findings of ``result`` from least to most affirmed (the chart's rows, bottom up)."""
+    return [s.finding for s in sorted(result.scores, key=lambda s: s.prob_affirmed)]
+
+
+def findings_figure(
+    result: FindingsResult, sort: bool = True, order: Sequence[str] | None = None
+) -> go.Figure:
     """Diverging bars of P(affirmed) - 0.5 per finding; negation-blind rows in grey.
 
     Bars to the right: the model prefers "there is X"; to the left: "no X". Hover shows both
-    similarities, the pair probability and the prompts.
+    similarities, the pair probability and the prompts. ``order`` puts the rows in another
+    result's order (:func:`findings_order`), so two models' charts read across row by row.
     """
-    scores = sorted(result.scores, key=lambda s: s.prob_affirmed) if sort else list(result.scores)
+    if order is not None:
+        rank = {f: k for k, f in enumerate(order)}
+        scores = sorted(result.scores, key=lambda s: rank.get(s.finding, len(rank)))
+    elif sort:
+        scores = sorted(result.scores, key=lambda s: s.prob_affirmed)
+    else:
+        scores = list(result.scores)
     colours = [
         BLIND_COLOUR
         if s.negation_blind

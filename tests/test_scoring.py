@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from explorer.imaging import load_image
 from explorer.models import ModelRegistry
 from explorer.models.tiny import build_tiny_specs
-from explorer.plots import findings_figure
+from explorer.plots import findings_figure, findings_order
 from explorer.scoring import (
     TextEmbeddingCache,
     embed_texts_once,
@@ -101,6 +103,13 @@ def test_frame_and_figure(model, xray):
     fig = findings_figure(result)
     assert len(fig.data[0].y) == 14
     assert sorted(fig.data[0].x) == list(fig.data[0].x)  # sorted by probability
+    # a second model's chart in the first one's order reads across row by row
+    other = dataclasses.replace(result, scores=tuple(reversed(result.scores)))
+    order = findings_order(result)
+    assert [y.rstrip(" ⚠") for y in fig.data[0].y] == order
+    again = findings_figure(other, order=order)
+    assert list(again.data[0].y) == list(fig.data[0].y)
+    assert list(findings_figure(other, sort=False).data[0].y) != list(fig.data[0].y)
 
 
 def test_pair_probability_by_hand():

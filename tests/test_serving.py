@@ -43,6 +43,25 @@ def offline(monkeypatch):
     registry.hub_reachable.cache_clear()
 
 
+def test_compare_menu_offers_other_models_that_load_here(offline):
+    """Not the model already chosen, not one that cannot load, and "none" in words."""
+    from explorer.ui.common import NO_COMPARISON, compare_choices, compare_menu
+
+    names = list(default_registry().names())
+    choices = compare_choices(names, "real-negaware")
+    assert choices[0] == NO_COMPARISON == ("none", "")
+    offered = [value for _, value in choices[1:]]
+    assert "real-negaware" not in offered and "biomedclip" not in offered  # hub: offline here
+    assert {"real-infonce", "phantom-negaware", "phantom-infonce"} <= set(offered)
+    update = compare_menu(names)
+    kept = update("phantom-negaware", "real-infonce")
+    assert (
+        kept.value == "real-infonce"
+        and ("phantom-negaware", "phantom-negaware") not in kept.choices
+    )
+    assert update("real-infonce", "real-infonce").value == ""  # not itself
+
+
 def test_requested_default_falls_back_with_a_notice_when_the_hub_is_unreachable(offline):
     reg = default_registry()
     name, notice = reg.preferred("biomedclip")

@@ -11,7 +11,14 @@ from pathlib import Path
 import gradio as gr
 
 from explorer.errors import ExplorerError
-from explorer.ui.common import csv_download, load_model, table_rows, user_error
+from explorer.ui.common import (
+    compare_choices,
+    compare_menu,
+    csv_download,
+    load_model,
+    table_rows,
+    user_error,
+)
 from explorer.ui.serving import endpoint, scratch_file
 
 SOURCES = (
@@ -60,7 +67,7 @@ def run_batch(
         model, notice = load_model(model_name)
         ev = evaluate(model, batch, progress=lambda f, m: progress(f, desc=f"{model.name}: {m}"))
         other = None
-        if compare_name:
+        if compare_name and compare_name != model.name:  # no comparison with itself
             second, _ = load_model(compare_name)
             other = evaluate(second, batch, progress=lambda f, m: progress(f, desc=m))
     except ExplorerError as err:
@@ -150,9 +157,16 @@ def build_tab(upload, att_finding, tabs, findings_tab_id: str, model_names, defa
         )
     with gr.Row():
         model = gr.Dropdown(model_names, value=default_model, label="Model")
-        compare = gr.Dropdown(["", *model_names], value="", label="Compare with (optional)")
+        # Another model that loads here (an API caller may name any registered model).
+        compare = gr.Dropdown(
+            compare_choices(model_names, default_model),
+            value="",
+            allow_custom_value=True,
+            label="Compare with (optional)",
+        )
         threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Threshold for accuracy")
         errors_only = gr.Checkbox(value=True, label="Show negation errors only")
+    model.change(compare_menu(model_names), [model, compare], compare, api_name=False)
     run = gr.Button("Evaluate batch", variant="primary")
     status = gr.Markdown()
     state = gr.State(None)

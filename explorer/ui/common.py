@@ -36,6 +36,30 @@ def model_choices(preferred: str | None) -> tuple[list[str], str | None, str | N
     return list(reg.names()), default, notice
 
 
+#: The "Compare with" menu's empty choice, in words rather than an empty row.
+NO_COMPARISON = ("none", "")
+
+
+def compare_choices(names: list[str], primary: str | None) -> list[tuple[str, str]]:
+    """The "Compare with" menu: no comparison, or another model that can load here."""
+    from explorer.models import default_registry
+
+    reg = default_registry()
+    others = [n for n in names if n != primary and reg.status(n).available]
+    return [NO_COMPARISON, *((n, n) for n in others)]
+
+
+def compare_menu(names: list[str]):
+    """An event handler: the "Compare with" menu for a newly chosen first model."""
+
+    def update(primary: str | None, current: str | None) -> gr.Dropdown:
+        choices = compare_choices(names, primary)
+        keep = current if current in {value for _, value in choices} else ""
+        return gr.Dropdown(choices=choices, value=keep)
+
+    return update
+
+
 def load_model(name: str | None):
     """The named model (or the default, with a notice when it had to fall back), loaded once.
 

@@ -8,7 +8,16 @@ from __future__ import annotations
 import gradio as gr
 
 from explorer.errors import ExplorerError
-from explorer.ui.common import MAX_PROMPT_CHARS, csv_download, load_model, upload_pixels, user_error
+from explorer.scoring import BLIND_MARGIN, BLIND_TEXT_COSINE
+from explorer.ui.common import (
+    MAX_PROMPT_CHARS,
+    compare_choices,
+    compare_menu,
+    csv_download,
+    load_model,
+    upload_pixels,
+    user_error,
+)
 from explorer.ui.serving import CONCURRENCY, endpoint
 
 FINDINGS_HELP = (
@@ -16,8 +25,12 @@ FINDINGS_HELP = (
     "negation (*there is no X*). The bar shows the softmax over that pair: right of the middle "
     "the model prefers the affirmed sentence, left of it the negated one. Grey rows marked ⚠ "
     "are **negation-blind**: the model barely separates the two sentences there (the pair's "
-    "probability is close to 0.5, or the table's *text cosine*, how alike the model finds the "
-    "two sentences themselves, is close to 1)."
+    f"probability is within {BLIND_MARGIN:g} of 0.5, or the table's *text cosine*, how alike "
+    f"the model finds the two sentences themselves, is {BLIND_TEXT_COSINE:g} or more). "
+    "A typed finding that is a noun phrase (*small left pleural effusion*) goes into every "
+    "template; a sentence (*heart size is normal*) is scored as typed against its negation; "
+    "a typed denial (*no pneumothorax*) is the sentence its row reports. In a comparison the "
+    "second chart keeps the first chart's order."
 )
 SCORE_COLUMNS = [
     "finding",
@@ -130,7 +143,7 @@ def score_image(
     is of that model's training images; :mod:`explorer.guard`).
     """
     from explorer.guard import encode_with_features
-    from explorer.plots import findings_figure
+    from explorer.plots import findings_figure, findings_order
     from explorer.scoring import score_findings
     from explorer.vocab.labels import CHEXPERT_FINDINGS
 
@@ -139,8 +152,9 @@ def score_image(
     negations = parse_negations(negation_text)
     if templates is not None and len(templates) == 0:
         raise gr.Error("Choose at least one prompt template.", print_exception=False)
-    outputs, notices = [], []
-    names = [model_name] + ([compare_name] if compare_name else [])
+    outputs, notices, order = [], [], None
+    same = compare_name and compare_name == model_name  # no comparison with itself
+    names = [model_name] + ([compare_name] if compare_name and not same else [])
     for k, name in enumerate(names):
         progress((k, len(names)), desc=f"Scoring with {name or 'the default model'}")
         model, notice = load_model(name)
@@ -162,9 +176,11 @@ def score_image(
         except ExplorerError as err:
             raise user_error(err) from None
         frame = result.to_frame()
+        figure = findings_figure(result, order=order)  # the second model in the first's order
+        order = order or findings_order(result)
         outputs.append(
             (
-                findings_figure(result),
+                figure,
                 frame,
                 csv_download(frame, f"findings-{model.name}"),
                 model_card(model.name),
@@ -189,7 +205,13 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
     gr.Markdown(FINDINGS_HELP)
     with gr.Row():
         model = gr.Dropdown(model_names, value=default_model, label="Model")
-        compare = gr.Dropdown([""] + model_names, value="", label="Compare with (optional)")
+        # Another model that loads here (an API caller may name any registered model).
+        compare = gr.Dropdown(
+            compare_choices(model_names, default_model),
+            value="",
+            allow_custom_value=True,
+            label="Compare with (optional)",
+        )
     with gr.Accordion("Prompts", open=False):
         templates = gr.CheckboxGroup(template_ids, value=template_ids, label="Templates averaged")
         custom = gr.Textbox(
@@ -200,6 +222,7 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
             label="Your own negations, one per line: finding => negated sentence",
             lines=2,
         )
+    model.change(compare_menu(model_names), [model, compare], compare, api_name=False)
     run = gr.Button("Score findings", variant="primary")
     notice = gr.Markdown(label="Notice")
     with gr.Row():
