@@ -356,3 +356,26 @@ def test_attribution_outlines_the_phantom_lesion_of_every_mapped_finding(tmp_pat
     monkeypatch.setenv("EXPLORER_ASSETS", str(tmp_path))
     for k, finding in enumerate(cases):
         assert lesion_mask(f"/uploads/x/case-{k}.png", finding, (96, 96)).any(), finding
+
+
+def test_a_note_never_carries_over_to_the_next_case():
+    """Mark case A with a note, open case B: B's form is empty; reopen A: A's mark is back."""
+    from types import SimpleNamespace
+
+    from explorer.ui.batch_view import mark_case, open_case
+
+    images = [SimpleNamespace(name=n, data=b"not read here") for n in ("a.png", "b.png")]
+    state = {"batch": SimpleNamespace(images=images)}
+
+    def click(row, marks):
+        return open_case(state, marks, SimpleNamespace(row_value=row))
+
+    *_, case_a, _, mark, note = click(["a.png", "Pneumothorax", "1", "0.31"], [])
+    assert (mark, note) == (None, "")
+    marks = mark_case(case_a, "model wrong", "missed the apical rim", [])
+    *_, case_b, _, mark, note = click(["b.png", "Edema", "0", "0.72"], marks)
+    assert (mark, note) == (None, "")  # the form is B's own: empty
+    marks = mark_case(case_b, "label wrong", note, marks)
+    *_, mark, note = click(["a.png", "Pneumothorax", "1", "0.31"], marks)
+    assert (mark, note) == ("model wrong", "missed the apical rim")
+    assert [r[5] for r in marks] == ["missed the apical rim", ""]  # each row its own note

@@ -98,8 +98,20 @@ def run_batch(
     )
 
 
-def open_case(state: dict | None, evt: gr.SelectData):
-    """A clicked case -> the image into the shared upload, its finding into Attribution."""
+def saved_mark(rows, image: str, finding: str) -> tuple[str | None, str]:
+    """The mark and note already saved for a case in the marks table (else none and "")."""
+    for r in table_rows(rows):
+        if r and len(r) >= 6 and (str(r[0]), str(r[1])) == (image, finding):
+            return (str(r[4]) or None), str(r[5] or "")
+    return None, ""
+
+
+def open_case(state: dict | None, rows, evt: gr.SelectData):
+    """A clicked case -> the image into the shared upload, its finding into Attribution.
+
+    The mark form shows the case's own saved mark and note, or an empty form: nothing typed
+    for the previous case carries over to this one.
+    """
     if not state:
         raise gr.Error("Run a batch first.", print_exception=False)
     row = evt.row_value or []
@@ -114,7 +126,8 @@ def open_case(state: dict | None, evt: gr.SelectData):
     prob = str(row[3]) if len(row) > 3 else ""
     case = {"image": image, "finding": finding, "label": label, "P(affirmed)": prob}
     info = f"**{image}**: {finding} (label {label or 'blank'}, P(affirmed) {prob})"
-    return path, finding, case, info
+    mark, note = saved_mark(rows, image, finding)
+    return path, finding, case, info, mark, note
 
 
 def mark_case(case: dict | None, mark: str | None, note: str | None, rows):
@@ -203,8 +216,8 @@ def build_tab(upload, att_finding, tabs, findings_tab_id: str, model_names, defa
     )
     cases.select(
         open_case,
-        inputs=state,
-        outputs=[upload, att_finding, case, case_info],
+        inputs=[state, marks],
+        outputs=[upload, att_finding, case, case_info, mark, note],
         api_name=False,
     ).then(lambda: gr.Tabs(selected=findings_tab_id), outputs=tabs, api_name=False)
     save.click(mark_case, inputs=[case, mark, note, marks], outputs=marks, api_name=False)
