@@ -173,6 +173,22 @@ def test_batch_drill_down_opens_the_case(page):
     # (the file name is drawn as stem and extension in separate elements)
     page.locator("#cxr-upload", has_text=Path(name).stem).wait_for(timeout=60_000)
     page.get_by_role("tab", name="Findings", selected=True).wait_for(timeout=30_000)
+    # Mark this case with a note, open another: its form is empty, the note stays with the first.
+    page.get_by_role("tab", name="Batch").click()
+    page.get_by_label("model wrong").check()
+    note = page.get_by_label("Note", exact=True)
+    note.fill("missed the rim")
+    page.get_by_role("button", name="Save mark").click()
+    marked = page.locator("span.text", has_text="missed the rim").first
+    marked.wait_for(timeout=30_000)
+    cells = page.locator("span.text", has_text="phantom-")
+    k = next(i for i, t in enumerate(cells.all_inner_texts()) if t.strip() not in (name, ""))
+    other_name = cells.nth(k).inner_text().strip()
+    cells.nth(k).click()
+    page.locator("#cxr-upload", has_text=Path(other_name).stem).wait_for(timeout=60_000)
+    page.get_by_role("tab", name="Batch").click()
+    assert note.input_value() == ""
+    assert not page.get_by_label("model wrong").is_checked()
 
 
 def _choose_model(pg, name: str) -> None:
