@@ -177,7 +177,9 @@ CASES = [
     ),
     Case("dicom-named-png", "/inspect", "ok", "scan.png", lambda: make_dicom(RAMP16)),
     Case("png-named-dicom", "/inspect", "ok", "scan.dcm", lambda: PNG),
-    Case("wrong-extension-txt", "/inspect", "invalid file type", "scan.txt", lambda: PNG),
+    Case("png-named-txt", "/inspect", "ok", "scan.txt", lambda: PNG),  # the bytes decide
+    Case("dicom-without-extension", "/inspect", "ok", "IM0001", lambda: make_dicom(RAMP16)),
+    Case("text-file", "/inspect", "contains text, not an image", "notes.txt", lambda: b"hello\n"),
     # --- prompts (findings and attribution) ---
     Case("huge-prompt", "/findings", "at most 200 characters", args=("pleural " * 20000, "")),
     Case(

@@ -26,7 +26,6 @@ DISCLAIMER = (
     "Uploads are decoded in memory, never logged, and deleted from the server within minutes; "
     "only an allow-list of DICOM fields is shown. Burned-in text in the pixels is not removed."
 )
-UPLOAD_TYPES = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp"]
 #: The Findings tab's id (the Batch tab switches to it when a case is clicked).
 FINDINGS_TAB = "findings"
 
@@ -51,9 +50,10 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
             gr.Markdown(f"⚠️ {start_notice}", elem_id="start-notice")
         with gr.Row():
             with gr.Column(scale=1):
+                # No extension filter: PACS exports name DICOM files "IM0001"; the decoder reads
+                # the bytes and says plainly when a file is no image.
                 upload = gr.File(
                     label="Chest X-ray (PNG, JPEG or DICOM)",
-                    file_types=UPLOAD_TYPES,
                     type="filepath",
                     elem_id="cxr-upload",
                 )
