@@ -78,6 +78,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: What a MONOCHROME1 file's note says: what the file declares, what was done, what to check.
+MONOCHROME1_NOTE = (
+    "The file declares MONOCHROME1 (low values bright), so its values were inverted, as the "
+    "standard says; if the picture looks like a negative, the declaration is wrong."
+)
+
 #: Largest image (width x height of the decoded frame) accepted. It is checked from the header,
 #: before any pixel is decoded; 40 million is well above a 6000 x 6000 detector image.
 MAX_PIXELS = 40_000_000
@@ -719,7 +725,7 @@ def _decode_dicom(ds: Dataset) -> LoadedImage:
         notes.extend(voi_notes)
         if photometric == "MONOCHROME1":
             pixels = 1.0 - pixels
-            notes.append("MONOCHROME1 inverted so bone is white.")
+            notes.append(MONOCHROME1_NOTE)
 
     height, width = pixels.shape
     meta = ImageMeta(

@@ -35,7 +35,7 @@ def folder(tmp_path, samples_dir):
     for name in REAL:
         shutil.copy(samples_dir / name, d / name)
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 30)
-    (d / "notes.txt").write_text("not an image, ignored")
+    (d / "notes.txt").write_text("not an image, named among the problems")
     return d
 
 
@@ -63,6 +63,7 @@ def test_batch_reports_each_problem_and_runs_the_rest(folder, labels):
     assert reasons["labels.csv row 6"] == "no file name"
     assert "labelled twice" in reasons["labels.csv row 7"]
     assert "not among the images" in reasons["missing.png"]
+    assert reasons["notes.txt"].startswith("not an image file")  # named, not skipped silently
     by_name = {im.name: k for k, im in enumerate(batch.images)}
     row = batch.labels[by_name["00000001_000.png"]]
     assert row[CHEXPERT_FINDINGS.index("Cardiomegaly")] == 1
@@ -78,6 +79,7 @@ def test_zip_reads_like_the_folder(folder, labels, tmp_path):
         zf.writestr("__MACOSX/._00000001_000.png", b"junk")
     a, b = read_batch(folder, labels), read_batch(archive, labels)
     assert [i.name for i in a.images] == [i.name for i in b.images]
+    assert a.problems == b.problems  # the same reasons; the __MACOSX copy is not one of them
     assert np.array_equal(a.labels, b.labels, equal_nan=True)
 
 

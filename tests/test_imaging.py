@@ -29,7 +29,14 @@ from explorer.errors import (
     UnsupportedFormatError,
     UnsupportedTransferSyntaxError,
 )
-from explorer.imaging import MAX_PIXELS, LoadedImage, describe, load_image, to_uint8
+from explorer.imaging import (
+    MAX_PIXELS,
+    MONOCHROME1_NOTE,
+    LoadedImage,
+    describe,
+    load_image,
+    to_uint8,
+)
 
 EPS = 1e-6
 PLANTED = {
@@ -188,8 +195,8 @@ def test_siim_monochrome1_sample_is_a_tag_flip_and_loads_inverted(samples_dir):
     assert ds1.PixelData == ds2.PixelData, "sample was regenerated: update this test"
 
     m2, m1 = load_image(m2_path), load_image(m1_path)
-    assert "MONOCHROME1 inverted so bone is white." in m1.meta.notes
-    assert "MONOCHROME1 inverted so bone is white." not in m2.meta.notes
+    assert MONOCHROME1_NOTE in m1.meta.notes
+    assert MONOCHROME1_NOTE not in m2.meta.notes
     np.testing.assert_allclose(m1.pixels, 1.0 - m2.pixels, atol=EPS)
 
 
@@ -214,7 +221,7 @@ def test_pydicom_data_chest_j2k_matches_uncompressed():
         assert (img.meta.modality, img.meta.view_position) == ("CR", "PA")
         assert (img.meta.photometric, img.meta.bit_depth) == ("MONOCHROME1", 15)
         assert img.meta.windowing.startswith("DICOM window centre 15000, width 30000")
-        assert "MONOCHROME1 inverted so bone is white." in img.meta.notes
+        assert MONOCHROME1_NOTE in img.meta.notes
     assert j2k.meta.transfer_syntax == "JPEG 2000 Image Compression"
 
     diff = np.abs(j2k.pixels - unc.pixels)
@@ -333,7 +340,7 @@ def test_synthetic_monochrome1_dicom_inverted():
     ramp = np.tile(np.arange(0, 4096, 256, dtype=np.uint16), (4, 1))  # dark -> bright stored
     img = load_image(make_dicom(ramp, photometric="MONOCHROME1", bits_stored=12))
     assert img.meta.photometric == "MONOCHROME1" and img.meta.bit_depth == 12
-    assert "MONOCHROME1 inverted so bone is white." in img.meta.notes
+    assert MONOCHROME1_NOTE in img.meta.notes
     expected = 1.0 - (ramp - ramp.min()) / (ramp.max() - ramp.min())
     np.testing.assert_allclose(img.pixels, expected, atol=EPS)
     assert img.pixels[0, 0] == 1.0 and img.pixels[0, -1] == 0.0

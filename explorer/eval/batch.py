@@ -36,6 +36,8 @@ MAX_IMAGES = 2000
 #: Largest uncompressed ZIP content accepted (zip-bomb guard).
 MAX_ZIP_BYTES = 2 * 1024**3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".bmp")
+#: The reason given for a file of a batch that is no image (by its name), e.g. ``readme.txt``.
+NOT_AN_IMAGE = "not an image file (PNG, JPEG, DICOM, TIFF or BMP), so not used"
 
 
 class BatchError(ExplorerError):
@@ -68,13 +70,26 @@ class Batch:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _image_entries(source: Path) -> list[tuple[str, bytes]]:
+def _is_image_name(name: str) -> bool:
+    """An image by its name: a known image suffix, or none (PACS exports such as ``IM0001``)."""
+    suffix = Path(name).suffix.lower()
+    return suffix in IMAGE_SUFFIXES or not suffix
+
+
+def _image_entries(source: Path) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """The image files of a folder or ZIP (name, bytes) and the names of the other files.
+
+    Hidden files and macOS's ``__MACOSX`` copies are not files a person put there and are
+    passed over in silence; any other file that is no image (``readme.txt``) is named, so the
+    person knows it was not used.
+    """
     if source.is_dir():
         files = sorted(
             (p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")),
             key=lambda p: (p.name, str(p)),
         )
-        return [(p.name, p.read_bytes()) for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        images = [(p.name, p.read_bytes()) for p in files if _is_image_name(p.name)]
+        return images, [p.name for p in files if not _is_image_name(p.name)]
     if not source.exists():
         raise BatchError(f"No folder or ZIP file at {source}.")
     try:
@@ -85,15 +100,16 @@ def _image_entries(source: Path) -> list[tuple[str, bytes]]:
                 if not i.is_dir()
                 and not i.filename.startswith("__MACOSX")
                 and not Path(i.filename).name.startswith(".")
-                and Path(i.filename).suffix.lower() in IMAGE_SUFFIXES
             ]
+            others = sorted(Path(i.filename).name for i in infos if not _is_image_name(i.filename))
+            infos = [i for i in infos if _is_image_name(i.filename)]
             if sum(i.file_size for i in infos) > MAX_ZIP_BYTES:
                 raise BatchError(
                     f"{source.name} unpacks to more than {MAX_ZIP_BYTES // 1024**3} GB; "
                     "split it into smaller batches."
                 )
             infos.sort(key=lambda i: (Path(i.filename).name, i.filename))
-            return [(Path(i.filename).name, zf.read(i)) for i in infos]
+            return [(Path(i.filename).name, zf.read(i)) for i in infos], others
     except zipfile.BadZipFile:
         raise BatchError(f"{source.name} is not a ZIP archive or a folder of images.") from None
 
@@ -179,7 +195,7 @@ def read_batch(
         except ValueError:
             raise BatchError(f"'{spec}': write phantom:N with N a whole number.") from None
         return phantom_batch(count, progress=progress)
-    entries = _image_entries(Path(images))
+    entries, others = _image_entries(Path(images))
     if not entries:
         raise BatchError(f"{Path(images).name} holds no PNG, JPEG or DICOM images.")
     if len(entries) > MAX_IMAGES:
@@ -187,6 +203,7 @@ def read_batch(
             f"{Path(images).name} holds {len(entries):,} images; a batch takes at most {MAX_IMAGES:,}."
         )
     label_rows, problems = _label_rows(Path(labels_csv) if labels_csv else None)
+    problems = [(name, NOT_AN_IMAGE) for name in others] + problems
     seen: set[str] = set()
     items, vecs = [], []
     for k, (name, data) in enumerate(entries):

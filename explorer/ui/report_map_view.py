@@ -202,7 +202,7 @@ def prebuild_default() -> threading.Thread:
 def _opened(key: str | None):
     report_map = MAPS.get(key) if key else None
     if report_map is None:
-        raise gr.Error("Open a map first (press **Open map**).", print_exception=False)
+        raise gr.Error('Open a map first (press "Open map").', print_exception=False)
     return report_map
 
 
