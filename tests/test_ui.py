@@ -379,3 +379,14 @@ def test_a_note_never_carries_over_to_the_next_case():
     *_, mark, note = click(["a.png", "Pneumothorax", "1", "0.31"], marks)
     assert (mark, note) == ("model wrong", "missed the apical rim")
     assert [r[5] for r in marks] == ["missed the apical rim", ""]  # each row its own note
+
+
+def test_batch_shows_the_drop_zones_only_for_your_own_images():
+    from explorer.ui.batch_view import SOURCES, source_controls
+
+    shown = {s: tuple(c.visible for c in source_controls(s)) for s in SOURCES}
+    assert shown == {
+        "Phantoms with known labels": (True, False),
+        "My images (ZIP) + labels (CSV)": (False, True),
+        "Real NIH test films": (False, False),
+    }

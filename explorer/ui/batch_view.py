@@ -98,6 +98,11 @@ def run_batch(
     )
 
 
+def source_controls(source: str) -> tuple[gr.Slider, gr.Row]:
+    """Show what the chosen source needs: the phantom count, or the ZIP and CSV drop zones."""
+    return gr.Slider(visible=source == SOURCES[0]), gr.Row(visible=source == SOURCES[1])
+
+
 def saved_mark(rows, image: str, finding: str) -> tuple[str | None, str]:
     """The mark and note already saved for a case in the marks table (else none and "")."""
     for r in table_rows(rows):
@@ -162,12 +167,13 @@ def build_tab(upload, att_finding, tabs, findings_tab_id: str, model_names, defa
     with gr.Row():
         source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Batch")
         phantoms = gr.Slider(10, 1000, value=200, step=10, label="Phantoms to render")
-    with gr.Row():
+    with gr.Row(visible=False) as own_files:  # only for "your own ZIP"
         zip_file = gr.File(label="Images (ZIP of PNG / JPEG / DICOM)", file_types=[".zip"])
         labels_file = gr.File(
             label="Labels (CSV: file name + CheXpert columns, 1 / 0 / -1 / blank)",
             file_types=[".csv"],
         )
+    source.change(source_controls, source, [phantoms, own_files], api_name=False, queue=False)
     with gr.Row():
         model = gr.Dropdown(model_names, value=default_model, label="Model")
         # Another model that loads here (an API caller may name any registered model).
