@@ -124,7 +124,8 @@ def test_negation_errors_and_confidence():
     frame = ev.to_frame()
     assert list(frame["error confidence"])[:2] == [pytest.approx(0.8), pytest.approx(0.6)]
     assert len(ev.to_frame(errors_only=True)) == 2
-    metrics = ev.metrics(0.5).set_index("finding").loc["Edema"]
+    assert np.isnan(ev.metrics(0.5).set_index("finding").loc["Edema", "AUC"])  # 2 + 1 cases
+    metrics = ev.metrics(0.5, min_cases=1).set_index("finding").loc["Edema"]
     assert (metrics["positives"], metrics["negatives"], metrics["negation errors"]) == (2, 1, 2)
     assert metrics["AUC"] == pytest.approx(0.0)  # positives 0.7, 0.2 both below negative 0.9
     assert metrics["accuracy@0.5"] == pytest.approx(1 / 3, abs=1e-3)
@@ -147,8 +148,10 @@ def test_evaluate_phantom_batch_metrics_match_a_direct_computation(tiny):
     y = batch.labels[:, j] == 1
     p = np.array([c.prob_affirmed for c in cs])
     expected = auc_score(y, p)
-    got = ev.metrics().set_index("finding").loc["Cardiomegaly", "AUC"]
+    got = ev.metrics(min_cases=1).set_index("finding").loc["Cardiomegaly", "AUC"]
     assert got == pytest.approx(expected, abs=1e-4)
+    # by default an AUC needs 10 positive and 10 negative cases: 12 images have too few
+    assert ev.metrics()["AUC"].isna().all()
     bins = ev.calibration(5)
     labelled = sum(1 for c in ev.cases if c.label in (0.0, 1.0))
     assert sum(b["cases"] for b in bins) == labelled

@@ -26,7 +26,7 @@ import numpy as np
 
 from explorer.data.manifest import Manifest
 from explorer.errors import ExplorerError
-from explorer.eval.metrics import accuracy_at, auc_score, calibration_bins
+from explorer.eval.metrics import MIN_AUC_CASES, accuracy_at, auc_score, calibration_bins
 from explorer.phantom.splits import PHANTOM_BATCH_SEED
 from explorer.progress import Progress
 from explorer.vocab.labels import CHEXPERT_FINDINGS, LABEL_NAMES
@@ -326,8 +326,12 @@ class Evaluation:
             ["error confidence", "negation error"], ascending=False, kind="stable"
         ).reset_index(drop=True)
 
-    def metrics(self, threshold: float = 0.5):
-        """Per finding: positives, negatives, AUC, accuracy at ``threshold``, negation errors."""
+    def metrics(self, threshold: float = 0.5, min_cases: int = MIN_AUC_CASES):
+        """Per finding: positives, negatives, AUC, accuracy at ``threshold``, negation errors.
+
+        The AUC is left blank (NaN) for a finding with fewer than ``min_cases`` positive or
+        negative cases: on five cases it would say little and look precise.
+        """
         import pandas as pd
 
         rows = []
@@ -340,7 +344,9 @@ class Evaluation:
                     "finding": finding,
                     "positives": int(y.sum()),
                     "negatives": int((~y).sum()),
-                    "AUC": round(auc_score(y, p), 4),
+                    "AUC": round(auc_score(y, p), 4)
+                    if min(y.sum(), (~y).sum()) >= min_cases
+                    else float("nan"),
                     f"accuracy@{threshold:g}": round(accuracy_at(y, p, threshold), 4),
                     "negation errors": int(sum(c.negation_error for c in cs)),
                 }

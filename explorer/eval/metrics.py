@@ -23,6 +23,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+#: Fewest positive and fewest negative cases for an AUC worth showing (fewer: its interval
+#: spans most of [0, 1]); the real benchmark's table and the batch's metrics both use it.
+MIN_AUC_CASES = 10
+
 
 def auc_score(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC by the rank statistic (ties count one half); NaN without both classes.

@@ -43,7 +43,13 @@ from explorer.eval.benchmark import (
     hard_negative_scores,
     zero_shot_probabilities,
 )
-from explorer.eval.metrics import auc_score, bootstrap_by_patient, mean_or_nan, pointing_hit
+from explorer.eval.metrics import (
+    MIN_AUC_CASES,
+    auc_score,
+    bootstrap_by_patient,
+    mean_or_nan,
+    pointing_hit,
+)
 from explorer.models.base import VisionLanguageModel
 from explorer.progress import Progress
 from explorer.scoring import embed_texts_once
@@ -52,7 +58,7 @@ from explorer.vocab.labels import POSITIVE, canonical_finding
 log = logging.getLogger(__name__)
 
 #: A finding enters the zero-shot table with at least this many positives and negatives.
-MIN_CASES = 10
+MIN_CASES = MIN_AUC_CASES
 #: Bootstrap resamples (of patients) per interval.
 RESAMPLES = 1000
 

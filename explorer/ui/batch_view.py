@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from explorer.errors import ExplorerError
+from explorer.eval.metrics import MIN_AUC_CASES
 from explorer.ui.common import (
     compare_choices,
     compare_menu,
@@ -33,7 +34,9 @@ BATCH_HELP = (
     "error** is a positive case where it prefers the negated sentence, or a negative case where "
     "it prefers the affirmed one. Errors are listed most confident first. Click a row to open "
     "that image in the Findings and Attribution tabs with its finding selected, and mark the "
-    "case; the marks export as CSV."
+    "case; the marks export as CSV. A finding's AUC is shown only with at least "
+    f"{MIN_AUC_CASES} positive and {MIN_AUC_CASES} negative cases (fewer would look precise "
+    "and say little)."
 )
 ANNOTATION_COLUMNS = ["image", "finding", "label", "P(affirmed)", "mark", "note"]
 
