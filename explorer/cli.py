@@ -574,7 +574,11 @@ def _map(args: argparse.Namespace) -> int:
         "reports": len(report_map),
         "folder": str(report_map.folder),
         "timings_s": report_map.timings,
-        "alignment": {**asdict(a), "lift": round(a.lift, 3)},
+        "alignment": {
+            **asdict(a),
+            "lift": round(a.lift, 3),
+            "caution": a.caution(len(report_map)),
+        },
         "clusters": [{"name": c.name, "size": c.size} for c in report_map.clusters],
     }
     lines = [
@@ -586,6 +590,8 @@ def _map(args: argparse.Namespace) -> int:
         f"{a.soft_similarity:.3f} vs random {a.soft_chance:.3f}",
         "clusters: " + "; ".join(f"{c.name} ({c.size})" for c in report_map.clusters),
     ]
+    if a.caution(len(report_map)):
+        lines.insert(4, f"caution: {a.caution(len(report_map))}")
     if args.action == "place":
         from explorer.imaging import load_radiograph
 

@@ -126,6 +126,7 @@ def test_map_build_then_place_a_real_image(samples_dir, tmp_path, capsys, monkey
     built = json.loads(capsys.readouterr().out)
     assert built["reports"] == 32 and built["model"] == "real-negaware"
     assert 0.0 <= built["alignment"]["cluster_agreement"] <= 1.0
+    assert built["alignment"]["caution"].startswith("Only 32 reports for k=10 neighbours")
     assert {"labelling", "embedding", "layout (UMAP)"} <= set(built["timings_s"])
     image = str(samples_dir / "00000001_000.png")
     assert main(["map", "place", image, "--corpus", str(table), "-k", "3", "--json"]) == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -128,6 +130,9 @@ def test_alignment_separates_organised_from_random_embeddings():
     assert bad.cluster_agreement < 0.6
     assert good.soft_similarity > good.soft_chance
     assert abs(good.cluster_chance - (3 * (20 / 65) ** 2 + (5 / 65) ** 2)) < 1e-3
+    # 65 reports for k=5 is enough; for k=10 the neighbours are too large a part of the table
+    assert good.caution(65) is None
+    assert "Only 65 reports for k=10" in dataclasses.replace(good, k=10).caution(65)
 
 
 # --- building maps --------------------------------------------------------------------------

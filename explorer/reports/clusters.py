@@ -136,6 +136,10 @@ def _qualifier(name: str, share_pos: np.ndarray, share_neg: np.ndarray) -> str:
     return "denies " + ", ".join(denied) if share_neg.max() > 0 else "few statements"
 
 
+#: An alignment figure is read only on at least this many reports per neighbour (k).
+MIN_REPORTS_PER_NEIGHBOUR = 10
+
+
 @dataclass(frozen=True)
 class Alignment:
     """How well embedding neighbourhoods agree with soft labels (one map, one model).
@@ -161,6 +165,21 @@ class Alignment:
     def lift(self) -> float:
         """``cluster_agreement / cluster_chance``: 1 means no better than random."""
         return self.cluster_agreement / max(self.cluster_chance, 1e-9)
+
+    def caution(self, reports: int) -> str | None:
+        """A sentence when the map is too small for its ``k`` (else None).
+
+        With fewer than :data:`MIN_REPORTS_PER_NEIGHBOUR` reports per neighbour, a report's k
+        neighbours are a large share of the whole table, so the figure sits near its chance
+        level whatever the model does.
+        """
+        if reports >= MIN_REPORTS_PER_NEIGHBOUR * self.k:
+            return None
+        return (
+            f"Only {reports:,} reports for k={self.k} neighbours: each report's neighbours are a "
+            f"large part of the table, so this figure says little; read it on "
+            f"{MIN_REPORTS_PER_NEIGHBOUR * self.k:,} reports or more."
+        )
 
 
 def alignment(

@@ -98,6 +98,9 @@ def _summary(report_map, notice: str | None) -> str:
         f"soft-label cluster (chance {a.cluster_chance:.1%}, lift ×{a.lift:.2f}); mean clinical "
         f"similarity to neighbours {a.soft_similarity:.2f} (random {a.soft_chance:.2f}).",
     ]
+    caution = a.caution(len(report_map))
+    if caution:
+        lines.insert(2, f"⚠ {caution}")
     if t:
         lines.append("Built in " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + ".")
     if report_map.licence:
