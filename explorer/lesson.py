@@ -102,9 +102,13 @@ def _step_models(models: Sequence, phantom) -> LessonStep:
     import plotly.graph_objects as go
 
     from explorer.scoring import score_findings
+    from explorer.vocab.labels import NEGATIVE, POSITIVE
 
     fig = go.Figure()
-    effusion = {}
+    truth = phantom.labels()
+    present = [f for f, v in truth.items() if v == POSITIVE]
+    absent = [f for f, v in truth.items() if v == NEGATIVE]
+    verdicts, affirmed = [], {}
     for model in models:
         result = score_findings(model, phantom.image)
         fig.add_trace(
@@ -115,7 +119,15 @@ def _step_models(models: Sequence, phantom) -> LessonStep:
                 orientation="h",
             )
         )
-        effusion[model.name] = result.score("Pleural Effusion").prob_affirmed
+        says = {s.finding: s.prob_affirmed >= 0.5 for s in result.scores}
+        affirmed[model.name] = says
+        found = [f for f in present if says[f]]
+        wrong = [f for f in absent if says[f]]
+        verdicts.append(
+            f"**{model.name}** affirms {len(found)}/{len(present)} of the findings the image "
+            f"has ({', '.join(found) or 'none'}) and {len(wrong)}/{len(absent)} of those it has "
+            f"not ({', '.join(wrong) or 'none'})"
+        )
     fig.add_vline(x=0.5, line_dash="dot")
     fig.update_layout(
         title="P(affirmed) on a phantom with a moderate left pleural effusion",
@@ -125,14 +137,23 @@ def _step_models(models: Sequence, phantom) -> LessonStep:
         template="plotly_white",
         margin={"l": 190, "r": 20, "t": 50, "b": 40},
     )
-    verdicts = "; ".join(
-        f"{name} gives *there is pleural effusion* {p:.2f} against its negation"
-        for name, p in effusion.items()
+    names = list(affirmed)
+    differ = (
+        [f for f in truth if affirmed[names[0]][f] != affirmed[names[1]][f]]
+        if len(names) == 2
+        else []
     )
     text = (
-        f"Both models see the same image with one known finding. {verdicts} (above 0.50 means "
-        f"the affirmed sentence wins). A correct model puts pleural effusion and lung opacity right "
-        f"of the dotted line and every other finding left of it."
+        f"Both models see the same image, whose labels are {', '.join(present)}. A model that "
+        f"reads it right puts those bars right of the dotted line (the affirmed sentence wins) "
+        f"and every labelled-absent finding left of it. {'; '.join(verdicts)}."
+        + (
+            f" The two models disagree on {', '.join(differ)}."
+            if differ
+            else (
+                " The two models give the same verdict on every finding." if len(names) == 2 else ""
+            )
+        )
     )
     return LessonStep("2. The phantom models side by side", text, figure=fig)
 
