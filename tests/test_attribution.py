@@ -148,6 +148,50 @@ def test_text_attribution(registry, image, name):
     assert result.score == pytest.approx(float(expected), abs=1e-5)
     assert result.params["special_tokens"] == "tokenizer special ids"
     assert not _param_grads(model)
+    # the words a person reads: the prompt's own, pieces merged, specials left out, scores summed
+    words = result.words()
+    assert " ".join(w for w, _ in words) == prompt
+    assert sum(v for _, v in words) == pytest.approx(sum(result.scores), abs=1e-9)
+
+
+_PLEURAL = (0.1, 0.2, 0.3)
+_EFFUSION = (0.4, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "special"),
+    [
+        # WordPiece (BERT, MiniLM, BiomedBERT)
+        (["[CLS]", "no", "pl", "##eur", "##al", "e", "##ff", "##usion", "[SEP]"], (0, 8)),
+        # SentencePiece (SigLIP)
+        (["▁no", "▁pl", "eur", "al", "▁e", "ff", "usion", "</s>"], (7,)),
+        # CLIP BPE, as transformers and open_clip give it
+        (
+            [
+                "<|startoftext|>",
+                "no</w>",
+                "pl",
+                "eur",
+                "al</w>",
+                "e",
+                "ff",
+                "usion</w>",
+                "<|endoftext|>",
+            ],
+            (0, 8),
+        ),
+    ],
+    ids=["wordpiece", "sentencepiece", "clip-bpe"],
+)
+def test_word_pieces_merge_into_words(tokens, special):
+    from explorer.attribution.text import merge_word_pieces
+
+    flags = [k in special for k in range(len(tokens))]
+    pieces = iter((0.7, *_PLEURAL, *_EFFUSION, 0.6))  # "no", pleural pieces, effusion pieces
+    scores = [0.0 if f else next(pieces) for f in flags]
+    words = merge_word_pieces(tokens, scores, flags)
+    assert [w for w, _ in words] == ["no", "pleural", "effusion"]
+    assert [round(v, 6) for _, v in words] == [0.7, 0.6, 1.5]
 
 
 def test_embedding_from_another_thread_waits_for_a_running_attribution(registry, image):

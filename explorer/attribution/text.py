@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,54 @@ class TokenAttribution:
     def relative_delta(self) -> float:
         """``|convergence_delta| / |score - baseline_score|`` (see ImageAttribution)."""
         return relative(self.convergence_delta, self.score - self.baseline_score)
+
+    def words(self) -> tuple[tuple[str, float], ...]:
+        """The prompt's words with their attribution: see :func:`merge_word_pieces`."""
+        return merge_word_pieces(self.tokens, self.scores, self.special)
+
+
+#: How tokenizers mark word pieces: WordPiece continues a word with "##"; SentencePiece and
+#: byte-level BPE start one with "▁" or "Ġ"; CLIP's BPE ends one with "</w>".
+_START_MARKS = ("▁", "Ġ")
+_END_MARK = "</w>"
+_CONTINUE_MARK = "##"
+
+
+def merge_word_pieces(
+    tokens: Sequence[str], scores: Sequence[float], special: Sequence[bool] | None = None
+) -> tuple[tuple[str, float], ...]:
+    """Word pieces merged into words, special tokens left out; a word's score is the sum of
+    its pieces' scores (integrated gradients are additive, so nothing is lost but the specials,
+    whose score is 0 by construction).
+
+    ``pl ##eur ##al e ##ff ##usion`` (WordPiece), ``▁pleural ▁eff usion`` (SentencePiece) and
+    ``pleural</w> eff usion</w>`` (CLIP) all read ``pleural effusion``.
+    """
+    special = special if special is not None else [False] * len(tokens)
+    starts = any(t.startswith(_START_MARKS) for t in tokens)
+    ends = any(t.endswith(_END_MARK) for t in tokens)
+    words: list[list] = []
+    open_word = False  # the last word may still take pieces
+    for tok, score, is_special in zip(tokens, scores, special, strict=True):
+        if is_special:
+            open_word = False
+            continue
+        if starts:
+            new = tok.startswith(_START_MARKS) or not open_word
+            piece = tok.lstrip("".join(_START_MARKS))
+        elif ends:
+            new = not open_word
+            piece = tok.removesuffix(_END_MARK)
+        else:
+            new = not (tok.startswith(_CONTINUE_MARK) and open_word)
+            piece = tok.removeprefix(_CONTINUE_MARK) if not new else tok
+        if new or not words:
+            words.append([piece, float(score)])
+        else:
+            words[-1][0] += piece
+            words[-1][1] += float(score)
+        open_word = not (ends and tok.endswith(_END_MARK))
+    return tuple((w, s) for w, s in words if w)
 
 
 def _tokenizer_specials(model: VisionLanguageModel) -> tuple[frozenset[int] | None, int | None]:

@@ -88,7 +88,7 @@ class OpenClipModel(VisionLanguageModel):
                 out.append(hf.convert_ids_to_tokens(ids))
             else:
                 decoder = self._tokenizer.decoder
-                out.append([decoder.get(i, "?").replace("</w>", "") for i in ids])
+                out.append([decoder.get(i, "?") for i in ids])  # "</w>" ends a word
         return out
 
     @property

@@ -135,8 +135,10 @@ def explain(
         images[0],
         images[1],
         images[2],
-        token_highlights(tokens_a.tokens, tokens_a.scores),
-        token_highlights(tokens_n.tokens, tokens_n.scores),
+        *(
+            token_highlights([w for w, _ in words], [v for _, v in words])
+            for words in (tokens_a.words(), tokens_n.words())
+        ),
         info,
         guard,
     )
