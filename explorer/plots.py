@@ -100,6 +100,29 @@ def overlay(
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
+def with_colour_bar(rgb: np.ndarray, signed: bool = True, height: int = 26) -> np.ndarray:
+    """``rgb`` (an :func:`overlay`) with its colour scale drawn underneath, labelled in words.
+
+    Signed maps: blue (against the prompt) through the film's grey to red (for it), scaled to
+    the map's largest absolute value; unsigned maps: grey to red (none to the most).
+    """
+    from PIL import Image, ImageDraw
+
+    h, w = rgb.shape[:2]
+    t = np.linspace(-1.0 if signed else 0.0, 1.0, w, dtype=np.float32)
+    pos, neg = np.clip(t, 0, 1), np.clip(-t, 0, 1)
+    grey = 0.5 * (1.0 - np.maximum(pos, neg))
+    ramp = np.stack([grey + pos, grey, grey + neg], axis=-1)
+    bar = np.repeat((np.clip(ramp, 0, 1) * 255).astype(np.uint8)[None], height // 2, axis=0)
+    strip = Image.new("RGB", (w, height), (255, 255, 255))
+    strip.paste(Image.fromarray(bar), (0, 0))
+    draw = ImageDraw.Draw(strip)
+    left, right = ("against", "for the prompt") if signed else ("none", "most")
+    draw.text((2, height // 2), left, fill=(0, 0, 160))
+    draw.text((max(2, w - 6 * len(right) - 2), height // 2), right, fill=(160, 0, 0))
+    return np.concatenate([rgb, np.asarray(strip)], axis=0)
+
+
 def mask_outline(
     rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 255, 0)
 ) -> np.ndarray:

@@ -603,3 +603,18 @@ def test_registry_and_cli_parser_do_not_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_parameters_read_as_words():
+    from explorer.attribution import describe_params
+
+    ig = {"input_size": 224, "scaled": False, "steps": 128, "internal_batch_size": 16}
+    ig |= {"baseline": "black (all zeros)", "integration": "gausslegendre"}
+    assert describe_params(ig) == (
+        "on the 224-pixel image the model sees; 128 steps; baseline: black (all zeros)"
+    )
+    occlusion = {"input_size": 160, "window": 20, "stride": 10, "baseline": "blur"}
+    assert "a 20-pixel square painted over the image, moved 10 pixels at a time" in (
+        describe_params(occlusion)
+    )
+    assert "a 7 x 7 grid" in describe_params({"grid": [7, 7], "layer": "stages.3"})

@@ -19,3 +19,20 @@ def test_calibration_figure_plots_each_bin_against_the_diagonal():
     small, big = model.marker.size  # marker area grows with the bin's case count
     assert big == pytest.approx(20.0) and small == pytest.approx(13.0)
     assert list(model.text) == ["4 cases", "16 cases"] and "tiny" in fig.layout.title.text
+
+
+def test_maps_carry_their_colour_scale():
+    import numpy as np
+
+    from explorer.plots import overlay, with_colour_bar
+
+    film = np.full((64, 80), 0.5, np.float32)
+    att = np.zeros((64, 80), np.float32)
+    att[10:20, 10:20], att[40:50, 50:60] = 1.0, -1.0
+    shown = with_colour_bar(overlay(film, att, 0.6, signed=True), signed=True)
+    assert shown.shape == (64 + 26, 80, 3) and shown.dtype == np.uint8
+    bar = shown[64:70].astype(int)  # the colour ramp, under the map
+    assert (bar[:, 0, 2] > bar[:, 0, 0] + 100).all()  # left end blue: against the prompt
+    assert (bar[:, -1, 0] > bar[:, -1, 2] + 100).all()  # right end red: for it
+    plain = with_colour_bar(overlay(film, np.abs(att), 0.6, signed=False), signed=False)
+    assert abs(int(plain[66, 0, 0]) - int(plain[66, 0, 2])) < 5  # unsigned: starts grey

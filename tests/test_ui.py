@@ -91,7 +91,10 @@ def test_attribution_methods_on_phantom_example(client, method):
     )
     assert a and n and d
     assert all(str(m).endswith(".png") for m in (a, n, d))  # what people save, not WebP
-    assert method in info and "similarity" in info
+    from explorer.attribution import METHODS
+
+    assert METHODS[method].display in info and "similarity" in info
+    assert "internal_batch_size" not in info and "scaled=" not in info  # words, not kwargs
     assert "Within phantom-negaware's training domain" in banner  # a phantom: no warning
     words = [item["token"] for item in (tok_n["value"] if isinstance(tok_n, dict) else tok_n)]
     assert "no" in words
@@ -105,9 +108,9 @@ def test_attribution_baseline_is_used_and_stated(client):
     path = handle_file(str(examples_dir() / "phantom-left-effusion.png"))
     args = (path, "phantom-negaware", "Pleural Effusion", "occlusion", 0.6, False)
     *_, info, _ = client.predict(*args, "blur", api_name="/attribute")
-    assert "baseline=gaussian blur of the image" in info
+    assert "baseline: gaussian blur of the image" in info
     *_, info, _ = client.predict(*args, "black", api_name="/attribute")
-    assert "baseline=black (all zeros)" in info
+    assert "baseline: black (all zeros)" in info
 
 
 @needs_default

@@ -65,6 +65,7 @@ from explorer.attribution.options import (
     Method,
     OcclusionOptions,
     TokenIGOptions,
+    describe_params,
     method_info,
     uses_baseline,
 )
@@ -121,6 +122,7 @@ __all__ = [
     "IG_INTEGRATION",
     "IMAGE_METHODS",
     "METHODS",
+    "describe_params",
     "AttributionError",
     "AttributionOptionsError",
     "GradCAMOptions",

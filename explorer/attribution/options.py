@@ -188,6 +188,31 @@ class Method:
         return any(f.name == "baseline" for f in fields(self.options))
 
 
+def describe_params(params: dict) -> str:
+    """A map's parameters in words for people (the full dict stays in the JSON output).
+
+    ``{"input_size": 224, "steps": 128, "baseline": "black (all zeros)", ...}`` reads
+    "on the 224-pixel image the model sees; 128 steps; baseline: black (all zeros)".
+    Keys that only matter to a developer (batching, hooks, quadrature) are left out.
+    """
+    parts = []
+    if "input_size" in params:
+        parts.append(f"on the {params['input_size']}-pixel image the model sees")
+    if "grid" in params:
+        rows, cols = params["grid"]
+        parts.append(f"a {rows} x {cols} grid of the last image layer")
+    if "window" in params:
+        parts.append(
+            f"a {params['window']}-pixel square painted over the image, moved "
+            f"{params.get('stride', params['window'])} pixels at a time"
+        )
+    if "steps" in params:
+        parts.append(f"{params['steps']} steps")
+    if "baseline" in params:
+        parts.append(f"baseline: {params['baseline']}")
+    return "; ".join(parts)
+
+
 #: Every method, in the order pickers show them.
 METHODS: dict[str, Method] = {
     m.name: m
@@ -307,6 +332,7 @@ __all__ = [
     "IG_INTEGRATION",
     "IMAGE_METHODS",
     "METHODS",
+    "describe_params",
     "AttributionOptionsError",
     "GradCAMOptions",
     "IGOptions",

@@ -11,7 +11,14 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from explorer.attribution import BASELINES, DEFAULT_BASELINES, IMAGE_METHODS, uses_baseline
+from explorer.attribution import (
+    BASELINES,
+    DEFAULT_BASELINES,
+    IMAGE_METHODS,
+    METHODS,
+    describe_params,
+    uses_baseline,
+)
 from explorer.errors import ExplorerError
 from explorer.ui.common import MAX_PROMPT_CHARS, load_model, upload_pixels, user_error
 from explorer.ui.serving import CONCURRENCY, endpoint
@@ -75,7 +82,7 @@ def explain(
     = the method's default.
     """
     from explorer.attribution import attribute_pair, attribute_text
-    from explorer.plots import mask_outline, overlay, token_highlights
+    from explorer.plots import mask_outline, overlay, token_highlights, with_colour_bar
     from explorer.ui.findings_view import check_domain
     from explorer.vocab.prompts import prompt_pair
 
@@ -115,14 +122,16 @@ def explain(
     mask = lesion_mask(path, pair.finding, pixels.shape) if show_mask else None
     if mask is not None:
         images = [mask_outline(im, mask) for im in images]
-    params = ", ".join(f"{k}={v}" for k, v in first.params.items())
+    signs = (first.signed, second.signed, True)
+    images = [with_colour_bar(im, signed) for im, signed in zip(images, signs, strict=True)]
+    params = describe_params(first.params)
     delta = (
         f"; IG completeness gap {first.relative_delta:.1%}"
         if first.relative_delta is not None
         else ""
     )
     info = (
-        f"**{model.name}**, method **{method}** ({params}){delta}.  \n"
+        f"**{model.name}**, **{METHODS[method].display}** ({params}){delta}.  \n"
         f"similarity: “{pair.affirmed}” {first.score:.4f} · “{pair.negated}” {second.score:.4f}"
         + (f"  \n⚠️ {notice}" if notice else "")
         + (
