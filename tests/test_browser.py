@@ -111,6 +111,21 @@ def test_attribution_view_in_the_browser(page):
     baseline.wait_for(state="visible", timeout=10_000)
 
 
+def test_examples_are_one_click_away_with_their_masks(page):
+    """A first-time user clicks an example instead of hunting for files on disk."""
+    page.get_by_text("Phantom: moderate left pleural effusion (with its mask)").first.click()
+    page.locator("#cxr-upload", has_text="phantom-left-effusion").wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Attribution").click()
+    page.get_by_text("gradcam", exact=True).click()
+    page.get_by_role("button", name="Explain").click()
+    page.get_by_text("Grad-CAM (").first.wait_for(timeout=180_000)
+    assert page.get_by_text("no ground-truth mask").count() == 0  # the example's lesion is drawn
+    page.get_by_text("Real NIH film: Cardiomegaly").first.click()
+    page.locator("#cxr-upload", has_text="00000001_000").wait_for(timeout=30_000)
+    page.get_by_text("occlusion", exact=True).click()
+    _shot(page, "0-examples")
+
+
 #: Page coordinates of the first point of the named trace of the map (plotly's own axes).
 HOVER_TARGET_JS = """(name) => {
   const gd = document.querySelector('div.cxr-map');  // plotly draws into this div

@@ -393,3 +393,25 @@ def test_batch_shows_the_drop_zones_only_for_your_own_images():
         "My images (ZIP) + labels (CSV)": (False, True),
         "Real NIH test films": (False, False),
     }
+
+
+def test_example_gallery_lists_every_shipped_example_with_what_it_shows():
+    from pathlib import Path
+
+    from explorer.paths import examples_dir
+    from explorer.ui.common import example_gallery
+
+    gallery = dict((Path(p).name, c) for p, c in example_gallery())
+    shipped = {p.name for p in examples_dir().iterdir() if p.suffix in (".png", ".dcm")}
+    assert set(gallery) == shipped
+    assert gallery["00000001_000.png"] == "Real NIH film: Cardiomegaly (NIH label)"
+    assert (
+        gallery["phantom-left-effusion.png"]
+        == "Phantom: moderate left pleural effusion (with its mask)"
+    )
+    assert gallery["phantom-normal.png"] == "Phantom: normal"
+    assert list(gallery)[:3] == [
+        "00000001_000.png",
+        "00027426_000.png",
+        "siim-pneumothorax-sample.dcm",
+    ]

@@ -17,7 +17,7 @@ from explorer.ui import (
     models_view,
     report_map_view,
 )
-from explorer.ui.common import inspect_upload, model_choices
+from explorer.ui.common import example_gallery, inspect_upload, model_choices
 from explorer.ui.serving import ServeSettings
 
 TITLE = "CXR Negation Explorer"
@@ -56,6 +56,14 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                     label="Chest X-ray (PNG, JPEG or DICOM)",
                     type="filepath",
                     elem_id="cxr-upload",
+                )
+                examples = example_gallery()
+                gr.Examples(
+                    examples=[[path] for path, _ in examples],
+                    example_labels=[caption for _, caption in examples],
+                    inputs=upload,
+                    label="Examples: click one (real films, and phantoms whose findings are known)",
+                    examples_per_page=12,
                 )
             with gr.Column(scale=1):
                 shown = gr.Image(

@@ -36,6 +36,31 @@ def model_choices(preferred: str | None) -> tuple[list[str], str | None, str | N
     return list(reg.names()), default, notice
 
 
+#: Captions of the shipped real examples (the phantoms' come from ``phantoms.json``).
+EXAMPLE_CAPTIONS = "examples.json"
+
+
+def example_gallery() -> list[tuple[str, str]]:
+    """(path, caption) of every shipped example: the real films first, then the phantoms."""
+    import json
+
+    from explorer.paths import examples_dir
+    from explorer.phantom.examples import shipped_phantoms
+
+    folder = examples_dir()
+    captions_file = folder / EXAMPLE_CAPTIONS
+    real = json.loads(captions_file.read_text(encoding="utf-8")) if captions_file.is_file() else {}
+    out = [(str(folder / name), caption) for name, caption in real.items()]
+    for name, entry in shipped_phantoms(folder).items():
+        signs = ", ".join(
+            " ".join(x for x in (f["severity"], f["laterality"], f["name"]) if x)
+            for f in entry["findings"]
+        )
+        caption = f"Phantom: {signs} (with its mask)" if signs else "Phantom: normal"
+        out.append((str(folder / name), caption))
+    return [(path, caption) for path, caption in out if Path(path).is_file()]
+
+
 #: The "Compare with" menu's empty choice, in words rather than an empty row.
 NO_COMPARISON = ("none", "")
 
