@@ -8,6 +8,8 @@ gradio = pytest.importorskip("gradio")
 from conftest import default_model_ready  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
+from explorer.vocab.labels import CHEXPERT_FINDINGS  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def client(app_url):
@@ -359,6 +361,34 @@ def test_attribution_outlines_the_phantom_lesion_of_every_mapped_finding(tmp_pat
     monkeypatch.setenv("EXPLORER_ASSETS", str(tmp_path))
     for k, finding in enumerate(cases):
         assert lesion_mask(f"/uploads/x/case-{k}.png", finding, (96, 96)).any(), finding
+
+
+def test_a_batch_phantom_opened_in_attribution_has_its_mask(tmp_path):
+    """Batch phantoms were rendered with masks: opened from the batch, their lesion is drawn,
+    while another image that merely carries such a name gets none."""
+    import numpy as np
+
+    from explorer.eval.batch import phantom_batch
+    from explorer.imaging import load_radiograph
+    from explorer.phantom import render_phantom
+    from explorer.ui.attribution_view import lesion_mask
+
+    batch = phantom_batch(6)
+    k = next(i for i, row in enumerate(batch.labels) if np.nansum(row[1:] == 1) > 0)
+    item = batch.images[k]
+    finding = next(
+        f
+        for f, v in zip(CHEXPERT_FINDINGS, batch.labels[k], strict=True)
+        if v == 1
+        and f != "No Finding"
+        and render_phantom(int(item.name[8:-4])).mask_for(f) is not None
+    )
+    path = tmp_path / item.name
+    path.write_bytes(item.data)
+    pixels = load_radiograph(path).pixels
+    assert lesion_mask(str(path), finding, pixels.shape, pixels).any()
+    other = np.flipud(pixels).copy()  # not that phantom's pixels, under its name
+    assert lesion_mask(str(path), finding, other.shape, other) is None
 
 
 def test_a_note_never_carries_over_to_the_next_case():

@@ -239,6 +239,7 @@ def phantom_batch(
     from PIL import Image
 
     from explorer.phantom import render_phantom
+    from explorer.phantom.examples import SEEDED_NAME
     from explorer.reports.corpus import labels_to_matrix
 
     if not 1 <= n <= MAX_IMAGES:
@@ -250,7 +251,8 @@ def phantom_batch(
         ph = render_phantom(seed + k)
         buf = io.BytesIO()
         Image.fromarray((np.clip(ph.image, 0, 1) * 255).round().astype(np.uint8)).save(buf, "PNG")
-        items.append(BatchImage(f"phantom-{seed + k}.png", ph.image, buf.getvalue(), ".png"))
+        name = SEEDED_NAME.format(seed=seed + k)  # the Attribution tab finds its masks by it
+        items.append(BatchImage(name, ph.image, buf.getvalue(), ".png"))
         rows.append(ph.labels())
     return Batch(f"phantom-{n}", tuple(items), labels_to_matrix(rows), ())
 

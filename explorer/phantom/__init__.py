@@ -25,7 +25,7 @@ finding, join sentences) that training and the negation benchmark share.
 Laterality is the patient's side: the patient's right is on the left of the displayed image.
 """
 
-from explorer.phantom.examples import shipped_phantom, shipped_phantoms
+from explorer.phantom.examples import seeded_phantom, shipped_phantom, shipped_phantoms
 from explorer.phantom.records import (
     CHEXPERT_MAPPING,
     DEVICE_KINDS,
@@ -62,6 +62,7 @@ __all__ = [
     "generate_report",
     "render_phantom",
     "sample_findings",
+    "seeded_phantom",
     "shipped_phantom",
     "shipped_phantoms",
 ]

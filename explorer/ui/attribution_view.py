@@ -43,16 +43,22 @@ OPENING_METHOD = "occlusion"
 OPENING_FINDING = "Pleural Effusion"
 
 
-def lesion_mask(path: str, finding: str | None, shape: tuple[int, int]) -> np.ndarray | None:
-    """The true lesion of ``finding`` when ``path`` is a shipped phantom example, else None.
+def lesion_mask(
+    path: str, finding: str | None, shape: tuple[int, int], pixels: np.ndarray | None = None
+) -> np.ndarray | None:
+    """The true lesion of ``finding`` when ``path`` is a phantom whose masks are known, else None.
 
-    Which phantom masks belong to a CheXpert finding is the phantom package's business
+    A shipped phantom example is found by its name; a phantom of a batch (opened from the Batch
+    tab) by its name and its ``pixels`` (:func:`explorer.phantom.seeded_phantom`). Which phantom
+    masks belong to a CheXpert finding is the phantom package's business
     (:meth:`explorer.phantom.Phantom.mask_for`); a mask of another size than the shown image
     is not drawn.
     """
-    from explorer.phantom import shipped_phantom
+    from explorer.phantom import seeded_phantom, shipped_phantom
 
     phantom = shipped_phantom(Path(path).name)
+    if phantom is None and pixels is not None:
+        phantom = seeded_phantom(path, pixels)
     if phantom is None or not finding:
         return None
     mask = phantom.mask_for(finding)
@@ -119,7 +125,7 @@ def explain(
             (diff, True),
         )
     ]
-    mask = lesion_mask(path, pair.finding, pixels.shape) if show_mask else None
+    mask = lesion_mask(path, pair.finding, pixels.shape, pixels) if show_mask else None
     if mask is not None:
         images = [mask_outline(im, mask) for im in images]
     signs = (first.signed, second.signed, True)
@@ -137,7 +143,7 @@ def explain(
         + (
             ""
             if mask is not None or not show_mask
-            else "  \n(no ground-truth mask: not a shipped phantom)"
+            else "  \n(no ground-truth mask: not a phantom example or a batch phantom)"
         )
     )
     return (
