@@ -188,6 +188,8 @@ def test_batch_drill_down_opens_the_case(page):
     # (the file name is drawn as stem and extension in separate elements)
     page.locator("#cxr-upload", has_text=Path(name).stem).wait_for(timeout=60_000)
     page.get_by_role("tab", name="Findings", selected=True).wait_for(timeout=30_000)
+    # ... and scored at once: the chart is there without pressing Score
+    page.locator("#findings-guard").get_by_text("Domain check").wait_for(timeout=120_000)
     # Mark this case with a note, open another: its form is empty, the note stays with the first.
     page.get_by_role("tab", name="Batch").click()
     page.get_by_label("model wrong").check()

@@ -78,13 +78,15 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
 
         with gr.Tabs() as tabs:
             with gr.Tab("Findings", id=FINDINGS_TAB):
-                findings_view.build_tab(upload, names, default)
+                score_after = findings_view.build_tab(upload, names, default)
             with gr.Tab("Attribution"):
                 att_finding = attribution_view.build_tab(upload, names, default)
             with gr.Tab("Report map"):
                 report_map_view.build_tab(upload, names, default)
             with gr.Tab("Batch", id="batch"):
-                batch_view.build_tab(upload, att_finding, tabs, FINDINGS_TAB, names, default)
+                batch_view.build_tab(
+                    upload, att_finding, tabs, FINDINGS_TAB, names, default, score_after
+                )
             with gr.Tab("Lesson", id="lesson"):
                 lesson_view.build_tab(names, default)
             with gr.Tab("Models"):

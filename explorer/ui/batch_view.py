@@ -164,8 +164,11 @@ def export_marks(rows, state: dict | None):
     return csv_download(frame, "annotations")
 
 
-def build_tab(upload, att_finding, tabs, findings_tab_id: str, model_names, default_model):
-    """The Batch tab; a clicked case fills ``upload`` and ``att_finding`` and opens Findings."""
+def build_tab(
+    upload, att_finding, tabs, findings_tab_id: str, model_names, default_model, score_after=None
+):
+    """The Batch tab; a clicked case fills ``upload`` and ``att_finding`` and opens Findings,
+    scored at once when ``score_after`` (the Findings tab's chaining function) is given."""
     gr.Markdown(BATCH_HELP)
     with gr.Row():
         source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Batch")
@@ -223,11 +226,13 @@ def build_tab(upload, att_finding, tabs, findings_tab_id: str, model_names, defa
         api_name="batch",
         concurrency_limit=1,
     )
-    cases.select(
+    opened = cases.select(
         open_case,
         inputs=[state, marks],
         outputs=[upload, att_finding, case, case_info, mark, note],
         api_name=False,
     ).then(lambda: gr.Tabs(selected=findings_tab_id), outputs=tabs, api_name=False)
+    if score_after is not None:
+        score_after(opened)
     save.click(mark_case, inputs=[case, mark, note, marks], outputs=marks, api_name=False)
     export.click(export_marks, inputs=[marks, state], outputs=marks_csv, api_name=False)

@@ -199,8 +199,12 @@ def show_second(name: str | None) -> gr.Column:
     return gr.Column(visible=bool(name))
 
 
-def build_tab(upload: gr.File, model_names: list[str], default_model: str | None) -> None:
-    """The Findings tab (called inside ``gr.Tab``); ``upload`` is the shared image input."""
+def build_tab(upload: gr.File, model_names: list[str], default_model: str | None):
+    """The Findings tab (called inside ``gr.Tab``); ``upload`` is the shared image input.
+
+    Returns a function that chains this tab's scoring, with its current settings, after
+    another tab's event (the Batch tab's drill-down scores the opened case at once).
+    """
     template_ids = template_choices()
     gr.Markdown(FINDINGS_HELP)
     with gr.Row():
@@ -241,10 +245,24 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
             )
             csv2 = gr.File(label="Download CSV (second model)")
     compare.change(show_second, compare, second, api_name=False)
+    inputs = [upload, model, compare, custom, templates, negations]
+    outputs = [plot, table, csv, card, plot2, table2, csv2, card2, notice, guard, guard2]
     run.click(
         score_image,
-        inputs=[upload, model, compare, custom, templates, negations],
-        outputs=[plot, table, csv, card, plot2, table2, csv2, card2, notice, guard, guard2],
+        inputs=inputs,
+        outputs=outputs,
         api_name="findings",
         concurrency_limit=CONCURRENCY["findings"],
     )
+
+    def score_after(event):
+        # The endpoint runs inside (its gauge and GPU grant); this chained event is UI-only.
+        return event.then(
+            lambda *args: score_image(*args),
+            inputs=inputs,
+            outputs=outputs,
+            api_name=False,
+            concurrency_limit=CONCURRENCY["findings"],
+        )
+
+    return score_after
