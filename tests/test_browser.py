@@ -206,6 +206,15 @@ def test_batch_drill_down_opens_the_case(page):
     page.get_by_role("tab", name="Batch").click()
     assert note.input_value() == ""
     assert not page.get_by_label("model wrong").is_checked()
+    # The marks survive a reload (kept in this browser), and go when the person says so.
+    page.reload()
+    page.wait_for_selector("text=CXR Negation Explorer")
+    page.get_by_role("tab", name="Batch").click()
+    page.locator("span.text", has_text="missed the rim").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Forget my marks").click()
+    page.locator("span.text", has_text="missed the rim").first.wait_for(
+        state="detached", timeout=30_000
+    )
 
 
 def _choose_model(pg, name: str) -> None:

@@ -76,6 +76,7 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                 meta = gr.Dataframe(headers=["field", "value"], interactive=False)
         upload.change(inspect_upload, inputs=upload, outputs=[shown, meta], api_name="inspect")
 
+        kept_marks = batch_view.marks_store()  # outside the tabs: there from page load on
         with gr.Tabs() as tabs:
             with gr.Tab("Findings", id=FINDINGS_TAB):
                 score_after = findings_view.build_tab(upload, names, default)
@@ -85,7 +86,15 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                 report_map_view.build_tab(upload, names, default)
             with gr.Tab("Batch", id="batch"):
                 batch_view.build_tab(
-                    upload, att_finding, tabs, FINDINGS_TAB, names, default, score_after
+                    upload,
+                    att_finding,
+                    tabs,
+                    FINDINGS_TAB,
+                    names,
+                    default,
+                    score_after,
+                    demo,
+                    kept_marks,
                 )
             with gr.Tab("Lesson", id="lesson"):
                 lesson_view.build_tab(names, default)

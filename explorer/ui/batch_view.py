@@ -34,11 +34,14 @@ BATCH_HELP = (
     "error** is a positive case where it prefers the negated sentence, or a negative case where "
     "it prefers the affirmed one. Errors are listed most confident first. Click a row to open "
     "that image in the Findings and Attribution tabs with its finding selected, and mark the "
-    "case; the marks export as CSV. A finding's AUC is shown only with at least "
+    "case; the marks export as CSV and are kept in this browser (not on the server) until you "
+    "press *Forget my marks*. A finding's AUC is shown only with at least "
     f"{MIN_AUC_CASES} positive and {MIN_AUC_CASES} negative cases (fewer would look precise "
     "and say little)."
 )
 ANNOTATION_COLUMNS = ["image", "finding", "label", "P(affirmed)", "mark", "note"]
+#: Where the browser keeps the marks (its local storage), so that a reload keeps them.
+MARKS_STORAGE_KEY = "cxr-negation-explorer-marks"
 
 
 @endpoint("batch", gpu_seconds=300)
@@ -99,6 +102,11 @@ def run_batch(
         csv_download(export, f"cases-{ev.model}"),
         state,
     )
+
+
+def marks_store() -> gr.BrowserState:
+    """The marks' place in the person's browser (local storage); make it outside any tab."""
+    return gr.BrowserState([], storage_key=MARKS_STORAGE_KEY)
 
 
 def source_controls(source: str) -> tuple[gr.Slider, gr.Row]:
@@ -165,10 +173,24 @@ def export_marks(rows, state: dict | None):
 
 
 def build_tab(
-    upload, att_finding, tabs, findings_tab_id: str, model_names, default_model, score_after=None
+    upload,
+    att_finding,
+    tabs,
+    findings_tab_id: str,
+    model_names,
+    default_model,
+    score_after=None,
+    demo=None,
+    marks_store=None,
 ):
     """The Batch tab; a clicked case fills ``upload`` and ``att_finding`` and opens Findings,
-    scored at once when ``score_after`` (the Findings tab's chaining function) is given."""
+    scored at once when ``score_after`` (the Findings tab's chaining function) is given.
+
+    The marks are kept in the person's own browser (local storage, never on the server), so
+    they survive a reload; "Forget my marks" clears them. ``marks_store`` is that
+    :func:`marks_store` (made outside the tabs, so the browser has it from the start) and
+    ``demo`` restores the marks from it on page load.
+    """
     gr.Markdown(BATCH_HELP)
     with gr.Row():
         source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Batch")
@@ -209,6 +231,7 @@ def build_tab(
     marks = gr.Dataframe(headers=ANNOTATION_COLUMNS, label="Marked cases", interactive=False)
     with gr.Row():
         export = gr.Button("Export marks (CSV)")
+        forget = gr.Button("Forget my marks")
         marks_csv = gr.File(label="Marks CSV")
         cases_csv = gr.File(label="All cases (CSV)")
     flips_table = gr.Dataframe(
@@ -234,5 +257,11 @@ def build_tab(
     ).then(lambda: gr.Tabs(selected=findings_tab_id), outputs=tabs, api_name=False)
     if score_after is not None:
         score_after(opened)
-    save.click(mark_case, inputs=[case, mark, note, marks], outputs=marks, api_name=False)
+    kept = marks_store if marks_store is not None else gr.BrowserState([])
+    save.click(mark_case, inputs=[case, mark, note, marks], outputs=marks, api_name=False).then(
+        table_rows, inputs=marks, outputs=kept, api_name=False
+    )
+    forget.click(lambda: ([], []), outputs=[marks, kept], api_name=False)
+    if demo is not None:
+        demo.load(table_rows, inputs=kept, outputs=marks, api_name=False)
     export.click(export_marks, inputs=[marks, state], outputs=marks_csv, api_name=False)
