@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from explorer.vocab.cues import alternation, cue_vocabulary
 from explorer.vocab.labels import PROMPTS_PATH, canonical_finding, finding_vocab
 from explorer.vocab.negation import is_plural, negate, polarity, strip_noun_phrase
 
@@ -144,8 +145,9 @@ _VERB_RE = re.compile(
 )
 #: A leading article, dropped after "no" ("there is no small effusion").
 _ARTICLE_RE = re.compile(r"^(?:an?|the)\s+", re.IGNORECASE)
-#: Denials that make typed text a denied noun phrase ("no pneumothorax", "without effusion").
-_DENIAL_RE = re.compile(r"^(?:no|without|negative for|free of|absence of)\b", re.IGNORECASE)
+#: Denials that make typed text a denied noun phrase ("no pneumothorax", "without effusion"):
+#: the engine's plain negation words (``configs/cues.json``).
+_DENIAL_RE = re.compile(rf"^{alternation(cue_vocabulary().plain_negation)}\b", re.IGNORECASE)
 
 
 def typed_kind(text: str) -> str:
