@@ -172,7 +172,7 @@ def _rows(table):
 
 @needs_default
 @pytest.mark.slow
-def test_report_map_on_iu_places_a_real_cxr_and_selects_a_cluster(client, samples_dir):
+def test_report_map_on_iu_places_a_real_cxr_and_selects_a_cluster(client, samples_dir, app_url):
     import json
 
     pytest.importorskip("torchxrayvision")
@@ -193,6 +193,18 @@ def test_report_map_on_iu_places_a_real_cxr_and_selects_a_cluster(client, sample
     sims = [float(r[0]) for r in _rows(neighbours)]
     assert len(sims) == 5 and sims == sorted(sims, reverse=True)
     assert all(r[1] and r[2] for r in _rows(neighbours))  # ids and report texts
+
+    # A fresh client places an image without opening a map first: it names corpus and model.
+    fresh = Client(app_url, verbose=False)
+    film = handle_file(str(samples_dir / "00000001_000.png"))
+    fig_json, again = fresh.predict(
+        film, "cluster", 5, IU_CHOICE, "phantom-negaware", api_name="/map_place"
+    )
+    assert [r[1] for r in _rows(again)] == [r[1] for r in _rows(neighbours)]
+    with pytest.raises(Exception, match="Open a map of your own table first"):
+        fresh.predict(
+            film, "cluster", 5, "Your own table (CSV / Parquet upload)", api_name="/map_place"
+        )
 
     name, size = cluster_rows[0][1], int(cluster_rows[0][2])
     table, counts, csv, note = client.predict(name, api_name="/map_cluster")

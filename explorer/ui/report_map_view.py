@@ -220,10 +220,46 @@ def recolour(key: str | None, colour_by: str | None) -> str:
         raise gr.Error(f"Cannot colour by '{colour_by}': {err}.", print_exception=False) from None
 
 
+def _named_map(corpus_choice: str | None, model_name: str | None):
+    """The map of a named corpus (not an uploaded table) under a model, opened if needed."""
+    from explorer.reports.map import build_map
+
+    spec = CORPORA.get(corpus_choice or DEFAULT_CORPUS, corpus_choice or "")
+    if spec == "upload" or spec not in CORPORA.values():
+        raise gr.Error(
+            'Open a map of your own table first (press "Open map"); a call can name one of '
+            f"these corpora instead: {', '.join(c for c, v in CORPORA.items() if v != 'upload')}.",
+            print_exception=False,
+        )
+    model, _ = load_model(model_name)
+    key = f"{spec}:{model.name}"
+    report_map = MAPS.get(key)
+    if report_map is None:
+        try:
+            report_map = build_map(cached_corpus(spec), model)
+        except ExplorerError as err:
+            raise user_error(err) from None
+        MAPS.put(key, report_map, None)
+    return report_map
+
+
 @endpoint("map_place", gpu_seconds=60)
-def place_image(key: str | None, image_path: str | None, colour_by: str | None, k: float = 10):
-    """Place the uploaded image in the open map; figure JSON and its nearest reports."""
-    report_map = _opened(key)
+def place_image(
+    key: str | None,
+    image_path: str | None,
+    colour_by: str | None,
+    k: float = 10,
+    corpus_choice: str | None = None,
+    model_name: str | None = None,
+):
+    """Place the uploaded image in a map; figure JSON and its nearest reports.
+
+    The map is the one open in this session (``key``); a caller without one (a fresh API
+    client) names a corpus and a model instead, and the map is opened for it.
+    """
+    report_map = MAPS.get(key) if key else None
+    if report_map is None:
+        report_map = _named_map(corpus_choice, model_name)
     pixels = upload_pixels(image_path)
     model, _ = load_model(report_map.model)
     emb = model.embed_image(pixels).float().cpu().numpy()[0]
@@ -349,7 +385,7 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
     colour.change(recolour, inputs=[key, colour], outputs=scatter, api_name="map_colour")
     place_btn.click(
         place_image,
-        inputs=[key, upload, colour, k],
+        inputs=[key, upload, colour, k, corpus, model],
         outputs=[scatter, neighbours],
         api_name="map_place",
         concurrency_limit=2,
