@@ -178,7 +178,9 @@ def map_categories(report_map, colour_by: str) -> tuple[list[str], np.ndarray]:
         extra = (lab & ~ref).any(axis=1)
         missed = (ref & ~lab).any(axis=1)
         cat = np.where(extra & missed, 3, np.where(missed, 2, np.where(extra, 1, 0)))
-        return ["agree", "labeler only", "reference only", "both ways"], cat
+        source = report_map.reference_source or "the reference labels"
+        names = [f"labeler agrees with {source}", f"labeler only (not in {source})"]
+        return [*names, f"{source} only (labeler missed)", "both ways"], cat
     j = CHEXPERT_FINDINGS.index(colour_by)
     col = report_map.labels[:, j]
     cat = np.full(len(col), 3)

@@ -136,6 +136,23 @@ HOVER_TARGET_JS = """(name) => {
 }"""
 
 
+def test_an_uploaded_report_table_is_the_one_mapped(page, tmp_path):
+    page.get_by_role("tab", name="Report map").click()
+    page.get_by_text("Your own reports (CSV / Parquet)").click()
+    table = tmp_path / "my-reports.csv"
+    table.write_text("report\nNo pleural effusion.\nLarge left pleural effusion.\n")
+    page.locator("#map-table input[type=file]").set_input_files(str(table))
+    menu = page.locator("#map-corpus input").first
+    page.wait_for_function(
+        "() => document.querySelector('#map-corpus input').value.startsWith('Your own table')",
+        timeout=30_000,
+    )
+    assert menu.input_value().startswith("Your own table")
+    page.locator("#map-table").get_by_role("button", name="Clear").first.click()
+    menu.click()
+    page.get_by_role("option", name="IU / Open-i reports (3,955 real reports)").click()
+
+
 def test_report_map_lasso_selection_fills_the_table(page, samples_dir):
     page.get_by_role("tab", name="Report map").click()
     page.get_by_role("button", name="Open map").click()

@@ -36,3 +36,25 @@ def test_maps_carry_their_colour_scale():
     assert (bar[:, -1, 0] > bar[:, -1, 2] + 100).all()  # right end red: for it
     plain = with_colour_bar(overlay(film, np.abs(att), 0.6, signed=False), signed=False)
     assert abs(int(plain[66, 0, 0]) - int(plain[66, 0, 2])) < 5  # unsigned: starts grey
+
+
+def test_disagreement_colours_name_the_reference():
+    """The legend says whom the labeler disagrees with (for IU: the MeSH terms)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from explorer.plots import map_categories
+
+    nan = np.nan
+    labels = np.array([[1, nan], [1, nan], [nan, nan], [1, nan]], dtype=np.float32)
+    reference = np.array([[1, nan], [nan, nan], [nan, 1], [nan, 1]], dtype=np.float32)
+    iu = SimpleNamespace(labels=labels, reference=reference, reference_source="IU MeSH terms")
+    names, cat = map_categories(iu, "disagreement")
+    assert names == [
+        "labeler agrees with IU MeSH terms",
+        "labeler only (not in IU MeSH terms)",
+        "IU MeSH terms only (labeler missed)",
+        "both ways",
+    ]
+    assert cat.tolist() == [0, 1, 2, 3]

@@ -62,6 +62,7 @@ class Corpus:
         reference: Optional second label set for the same reports (IU: MeSH positives as
             ``1`` and ``NaN`` elsewhere), used to colour labeler-vs-reference disagreements.
         licence: What a person may do with the texts.
+        reference_source: Who gave ``reference``, in words ("IU MeSH terms").
     """
 
     name: str
@@ -71,6 +72,7 @@ class Corpus:
     label_source: str = "labeler"
     reference: np.ndarray | None = None
     licence: str = ""
+    reference_source: str = ""
     _hash: list = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -125,6 +127,7 @@ def iu_corpus() -> Corpus:
         label_source="labeler",
         reference=reference,
         licence=IU_LICENCE,
+        reference_source="IU MeSH terms",
     )
 
 

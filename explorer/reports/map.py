@@ -116,6 +116,7 @@ class ReportMap:
     alignment: Alignment
     timings: dict
     n_neighbors: int = 15
+    reference_source: str = ""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -404,6 +405,7 @@ def open_folder(folder: Path, corpus: Corpus) -> ReportMap:
         texts=corpus.texts,
         labels=np.load(folder / "labels.npy"),
         reference=corpus.reference,
+        reference_source=corpus.reference_source,
         label_source=meta["label_source"],
         licence=corpus.licence,
         assignment=np.load(folder / "clusters.npy"),

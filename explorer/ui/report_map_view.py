@@ -220,6 +220,15 @@ def recolour(key: str | None, colour_by: str | None) -> str:
         raise gr.Error(f"Cannot colour by '{colour_by}': {err}.", print_exception=False) from None
 
 
+#: The Reports menu's choice for an uploaded table.
+OWN_TABLE = next(c for c, spec in CORPORA.items() if spec == "upload")
+
+
+def use_own_table() -> gr.Dropdown:
+    """Switch the Reports menu to the uploaded table (uploading one means: map this)."""
+    return gr.Dropdown(value=OWN_TABLE)
+
+
 def _named_map(corpus_choice: str | None, model_name: str | None):
     """The map of a named corpus (not an uploaded table) under a model, opened if needed."""
     from explorer.reports.map import build_map
@@ -313,7 +322,9 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
     gr.set_static_paths([str(_PLOTLY_JS.parent)])
     gr.Markdown(MAP_HELP)
     with gr.Row():
-        corpus = gr.Dropdown(list(CORPORA), value=DEFAULT_CORPUS, label="Reports")
+        corpus = gr.Dropdown(
+            list(CORPORA), value=DEFAULT_CORPUS, label="Reports", elem_id="map-corpus"
+        )
         model = gr.Dropdown(model_names, value=default_model, label="Model (text embeddings)")
         colour = gr.Dropdown(
             ["cluster", "disagreement", *CHEXPERT_FINDINGS],
@@ -322,7 +333,10 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
         )
     with gr.Accordion("Your own reports (CSV / Parquet)", open=False):
         table_file = gr.File(
-            label="Report table", file_types=[".csv", ".tsv", ".parquet"], type="filepath"
+            label="Report table",
+            file_types=[".csv", ".tsv", ".parquet"],
+            type="filepath",
+            elem_id="map-table",
         )
         text_column = gr.Textbox(
             label="Text column (guessed from 'report', 'text', 'findings'... when empty)"
@@ -374,6 +388,8 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
         )
     sel_csv = gr.File(label="Download the selection (CSV)")
 
+    # An uploaded table is what the person wants mapped: the Reports menu follows it.
+    table_file.upload(use_own_table, outputs=corpus, api_name=False, queue=False)
     opened = open_btn.click(
         open_map,
         inputs=[corpus, table_file, text_column, model, colour],
