@@ -116,6 +116,11 @@ def test_clusters_recover_groups_and_are_named_by_their_findings():
     assert [c.size for c in clusters[:3]] == [20, 20, 20]
     again, _ = soft_label_clusters(labels, k=3, seed=0)
     assert np.array_equal(assignment, again)
+    # reports that only deny findings: named in words, not "negatives: ..."
+    denials = _labels([{"Pneumothorax": 0, "Pleural Effusion": 0}] * 12)
+    _, (only,) = soft_label_clusters(denials, k=1, seed=0)
+    assert only.name.startswith("nothing affirmed · denies ")
+    assert {"Pneumothorax", "Pleural Effusion"} <= set(only.name.split("denies ")[1].split(", "))
 
 
 def test_alignment_separates_organised_from_random_embeddings():

@@ -52,7 +52,7 @@ def _name(share_pos: np.ndarray, share_neg: np.ndarray) -> str:
     if share_pos[CHEXPERT_FINDINGS.index("No Finding")] >= NAME_SHARE:
         return "No Finding"
     top_neg = [CHEXPERT_FINDINGS[j] for j in np.argsort(-share_neg, kind="stable")[:2]]
-    return "negatives: " + ", ".join(top_neg)
+    return "nothing affirmed · denies " + ", ".join(top_neg)
 
 
 def soft_label_clusters(

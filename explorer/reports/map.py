@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 CHUNK = 2048
 #: Reports per forward pass.
 BATCH = 64
-FORMAT_VERSION = 2
+#: Part of every map folder's key: bumped when what a build writes changes (3: cluster names in words).
+FORMAT_VERSION = 3
 
 #: Rows of the similarity matrix computed at once by :func:`knn_graph` (memory: rows x n floats).
 KNN_ROWS = 1024
