@@ -514,11 +514,11 @@ def _lesson_args(p: argparse.ArgumentParser) -> None:
 def _lesson(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from explorer.lesson import build_lesson, lesson_html
+    from explorer.lesson import LESSON_MODELS, build_lesson, lesson_html
     from explorer.models import default_registry
 
     reg = default_registry()
-    names = args.model or ["phantom-negaware", "phantom-infonce"]
+    names = args.model or list(LESSON_MODELS)
     steps = build_lesson([reg.load(n) for n in names], args.corpus)
     Path(args.out).write_text(lesson_html(steps), encoding="utf-8")
     sys.stdout.write("\n".join(f"{s.title}: {s.text}" for s in steps) + f"\nwrote {args.out}\n")

@@ -2,8 +2,9 @@
 
 1. **A general sentence encoder is negation-blind**: cosine between "There is X." and "There is
    no X." under all-MiniLM-L6-v2 (the phantom models' text tower before training).
-2. **The phantom models side by side**: P(affirmed) for every finding on a phantom with a known
-   left pleural effusion, for two models.
+2. **Two models side by side on a phantom** (by default :data:`LESSON_MODELS`, the phantom
+   pair): P(affirmed) for every finding on a phantom with a known left pleural effusion, and
+   what each model affirms of its labels.
 3. **An attribution that can look right for the wrong reason**: the map for "there is pleural
    effusion" with the true lesion outlined, and whether its peak falls inside the lesion.
 4. **The report map**: phantom reports by a model's text embeddings, coloured by soft-label
@@ -36,6 +37,9 @@ BLINDNESS_FINDINGS = (
     "a rib fracture",
 )
 LESSON_PHANTOM = {"seed": 11, "size": 320, "finding": ("pleural effusion", "left", "moderate")}
+#: The lesson's two models: trained on the same phantoms, differing only in the loss (the app's
+#: default, a real-film model, is not what steps 2 and 3 are about).
+LESSON_MODELS = ("phantom-negaware", "phantom-infonce")
 
 
 @dataclass(frozen=True)
@@ -155,7 +159,7 @@ def _step_models(models: Sequence, phantom) -> LessonStep:
             )
         )
     )
-    return LessonStep("2. The phantom models side by side", text, figure=fig)
+    return LessonStep("2. Two models side by side on a phantom", text, figure=fig)
 
 
 def _step_attribution(model, phantom, method: str = "gradcam") -> LessonStep:

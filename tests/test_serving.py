@@ -79,7 +79,12 @@ def test_app_opens_on_the_embedded_default_and_says_why(offline):
     notices = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "start-notice"]
     assert len(notices) == 1 and "biomedclip" in notices[0].value
     dropdowns = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Model"]
-    assert dropdowns and all(d.value == "real-negaware" for d in dropdowns)
+    lesson = [d for d in dropdowns if d.elem_id == "lesson-model"]
+    assert dropdowns and all(d.value == "real-negaware" for d in dropdowns if d not in lesson)
+    # the lesson is about the two phantom models (same phantoms, different loss), not the default
+    assert [d.value for d in lesson] == ["phantom-negaware"]
+    compared = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Compared with"]
+    assert [d.value for d in compared] == ["phantom-infonce"]
     plain = build_demo(ServeSettings())
     assert not [b for b in plain.blocks.values() if getattr(b, "elem_id", None) == "start-notice"]
 

@@ -34,11 +34,18 @@ def run_lesson(model_a: str | None, model_b: str | None, progress: gr.Progress =
 def build_tab(model_names: list[str], default_model: str | None) -> None:
     """The Lesson tab."""
     gr.Markdown(LESSON_HELP)
+    from explorer.lesson import LESSON_MODELS
+
+    # The lesson's own pair (same phantoms, different loss) where it is here, else the default.
+    first, second = (n if n in model_names else None for n in LESSON_MODELS)
+    first = first or default_model
+    others = [n for n in model_names if n != first]
     with gr.Row():
-        a = gr.Dropdown(model_names, value=default_model, label="Model")
-        others = [n for n in model_names if n != default_model]
+        a = gr.Dropdown(model_names, value=first, label="Model", elem_id="lesson-model")
         b = gr.Dropdown(
-            ["", *model_names], value=others[0] if others else "", label="Compared with"
+            ["", *model_names],
+            value=second or (others[0] if others else ""),
+            label="Compared with",
         )
         go = gr.Button("Build the lesson", variant="primary")
     texts = [gr.Markdown()]
