@@ -179,6 +179,19 @@ def test_every_model_heavy_event_is_an_endpoint_and_no_ui_only_event_is():
     assert any("load" in triggers for api_name, _, triggers in events if api_name is None)
 
 
+def test_long_work_shows_one_progress_bar():
+    """The batch, the lesson and the map build report progress in one place, not per output."""
+    from explorer.ui import build_demo
+
+    demo = build_demo(ServeSettings())
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    shown = {
+        f.api_name: f.show_progress_on for f in fns if f.api_name in ("batch", "lesson", "map_open")
+    }
+    assert set(shown) == {"batch", "lesson", "map_open"}
+    assert all(on is not None and len(on) == 1 for on in shown.values()), shown
+
+
 def test_gauge_counts_peak_concurrency_and_failures():
     gauge = Gauge()
     gate = threading.Barrier(3)

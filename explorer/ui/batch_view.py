@@ -246,6 +246,7 @@ def build_tab(
         run_batch,
         inputs=[source, zip_file, labels_file, phantoms, model, compare, threshold, errors_only],
         outputs=[status, problems, metrics, calib, cases, flips_table, cases_csv, state],
+        show_progress_on=metrics,  # one progress bar, not one per output
         api_name="batch",
         concurrency_limit=1,
     )

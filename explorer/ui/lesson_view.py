@@ -61,6 +61,7 @@ def build_tab(model_names: list[str], default_model: str | None) -> None:
         run_lesson,
         inputs=[a, b],
         outputs=[*texts, fig1, fig2, img3, fig4, handout],
+        show_progress_on=fig1,  # the steps' progress in one place, not a counter per output
         api_name="lesson",
         concurrency_limit=1,
     )

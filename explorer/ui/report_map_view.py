@@ -394,6 +394,7 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
         open_map,
         inputs=[corpus, table_file, text_column, model, colour],
         outputs=[scatter, summary, clusters, key],
+        show_progress_on=scatter,
         api_name="map_open",
         concurrency_limit=1,
     )
