@@ -568,6 +568,7 @@ def _map(args: argparse.Namespace) -> int:
     report_map = build_map(corpus, model, settings, progress=progress)
     bar.close()
     a = report_map.alignment
+    caution = a.caution(len(report_map))
     data: dict = {
         "corpus": report_map.corpus,
         "model": report_map.model,
@@ -577,7 +578,7 @@ def _map(args: argparse.Namespace) -> int:
         "alignment": {
             **asdict(a),
             "lift": round(a.lift, 3),
-            "caution": a.caution(len(report_map)),
+            "caution": caution,
         },
         "clusters": [{"name": c.name, "size": c.size} for c in report_map.clusters],
     }
@@ -590,8 +591,8 @@ def _map(args: argparse.Namespace) -> int:
         f"{a.soft_similarity:.3f} vs random {a.soft_chance:.3f}",
         "clusters: " + "; ".join(f"{c.name} ({c.size})" for c in report_map.clusters),
     ]
-    if a.caution(len(report_map)):
-        lines.insert(4, f"caution: {a.caution(len(report_map))}")
+    if caution:
+        lines.insert(4, f"caution: {caution}")
     if args.action == "place":
         from explorer.imaging import load_radiograph
 

@@ -141,23 +141,19 @@ def _step_models(models: Sequence, phantom) -> LessonStep:
         template="plotly_white",
         margin={"l": 190, "r": 20, "t": 50, "b": 40},
     )
-    names = list(affirmed)
-    differ = (
-        [f for f in truth if affirmed[names[0]][f] != affirmed[names[1]][f]]
-        if len(names) == 2
-        else []
-    )
+    comparison = ""
+    if len(affirmed) == 2:
+        one, two = affirmed.values()
+        differ = [f for f in truth if one[f] != two[f]]
+        comparison = (
+            f" The two models disagree on {', '.join(differ)}."
+            if differ
+            else " The two models give the same verdict on every finding."
+        )
     text = (
         f"Both models see the same image, whose labels are {', '.join(present)}. A model that "
         f"reads it right puts those bars right of the dotted line (the affirmed sentence wins) "
-        f"and every labelled-absent finding left of it. {'; '.join(verdicts)}."
-        + (
-            f" The two models disagree on {', '.join(differ)}."
-            if differ
-            else (
-                " The two models give the same verdict on every finding." if len(names) == 2 else ""
-            )
-        )
+        f"and every labelled-absent finding left of it. {'; '.join(verdicts)}.{comparison}"
     )
     return LessonStep("2. Two models side by side on a phantom", text, figure=fig)
 

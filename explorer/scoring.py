@@ -219,13 +219,16 @@ def build_pairs(
     out = {}
     for finding in findings:
         pairs = prompt_pairs(finding, templates)
-        override = (negations or {}).get(finding)
-        if override and override.strip():
-            pairs = tuple(
-                PromptPair(p.finding, p.affirmed, override.strip(), p.template_id) for p in pairs
-            )
+        override = own_negation(negations, finding)
+        if override:
+            pairs = tuple(PromptPair(p.finding, p.affirmed, override, p.template_id) for p in pairs)
         out[finding] = pairs
     return out
+
+
+def own_negation(negations: Mapping[str, str] | None, finding: str) -> str:
+    """The user's own negated sentence for ``finding`` ("" when there is none)."""
+    return ((negations or {}).get(finding) or "").strip()
 
 
 def score_findings(
@@ -293,7 +296,7 @@ def score_findings(
                 text_cosine=tc,
                 negation_blind=abs(p - 0.5) < blind_margin or tc >= blind_text_cosine,
                 custom=finding not in findings,
-                own_negation=bool((negations or {}).get(finding, "").strip()),
+                own_negation=bool(own_negation(negations, finding)),
             )
         )
     used = tuple(dict.fromkeys(p.template_id for ps in pairs.values() for p in ps))

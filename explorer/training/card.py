@@ -134,6 +134,7 @@ def write_card(folder: Path, bench: dict, command: str = "") -> Path:
     stage1 = record.get("stage1", {})
     minutes = (record.get("train_seconds", 0) + stage1.get("seconds", 0)) / 60
     manifest = bench["benchmark"][0]["manifest"]
+    min_cases = bench["benchmark"][0].get("min_cases", 10)  # the benchmark says what it used
     text = f"""{_front_matter(name, data, loss)}
 
 # {name}
@@ -181,7 +182,7 @@ processor = AutoImageProcessor.from_pretrained("{name}")  # squashes the film to
 {benchmark_table(bench, name)}
 
 Zero-shot AUC: the softmax over each affirmed / negated prompt pair, templates averaged, for
-findings with at least 10 positive and 10 negative films; task A: the film against its report
+findings with at least {min_cases} positive and {min_cases} negative films; task A: the film against its report
 and the same report with one present finding negated (chance 0.5); task B adds the report with
 that finding omitted (chance 0.33); intervals are 95 % patient-bootstrap intervals. The linear
 probe is a logistic regression on this image tower's features fitted on the training films:

@@ -181,15 +181,15 @@ def build_tab(
     default_model,
     score_after=None,
     demo=None,
-    marks_store=None,
+    kept_marks=None,
 ):
     """The Batch tab; a clicked case fills ``upload`` and ``att_finding`` and opens Findings,
     scored at once when ``score_after`` (the Findings tab's chaining function) is given.
 
     The marks are kept in the person's own browser (local storage, never on the server), so
-    they survive a reload; "Forget my marks" clears them. ``marks_store`` is that
+    they survive a reload; "Forget my marks" clears them. ``kept_marks`` is the
     :func:`marks_store` (made outside the tabs, so the browser has it from the start) and
-    ``demo`` restores the marks from it on page load.
+    ``demo`` restores the marks from it on page load; without them the marks last the session.
     """
     gr.Markdown(BATCH_HELP)
     with gr.Row():
@@ -258,11 +258,10 @@ def build_tab(
     ).then(lambda: gr.Tabs(selected=findings_tab_id), outputs=tabs, api_name=False)
     if score_after is not None:
         score_after(opened)
-    kept = marks_store if marks_store is not None else gr.BrowserState([])
-    save.click(mark_case, inputs=[case, mark, note, marks], outputs=marks, api_name=False).then(
-        table_rows, inputs=marks, outputs=kept, api_name=False
-    )
-    forget.click(lambda: ([], []), outputs=[marks, kept], api_name=False)
-    if demo is not None:
-        demo.load(table_rows, inputs=kept, outputs=marks, api_name=False)
+    saved = save.click(mark_case, inputs=[case, mark, note, marks], outputs=marks, api_name=False)
+    cleared = forget.click(lambda: [], outputs=marks, api_name=False)
+    if kept_marks is not None and demo is not None:
+        for event in (saved, cleared):
+            event.then(table_rows, inputs=marks, outputs=kept_marks, api_name=False)
+        demo.load(table_rows, inputs=kept_marks, outputs=marks, api_name=False)
     export.click(export_marks, inputs=[marks, state], outputs=marks_csv, api_name=False)

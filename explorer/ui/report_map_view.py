@@ -114,6 +114,19 @@ def _cluster_rows(report_map) -> list[list]:
     return [[c.id, c.name, c.size] for c in report_map.clusters]
 
 
+def _map_of(spec: str, model, progress=None):
+    """``(key, map)`` of a named corpus under a loaded model: kept in memory, else built (and
+    cached on disk) and kept. Opening, the start-up warm-up and placing all come here."""
+    from explorer.reports.map import build_map
+
+    key = f"{spec}:{model.name}"
+    report_map = MAPS.get(key)
+    if report_map is None:
+        report_map = build_map(cached_corpus(spec), model, progress=progress)
+        MAPS.put(key, report_map, None)
+    return key, report_map
+
+
 @endpoint("map_open", gpu_seconds=120)
 def open_map(
     corpus_choice: str,
@@ -129,6 +142,7 @@ def open_map(
     spec = CORPORA.get(corpus_choice, corpus_choice)
     model, notice = load_model(model_name)
     temp_dir = None
+    say = lambda frac, stage: progress(frac, desc=stage)  # noqa: E731
     try:
         if spec == "upload":
             if not table_path:
@@ -150,20 +164,13 @@ def open_map(
                     print_exception=False,
                 )
             key = f"upload:{corpus.content_hash}:{model.name}"
-        else:
-            corpus = cached_corpus(spec)
-            key = f"{spec}:{model.name}"
-        report_map = MAPS.get(key)
-        if report_map is None:
-            if spec == "upload":
+            report_map = MAPS.get(key)
+            if report_map is None:
                 temp_dir = str(scratch_dir())
-            report_map = build_map(
-                corpus,
-                model,
-                progress=lambda frac, stage: progress(frac, desc=stage),
-                root=Path(temp_dir) if temp_dir else None,
-            )
-            MAPS.put(key, report_map, temp_dir)
+                report_map = build_map(corpus, model, progress=say, root=Path(temp_dir))
+                MAPS.put(key, report_map, temp_dir)
+        else:
+            key, report_map = _map_of(spec, model, say)
     except ExplorerError as err:
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -181,14 +188,10 @@ def prebuild_default() -> threading.Thread:
 
     def work() -> None:
         from explorer.models import default_registry
-        from explorer.reports.map import build_map
 
         try:
             reg = default_registry()
-            model = reg.load(reg.default)
-            spec = CORPORA[DEFAULT_CORPUS]
-            built = build_map(cached_corpus(spec), model)
-            MAPS.put(f"{spec}:{model.name}", built, None)
+            _map_of(CORPORA[DEFAULT_CORPUS], reg.load(reg.default))
             log.info("default report map ready")
         except Exception:  # a failed warm-up must not stop the app; "Open map" retries
             log.exception("building the default report map failed")
@@ -231,8 +234,6 @@ def use_own_table() -> gr.Dropdown:
 
 def _named_map(corpus_choice: str | None, model_name: str | None):
     """The map of a named corpus (not an uploaded table) under a model, opened if needed."""
-    from explorer.reports.map import build_map
-
     spec = CORPORA.get(corpus_choice or DEFAULT_CORPUS, corpus_choice or "")
     if spec == "upload" or spec not in CORPORA.values():
         raise gr.Error(
@@ -241,15 +242,10 @@ def _named_map(corpus_choice: str | None, model_name: str | None):
             print_exception=False,
         )
     model, _ = load_model(model_name)
-    key = f"{spec}:{model.name}"
-    report_map = MAPS.get(key)
-    if report_map is None:
-        try:
-            report_map = build_map(cached_corpus(spec), model)
-        except ExplorerError as err:
-            raise user_error(err) from None
-        MAPS.put(key, report_map, None)
-    return report_map
+    try:
+        return _map_of(spec, model)[1]
+    except ExplorerError as err:
+        raise user_error(err) from None
 
 
 @endpoint("map_place", gpu_seconds=60)
