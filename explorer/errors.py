@@ -63,4 +63,6 @@ class ModelUnavailableError(ModelError):
     def __init__(self, name: str, reason: str) -> None:
         self.name = name
         self.reason = reason
-        super().__init__(f"The model '{name}' cannot be loaded here: {reason}")
+        reason = reason.rstrip()
+        end = "" if reason.endswith((".", "!", "?")) else "."
+        super().__init__(f"The model '{name}' cannot be loaded here: {reason}{end}")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from explorer.models.base import VisionLanguageModel
+from explorer.progress import Progress
 from explorer.vocab.labels import CHEXPERT_FINDINGS
 from explorer.vocab.prompts import PromptPair, PromptTemplate, prompt_pairs
 
@@ -129,7 +130,11 @@ def pair_probability(sims: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def embed_texts_once(
-    model: VisionLanguageModel, texts: Sequence[str], batch: int = 128, by_length: bool = False
+    model: VisionLanguageModel,
+    texts: Sequence[str],
+    batch: int = 128,
+    by_length: bool = False,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Text embeddings of ``texts`` (float32, on the CPU), each distinct text embedded once.
 
@@ -142,6 +147,7 @@ def embed_texts_once(
         batch: Texts per forward pass.
         by_length: Embed the distinct texts shortest first (equal lengths in code-point order),
             so each batch pads less; otherwise in order of first appearance.
+        progress: Called after each batch with the share of distinct texts embedded.
 
     Returns:
         ``[len(texts), D]``, row ``i`` the embedding of ``texts[i]`` (``[0]`` for no texts).
@@ -151,9 +157,11 @@ def embed_texts_once(
         return torch.empty(0)
     if by_length:
         unique.sort(key=lambda t: (len(t), t))
-    rows = [
-        model.embed_texts(unique[k : k + batch]).float().cpu() for k in range(0, len(unique), batch)
-    ]
+    rows = []
+    for k in range(0, len(unique), batch):
+        rows.append(model.embed_texts(unique[k : k + batch]).float().cpu())
+        if progress:
+            progress(min(1.0, (k + batch) / len(unique)), "embedding texts")
     emb = torch.cat(rows)
     where = {t: i for i, t in enumerate(unique)}
     return emb[[where[t] for t in texts]]

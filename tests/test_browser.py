@@ -111,21 +111,6 @@ def test_attribution_view_in_the_browser(page):
     baseline.wait_for(state="visible", timeout=10_000)
 
 
-def test_examples_are_one_click_away_with_their_masks(page):
-    """A first-time user clicks an example instead of hunting for files on disk."""
-    page.get_by_text("Phantom: moderate left pleural effusion (with its mask)").first.click()
-    page.locator("#cxr-upload", has_text="phantom-left-effusion").wait_for(timeout=30_000)
-    page.get_by_role("tab", name="Attribution").click()
-    page.get_by_text("gradcam", exact=True).click()
-    page.get_by_role("button", name="Explain").click()
-    page.get_by_text("Grad-CAM (").first.wait_for(timeout=180_000)
-    assert page.get_by_text("no ground-truth mask").count() == 0  # the example's lesion is drawn
-    page.get_by_text("Real NIH film: Cardiomegaly").first.click()
-    page.locator("#cxr-upload", has_text="00000001_000").wait_for(timeout=30_000)
-    page.get_by_text("occlusion", exact=True).click()
-    _shot(page, "0-examples")
-
-
 #: Page coordinates of the first point of the named trace of the map (plotly's own axes).
 HOVER_TARGET_JS = """(name) => {
   const gd = document.querySelector('div.cxr-map');  // plotly draws into this div
@@ -190,56 +175,161 @@ def test_report_map_lasso_selection_fills_the_table(page, samples_dir):
     assert int(note.split()[0].replace(",", "")) > 0
 
 
-def test_batch_drill_down_opens_the_case(page):
-    page.get_by_role("tab", name="Batch").click()
-    page.get_by_role("button", name="Evaluate batch").click()
-    page.get_by_text("negation errors among").first.wait_for(timeout=300_000)
-    page.wait_for_timeout(1000)
-    _shot(page, "4-batch")
+def _choose_model(pg, name: str, label: str = "Model") -> None:
+    """Pick ``name`` in the open tab's menu labelled ``label``, as a person would."""
+    menu = pg.get_by_label(label, exact=True).locator("visible=true").first
+    menu.click()
+    pg.get_by_role("option", name=name, exact=True).click()
+    pg.wait_for_timeout(500)
+
+
+#: The findings of each drawn findings chart, bottom to top (plotly's own data).
+CHART_ORDERS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
+  .filter(gd => gd.data && gd.data.length && gd.offsetParent !== null)
+  .map(gd => Array.from(gd.data[0].y))"""
+
+
+def test_the_teachers_path(app_url, tmp_path):
+    """Open, click an example, score, compare two models, attribute with the mask, open the
+    map, run a batch, click a case, mark it (no note carries over), reload, export."""
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        try:
+            _teachers_path(pg, app_url)
+        finally:
+            browser.close()
+
+
+def _teachers_path(pg, app_url: str) -> None:
+    pg.goto(app_url)
+    pg.wait_for_selector("text=CXR Negation Explorer")
+    # Scoring before choosing an image: a toast says what to do, and the "Error" marks it
+    # leaves on the outputs go once an image is there.
+    pg.get_by_role("button", name="Score findings").click()
+    pg.get_by_text("Please upload a chest X-ray").first.wait_for(timeout=30_000)
+    findings = pg.locator("#findings-csv")
+    pg.get_by_text("Phantom: moderate left pleural effusion (with its mask)").first.click()
+    pg.locator("#cxr-upload", has_text="phantom-left-effusion").wait_for(timeout=30_000)
+    pg.wait_for_function(
+        "() => ![...document.querySelectorAll('.error')].some(e => e.offsetParent !== null"
+        " && e.innerText.trim() === 'Error' && !e.closest('.toast-body'))",
+        timeout=30_000,
+    )
+    assert findings.count() == 1
+    # Score with the phantom pair and compare: the second chart keeps the first one's order.
+    _choose_model(pg, "phantom-negaware")
+    _choose_model(pg, "phantom-infonce", label="Compare with (optional)")
+    pg.get_by_role("button", name="Score findings").click()
+    pg.locator("#findings-guard-2").get_by_text("Domain check").wait_for(timeout=120_000)
+    pg.wait_for_function(f"() => ({CHART_ORDERS_JS})().length === 2", timeout=60_000)
+    # (a negation-blind row carries a ⚠ after its name, per model)
+    first, second = ([y.removesuffix(" ⚠") for y in ys] for ys in pg.evaluate(CHART_ORDERS_JS))
+    assert first == second and "Pleural Effusion" in first
+    _shot(pg, "1-findings-compared")
+    # Attribution with the true lesion outlined.
+    pg.get_by_role("tab", name="Attribution").click()
+    _choose_model(pg, "phantom-negaware")
+    pg.get_by_text("gradcam", exact=True).click()
+    pg.get_by_role("button", name="Explain").click()
+    pg.get_by_text("Grad-CAM (").first.wait_for(timeout=180_000)
+    assert pg.get_by_text("no ground-truth mask").count() == 0
+    _shot(pg, "2-attribution-with-mask")
+    # The report map says how long opening takes before it is pressed, then opens.
+    pg.get_by_role("tab", name="Report map").click()
+    estimate = pg.locator("#map-estimate")
+    pg.wait_for_function(
+        "() => /about|at once/.test(document.querySelector('#map-estimate').innerText)",
+        timeout=120_000,
+    )
+    assert "reports for" in estimate.inner_text()
+    pg.get_by_role("button", name="Open map").click()
+    pg.locator(".cxr-map .main-svg").first.wait_for(timeout=600_000)
+    pg.get_by_text("Alignment").first.wait_for(timeout=30_000)
+    # A batch of phantoms; click a case: it opens in Findings, scored at once.
+    pg.get_by_role("tab", name="Batch").click()
+    pg.get_by_role("button", name="Evaluate batch").click()
+    pg.get_by_text("negation errors among").first.wait_for(timeout=300_000)
+    _shot(pg, "4-batch")
     # Rendered cells hold their text in span.text (a hidden sizing table repeats it in divs).
-    cell = page.locator("span.text", has_text="phantom-7").first
+    cell = pg.locator("span.text", has_text="phantom-7").first
     name = cell.inner_text().strip()
     assert name.startswith("phantom-") and name.endswith(".png")
     cell.click()
-    # The case's image becomes the shared upload and the Findings tab opens.
-    # (the file name is drawn as stem and extension in separate elements)
-    page.locator("#cxr-upload", has_text=Path(name).stem).wait_for(timeout=60_000)
-    page.get_by_role("tab", name="Findings", selected=True).wait_for(timeout=30_000)
-    # ... and scored at once: the chart is there without pressing Score
-    page.locator("#findings-guard").get_by_text("Domain check").wait_for(timeout=120_000)
-    # Mark this case with a note, open another: its form is empty, the note stays with the first.
-    page.get_by_role("tab", name="Batch").click()
-    page.get_by_label("model wrong").check()
-    note = page.get_by_label("Note", exact=True)
+    pg.locator("#cxr-upload", has_text=Path(name).stem).wait_for(timeout=60_000)
+    pg.get_by_role("tab", name="Findings", selected=True).wait_for(timeout=30_000)
+    pg.locator("#findings-guard").get_by_text("Domain check").wait_for(timeout=120_000)
+    # Mark it with a note; open another case: its form is empty, the note stays with the first.
+    pg.get_by_role("tab", name="Batch").click()
+    pg.get_by_label("model wrong").check()
+    note = pg.get_by_label("Note", exact=True)
     note.fill("missed the rim")
-    page.get_by_role("button", name="Save mark").click()
-    marked = page.locator("span.text", has_text="missed the rim").first
-    marked.wait_for(timeout=30_000)
-    cells = page.locator("span.text", has_text="phantom-")
+    pg.get_by_role("button", name="Save mark").click()
+    pg.locator("span.text", has_text="missed the rim").first.wait_for(timeout=30_000)
+    cells = pg.locator("span.text", has_text="phantom-")
     k = next(i for i, t in enumerate(cells.all_inner_texts()) if t.strip() not in (name, ""))
     other_name = cells.nth(k).inner_text().strip()
     cells.nth(k).click()
-    page.locator("#cxr-upload", has_text=Path(other_name).stem).wait_for(timeout=60_000)
-    page.get_by_role("tab", name="Batch").click()
+    pg.locator("#cxr-upload", has_text=Path(other_name).stem).wait_for(timeout=60_000)
+    pg.get_by_role("tab", name="Batch").click()
     assert note.input_value() == ""
-    assert not page.get_by_label("model wrong").is_checked()
-    # The marks survive a reload (kept in this browser), and go when the person says so.
-    page.reload()
-    page.wait_for_selector("text=CXR Negation Explorer")
-    page.get_by_role("tab", name="Batch").click()
-    page.locator("span.text", has_text="missed the rim").first.wait_for(timeout=30_000)
-    page.get_by_role("button", name="Forget my marks").click()
-    page.locator("span.text", has_text="missed the rim").first.wait_for(
+    assert not pg.get_by_label("model wrong").is_checked()
+    pg.get_by_label("label wrong").check()
+    pg.get_by_role("button", name="Save mark").click()
+    pg.locator("#marks span.text", has_text="label wrong").first.wait_for(timeout=30_000)
+    pg.wait_for_timeout(1000)  # the browser's storage is written after the table
+    # The marks survive a reload (kept in this browser) and export with their own notes.
+    pg.reload()
+    pg.wait_for_selector("text=CXR Negation Explorer")
+    pg.get_by_role("tab", name="Batch").click()
+    pg.locator("span.text", has_text="missed the rim").first.wait_for(timeout=30_000)
+    pg.get_by_role("button", name="Export marks (CSV)").click()
+    link = pg.locator("#marks-csv a").first
+    link.wait_for(timeout=30_000)
+    with pg.expect_download() as info:
+        link.click()
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text(encoding="utf-8"))))
+    notes = {r["image"]: (r["mark"], r["note"]) for r in rows}
+    assert notes == {name: ("model wrong", "missed the rim"), other_name: ("label wrong", "")}
+    _shot(pg, "5-marks-after-reload")
+    pg.get_by_role("button", name="Forget my marks").click()
+    pg.locator("span.text", has_text="missed the rim").first.wait_for(
         state="detached", timeout=30_000
     )
 
 
-def _choose_model(pg, name: str) -> None:
-    """Pick ``name`` in the open tab's Model menu, as a person would."""
-    menu = pg.get_by_label("Model", exact=True).locator("visible=true").first
-    menu.click()
-    pg.get_by_role("option", name=name, exact=True).click()
-    pg.wait_for_timeout(500)
+def test_closing_the_page_stops_a_map_build(app_url, monkeypatch, tmp_path):
+    """A reload during a long build ends its job (it used to hold the queue for minutes)."""
+    from explorer.ui.serving import GAUGE
+
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path))  # a build that has never run
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            pg.goto(app_url)
+            pg.wait_for_selector("text=CXR Negation Explorer")
+            pg.get_by_role("tab", name="Report map").click()
+            pg.locator("#map-corpus input").first.click()
+            pg.get_by_role("option", name="Phantom reports (2,000 synthetic)").click()
+            _choose_model(pg, "real-infonce", label="Model (text embeddings)")
+            pg.get_by_text("First build of this map for real-infonce").wait_for(timeout=120_000)
+            pg.get_by_role("button", name="Open map").click()
+            pg.get_by_text("embedding reports").first.wait_for(timeout=120_000)
+            assert GAUGE.snapshot()["map_open"]["in_flight"] == 1
+            pg.reload()
+            pg.wait_for_selector("text=CXR Negation Explorer")
+            for _ in range(60):  # the job stops at its next batch
+                if GAUGE.snapshot()["map_open"]["in_flight"] == 0:
+                    break
+                pg.wait_for_timeout(500)
+            assert GAUGE.snapshot()["map_open"]["in_flight"] == 0
+            assert not list(tmp_path.glob("maps/real-infonce/*/map.json"))  # it did not finish
+        finally:
+            browser.close()
 
 
 #: Every shipped real film (the phantom models were trained on phantoms only).

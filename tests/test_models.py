@@ -322,3 +322,42 @@ def test_biomedclip_from_hub_separates_texts():
     txt = model.embed_texts(["there is pleural effusion", "there is no pleural effusion"])
     assert txt.shape == (2, 512)
     assert model.spatial_layer.kind == "vit"
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (
+            OSError(
+                "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't "
+                "find them in the cached files.\nCheck your internet connection or see how to run "
+                "the library in offline mode at 'https://huggingface.co/docs/transformers/"
+                "installation#offline-mode'."
+            ),
+            "The model 'm' cannot be loaded here: its weights would have to be downloaded and "
+            "the Hugging Face hub cannot be reached.",
+        ),
+        (
+            ImportError(
+                "SiglipTokenizer requires the SentencePiece library but it was not found in your "
+                "environment. Check out the instructions on the installation page of its repo: "
+                "https://github.com/google/sentencepiece#installation and follow the ones that "
+                "match your environment. Please note that you may need to restart your runtime "
+                "after installation."
+            ),
+            "The model 'm' cannot be loaded here: SiglipTokenizer requires the SentencePiece "
+            "library but it was not found in your environment. Check out the instructions on "
+            "the installation page of its repo: https://github.com/google/sentencepiece#installation "
+            "and follow the ones that match your environment.",
+        ),
+        (
+            FileNotFoundError("config.json"),
+            "The model 'm' cannot be loaded here: its files could not be read (config.json).",
+        ),
+    ],
+)
+def test_why_a_model_cannot_load_is_whole_sentences(exc, expected):
+    from explorer.errors import ModelUnavailableError
+    from explorer.models.registry import _explain
+
+    assert str(ModelUnavailableError("m", _explain(exc))) == expected

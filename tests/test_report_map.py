@@ -259,3 +259,48 @@ def test_membership_weights_sum_to_log2_k():
     w = membership_weights(d)
     assert w[0] == pytest.approx(1.0) and np.all(np.diff(w) <= 0)
     assert w.sum() == pytest.approx(np.log2(len(d)), abs=1e-4)
+
+
+def test_the_build_is_one_bar_said_beforehand_and_a_cancelled_build_resumes(
+    tmp_path, monkeypatch, tiny_model
+):
+    from explorer.progress import Cancelled
+
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path))
+    monkeypatch.setattr(map_mod, "CHUNK", 16)
+    corpus = phantom_corpus(48)
+    before = map_mod.estimate_build(corpus, tiny_model)
+    assert not before.ready and before.n == 48
+    # the phantom corpus carries its labels: nothing to label; the text tower was timed
+    assert list(before.seconds) == ["embedding reports", "layout (UMAP)"]
+    assert before.seconds["embedding reports"] > 0 and before.total > 0
+    assert before.sentence("tiny-clip").startswith("First build of this map for tiny-clip: about")
+
+    # The person leaves after the first chunk: the build stops there, keeping that chunk.
+    seen: list[tuple[float, str]] = []
+
+    def leave_after_first_chunk(fraction: float, stage: str) -> None:
+        seen.append((fraction, stage))
+        if stage == "embedding reports" and fraction > 0:
+            raise Cancelled("gone")
+
+    with pytest.raises(Cancelled):
+        map_mod.build_map(corpus, tiny_model, progress=leave_after_first_chunk)
+    folder = map_mod.map_folder(
+        corpus, "tiny-clip", map_mod.model_fingerprint(tiny_model), map_mod.MapSettings()
+    )
+    assert not (folder / "map.json").exists()
+    assert sorted(p.name for p in folder.glob("emb-*.npy")) == ["emb-00000.npy"]
+    # what is on disk is not counted again
+    resumed_estimate = map_mod.estimate_build(corpus, tiny_model)
+    assert resumed_estimate.seconds["embedding reports"] < before.seconds["embedding reports"]
+
+    # The next build resumes; its bar is one fraction for the whole build, never going back.
+    seen.clear()
+    built = map_mod.build_map(corpus, tiny_model, progress=lambda f, s: seen.append((f, s)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert {"embedding reports", "layout (UMAP)", "done"} <= {s for _, s in seen}
+    assert len(built) == 48
+    after = map_mod.estimate_build(corpus, tiny_model)
+    assert after.ready and after.seconds == {} and "opens at once" in after.sentence("tiny-clip")

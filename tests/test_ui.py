@@ -457,3 +457,49 @@ def test_example_gallery_lists_every_shipped_example_with_what_it_shows():
         "00027426_000.png",
         "siim-pneumothorax-sample.dcm",
     ]
+
+
+def test_long_work_says_its_stage_and_time_left_and_stops_when_the_page_goes(monkeypatch):
+    import time
+    from types import SimpleNamespace
+
+    from explorer.progress import Cancelled
+    from explorer.ui.common import end_session, reporter
+
+    clock = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    shown = []
+    page = SimpleNamespace(session_hash="page-1")
+    say = reporter(lambda f, desc: shown.append((f, desc)), page, prefix="m: ")
+    say(0.0, "embedding reports")
+    clock[0] += 20.0
+    say(0.25, "embedding reports")
+    clock[0] += 1.0
+    say(1.0, "done")
+    assert shown == [
+        (0.0, "m: embedding reports"),  # no guess before the work has run a while
+        (0.25, "m: embedding reports · about 60 s left"),  # 20 s for a quarter
+        (1.0, "m: done"),
+    ]
+    other = reporter(None, SimpleNamespace(session_hash="page-2"))
+    end_session(page)  # the page is closed or reloaded
+    with pytest.raises(Cancelled, match="closed"):
+        say(0.5, "embedding reports")
+    other(0.5, "another person's work goes on")
+
+
+def test_the_map_tab_says_how_long_opening_takes_before_it_is_pressed(tmp_path):
+    from explorer.ui.report_map_view import OWN_TABLE, map_estimate, open_map
+
+    table = tmp_path / "reports.csv"
+    table.write_text(
+        "report\n"
+        + "".join(f"Case {i}: no pleural effusion, heart size normal.\n" for i in range(30))
+    )
+    assert map_estimate(OWN_TABLE, None, None, "phantom-negaware").startswith("Upload a report")
+    before = map_estimate(OWN_TABLE, str(table), None, "phantom-negaware")
+    assert before.startswith("First build of this map for phantom-negaware: about")
+    assert "30 reports" in before and "layout (UMAP)" in before
+    open_map(OWN_TABLE, str(table), None, "phantom-negaware", "cluster", None, None)
+    after = map_estimate(OWN_TABLE, str(table), None, "phantom-negaware")
+    assert after == "The map of these 30 reports for phantom-negaware is open: it shows at once."

@@ -293,12 +293,32 @@ def _explain(exc: BaseException) -> str:
     lowered = text.lower()
     if any(
         w in lowered
-        for w in ("connection", "offline", "resolve", "max retries", "network", "timed out")
+        for w in (
+            "connection",
+            "connect to",
+            "offline",
+            "resolve",
+            "max retries",
+            "network",
+            "timed out",
+        )
     ):
         return "its weights would have to be downloaded and the Hugging Face hub cannot be reached"
     if isinstance(exc, (FileNotFoundError, OSError)):
-        return f"its files could not be read ({text[:200]})"
-    return text[:300]
+        return f"its files could not be read ({_whole_sentences(text, 200).rstrip('.')})"
+    return _whole_sentences(text, 300)
+
+
+def _whole_sentences(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a sentence end, else at a word, never
+    mid-word (a reason shown to a person must not stop half-way through a word)."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    end = head.rfind(". ")
+    if end > limit // 3:
+        return head[: end + 1]
+    return head[: head.rfind(" ")].rstrip(" ,;:") + " …" if " " in head else head + " …"
 
 
 @lru_cache(maxsize=1)

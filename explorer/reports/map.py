@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from explorer.paths import cache_dir
-from explorer.progress import Progress
+from explorer.progress import Progress, in_words, staged
 from explorer.reports.clusters import (
     DEFAULT_CLUSTERS,
     Alignment,
@@ -63,6 +63,16 @@ KNN_ROWS = 1024
 #: Largest corpus whose neighbour graph is computed exactly (above: UMAP's NN-descent).
 EXACT_KNN_MAX = 20_000
 
+#: Measured on 2 CPU cores (IU reports, 3,927 rows: labelling 3.6-4.0 s, UMAP 9.1-10.3 s): the
+#: rule labeller's and UMAP's seconds per report, and UMAP's one-off compilation (numba) in a
+#: fresh process. :func:`estimate_build` times the model's own text tower instead of guessing it.
+LABEL_S_PER_REPORT = 0.001
+UMAP_S_PER_REPORT = 0.0025
+UMAP_FIRST_S = 7.0
+#: Texts embedded to time the text tower (one batch around the corpus's median length).
+ESTIMATE_SAMPLE = 16
+_umap_compiled = False
+
 
 def maps_dir() -> Path:
     """Where built maps live (``$EXPLORER_CACHE/maps``, default ``.cache/maps`` in the repo)."""
@@ -77,6 +87,36 @@ class MapSettings:
     n_neighbors: int = 15
     min_dist: float = 0.1
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class BuildEstimate:
+    """How long :func:`build_map` will take here, stage by stage, said before it starts.
+
+    ``seconds`` holds the stages still to run (``labelling``, ``embedding reports``,
+    ``layout (UMAP)``); a map built before (``ready``) has none and opens from disk.
+    """
+
+    ready: bool
+    n: int
+    seconds: dict
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.seconds.values()))
+
+    def sentence(self, model_name: str) -> str:
+        """One line for the person about to wait."""
+        if self.ready:
+            return (
+                f"The map of these {self.n:,} reports for {model_name} is built: it opens at once."
+            )
+        stages = ", ".join(f"{k} {in_words(v)}" for k, v in self.seconds.items() if v >= 0.5)
+        return (
+            f"First build of this map for {model_name}: about {in_words(self.total)} here "
+            f"({stages or 'a few seconds'}) for {self.n:,} reports; then it is kept and "
+            "opens at once."
+        )
 
 
 @dataclass(frozen=True)
@@ -284,29 +324,78 @@ def _labels(corpus: Corpus) -> np.ndarray:
     return labels_to_matrix(label_reports(corpus.texts))
 
 
+def _chunks_to_embed(n: int, folder: Path) -> list[int]:
+    """Starts of the embedding chunks not on disk yet (an interrupted build resumes there)."""
+    return [s for s in range(0, n, CHUNK) if not (folder / f"emb-{s // CHUNK:05d}.npy").exists()]
+
+
 def embed_corpus(
     model, texts: Sequence[str], folder: Path, progress: Progress | None = None
 ) -> np.ndarray:
-    """Text embeddings (L2-normalised, float32 ``[n, d]``) in resumable chunks under ``folder``."""
+    """Text embeddings (L2-normalised, float32 ``[n, d]``) in resumable chunks under ``folder``.
+
+    ``progress`` moves with every batch over the chunks still to embed.
+    """
     import torch
 
     from explorer.scoring import embed_texts_once
 
     n = len(texts)
-    chunks = range(0, n, CHUNK)
-    for c, start in enumerate(chunks):
-        path = folder / f"emb-{c:05d}.npy"
-        if path.exists():
-            continue
+    todo = _chunks_to_embed(n, folder)
+    for k, start in enumerate(todo):
         # Identical reports (common: "No acute cardiopulmonary abnormality.") are embedded once,
         # shortest first (less padding per batch).
         part = [str(t) for t in texts[start : start + CHUNK]]
+
+        def within(f: float, _message: str, k: int = k) -> None:
+            if progress and f < 1:  # a chunk's end is reported once it is on disk
+                progress((k + f) / len(todo), "embedding reports")
+
         with torch.inference_mode():
-            emb = embed_texts_once(model, part, BATCH, by_length=True)
-        _save(path, emb.numpy().astype(np.float32))
+            emb = embed_texts_once(model, part, BATCH, by_length=True, progress=within)
+        _save(folder / f"emb-{start // CHUNK:05d}.npy", emb.numpy().astype(np.float32))
         if progress:
-            progress(min(1.0, (start + CHUNK) / n), "embedding reports")
+            progress((k + 1) / len(todo), "embedding reports")
+    chunks = range(0, n, CHUNK)
     return np.concatenate([np.load(folder / f"emb-{c:05d}.npy") for c in range(len(chunks))])
+
+
+def estimate_build(
+    corpus: Corpus, model, settings: MapSettings | None = None, root: Path | None = None
+) -> BuildEstimate:
+    """How long building the map of ``corpus`` for ``model`` will take here, before it starts.
+
+    The text tower is timed on one batch of :data:`ESTIMATE_SAMPLE` reports around the corpus's
+    median length (about a second for the embedded models); labelling and UMAP use the rates
+    measured on 2 cores (:data:`LABEL_S_PER_REPORT`, :data:`UMAP_S_PER_REPORT`). Stages already
+    on disk (an interrupted build) are not counted again.
+    """
+    import torch
+
+    settings = settings or MapSettings()
+    folder = map_folder(corpus, model.name, model_fingerprint(model), settings, root)
+    n = len(corpus)
+    if (folder / "map.json").exists():
+        return BuildEstimate(ready=True, n=n, seconds={})
+    seconds: dict[str, float] = {}
+    if corpus.labels is None and not (folder / "labels.npy").exists():
+        seconds["labelling"] = n * LABEL_S_PER_REPORT
+    todo = _chunks_to_embed(n, folder)
+    distinct = sorted(
+        {str(t) for s in todo for t in corpus.texts[s : s + CHUNK]}, key=lambda t: (len(t), t)
+    )
+    if distinct:
+        mid = max(0, len(distinct) // 2 - ESTIMATE_SAMPLE // 2)
+        sample = distinct[mid : mid + ESTIMATE_SAMPLE]
+        with torch.inference_mode():
+            model.embed_texts(sample[:1])  # first-call set-up is not per-report cost
+            t0 = time.perf_counter()
+            model.embed_texts(sample)
+        per_text = (time.perf_counter() - t0) / len(sample)
+        seconds["embedding reports"] = per_text * len(distinct)
+    if not (folder / "xy.npy").exists():
+        seconds["layout (UMAP)"] = n * UMAP_S_PER_REPORT + (0 if _umap_compiled else UMAP_FIRST_S)
+    return BuildEstimate(ready=False, n=n, seconds=seconds)
 
 
 def build_map(
@@ -315,18 +404,23 @@ def build_map(
     settings: MapSettings | None = None,
     progress: Progress | None = None,
     root: Path | None = None,
+    estimate: BuildEstimate | None = None,
 ) -> ReportMap:
     """Build (or finish building) the map of ``corpus`` for a loaded ``model``; see module doc.
 
     ``root`` overrides :func:`maps_dir` (the app builds maps of uploaded tables in a temporary
-    folder it deletes, so nothing derived from an upload outlives the session).
+    folder it deletes, so nothing derived from an upload outlives the session). ``progress``
+    gets one fraction for the whole build, its stages weighted by ``estimate`` (from
+    :func:`estimate_build`; measured here when not given), so the fraction moves with time.
     """
     settings = settings or MapSettings()
     folder = map_folder(corpus, model.name, model_fingerprint(model), settings, root)
     if (folder / "map.json").exists():
         return open_folder(folder, corpus)
+    if progress is not None and estimate is None:
+        estimate = estimate_build(corpus, model, settings, root)
     folder.mkdir(parents=True, exist_ok=True)
-    say = progress or (lambda frac, stage: None)
+    part = staged(progress, {**(estimate.seconds if estimate else {}), "alignment": 0.5})
     timings: dict[str, float] = {}
     done = folder / "timings.json"
     if done.exists():
@@ -336,17 +430,17 @@ def build_map(
         if path.exists():
             return np.load(path, allow_pickle=False)
         t0 = time.perf_counter()
-        say(0.0, name)
+        part(name)(0.0, name)
         value = fn()
         _save(path, value)
         timings[name] = round(time.perf_counter() - t0, 2)
         done.write_text(json.dumps(timings))
-        say(1.0, name)
+        part(name)(1.0, name)
         return value
 
     labels = stage("labelling", folder / "labels.npy", lambda: _labels(corpus))
     t0 = time.perf_counter()
-    embeddings = embed_corpus(model, corpus.texts, folder, say)
+    embeddings = embed_corpus(model, corpus.texts, folder, part("embedding reports"))
     if "embedding" not in timings:
         timings["embedding"] = round(time.perf_counter() - t0, 2)
         done.write_text(json.dumps(timings))
@@ -371,10 +465,13 @@ def build_map(
         )
         with warnings.catch_warnings():  # "no search index: transform unavailable" (not used)
             warnings.simplefilter("ignore", UserWarning)
-            return reducer.fit_transform(embeddings).astype(np.float32)
+            xy = reducer.fit_transform(embeddings).astype(np.float32)
+        global _umap_compiled
+        _umap_compiled = True
+        return xy
 
     stage("layout (UMAP)", folder / "xy.npy", layout)
-    say(0.0, "alignment")
+    part("alignment")(0.0, "alignment")
     align = alignment(embeddings, labels, assignment, seed=settings.seed)
     meta = {
         "format": FORMAT_VERSION,
@@ -388,7 +485,7 @@ def build_map(
         "settings": asdict(settings),
     }
     (folder / "map.json").write_text(json.dumps(meta, indent=1))
-    say(1.0, "done")
+    part("alignment")(1.0, "done")
     return open_folder(folder, corpus)
 
 

@@ -17,7 +17,7 @@ from explorer.ui import (
     models_view,
     report_map_view,
 )
-from explorer.ui.common import example_gallery, inspect_upload, model_choices
+from explorer.ui.common import end_session, example_gallery, inspect_upload, model_choices
 from explorer.ui.serving import ServeSettings
 
 TITLE = "CXR Negation Explorer"
@@ -82,8 +82,8 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                 score_after = findings_view.build_tab(upload, names, default)
             with gr.Tab("Attribution"):
                 att_finding = attribution_view.build_tab(upload, names, default)
-            with gr.Tab("Report map"):
-                report_map_view.build_tab(upload, names, default)
+            with gr.Tab("Report map") as map_tab:
+                report_map_view.build_tab(upload, names, default, map_tab)
             with gr.Tab("Batch", id="batch"):
                 batch_view.build_tab(
                     upload,
@@ -100,4 +100,5 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                 lesson_view.build_tab(names, default)
             with gr.Tab("Models"):
                 models_view.build_tab(demo)
+        demo.unload(end_session)  # a closed or reloaded page: its long work stops
     return demo

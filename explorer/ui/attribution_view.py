@@ -20,7 +20,14 @@ from explorer.attribution import (
     uses_baseline,
 )
 from explorer.errors import ExplorerError
-from explorer.ui.common import MAX_PROMPT_CHARS, load_model, upload_pixels, user_error
+from explorer.ui.common import (
+    MAX_PROMPT_CHARS,
+    clear_error_marks,
+    load_model,
+    reporter,
+    upload_pixels,
+    user_error,
+)
 from explorer.ui.serving import CONCURRENCY, endpoint
 
 ATTRIBUTION_HELP = (
@@ -81,6 +88,7 @@ def explain(
     opacity: float,
     show_mask: bool,
     baseline: str | None = None,
+    request: gr.Request = None,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
 ):
     """Maps for the affirmed and negated prompt, their difference, token weights, and the
@@ -102,6 +110,7 @@ def explain(
             f"The finding must be at most {MAX_PROMPT_CHARS} characters.", print_exception=False
         )
     model, notice = load_model(model_name)
+    say = reporter(progress, request)
     try:
         pair = prompt_pair(finding.strip(), "there_is")
         first, second, diff = attribute_pair(
@@ -110,10 +119,10 @@ def explain(
             pair.affirmed,
             pair.negated,
             method,
-            progress=lambda f, m: progress(f * 0.8, desc=m),
+            progress=lambda f, m: say(0.8 * f, m),
             baseline=baseline or None,
         )
-        progress(0.85, desc="Token attributions")
+        say(0.85, "Token attributions")
         tokens_a = attribute_text(model, pixels, pair.affirmed)
         tokens_n = attribute_text(model, pixels, pair.negated)
         guard = check_domain(model, pixels)
@@ -202,10 +211,12 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
         tok_a = gr.HighlightedText(label="Words: affirmed prompt", color_map=None)
         tok_n = gr.HighlightedText(label="Words: negated prompt", color_map=None)
     method.change(baseline_control, method, baseline, api_name=False, queue=False)
+    outputs = [map_a, map_n, map_d, tok_a, tok_n, info, guard]
+    clear_error_marks(upload.change, outputs)
     explain_btn.click(
         explain,
         inputs=[upload, model, finding, method, opacity, show_mask, baseline],
-        outputs=[map_a, map_n, map_d, tok_a, tok_n, info, guard],
+        outputs=outputs,
         api_name="attribute",
         concurrency_limit=CONCURRENCY["attribute"],
     )

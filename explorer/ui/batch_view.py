@@ -13,10 +13,12 @@ import gradio as gr
 from explorer.errors import ExplorerError
 from explorer.eval.metrics import MIN_AUC_CASES
 from explorer.ui.common import (
+    clear_error_marks,
     compare_choices,
     compare_menu,
     csv_download,
     load_model,
+    reporter,
     table_rows,
     user_error,
 )
@@ -54,13 +56,16 @@ def run_batch(
     compare_name: str | None,
     threshold: float,
     errors_only: bool,
+    request: gr.Request = None,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
 ):
-    """Read, score and summarise a batch (and optionally compare a second model)."""
+    """Read, score and summarise a batch (and optionally compare a second model).
+
+    Closing the page stops the work at its next image."""
     from explorer.eval.batch import evaluate, flips, read_batch
     from explorer.plots import calibration_figure
 
-    say = lambda frac, msg: progress(frac, desc=msg)  # noqa: E731
+    say = reporter(progress, request)
     try:
         if source == SOURCES[0]:
             batch = read_batch(f"phantom:{int(phantoms or 200)}", progress=say)
@@ -71,11 +76,13 @@ def run_batch(
                 raise gr.Error("Upload a ZIP of images first.", print_exception=False)
             batch = read_batch(Path(zip_path), Path(labels_path) if labels_path else None, say)
         model, notice = load_model(model_name)
-        ev = evaluate(model, batch, progress=lambda f, m: progress(f, desc=f"{model.name}: {m}"))
+        ev = evaluate(model, batch, progress=reporter(progress, request, prefix=f"{model.name}: "))
         other = None
         if compare_name and compare_name != model.name:  # no comparison with itself
             second, _ = load_model(compare_name)
-            other = evaluate(second, batch, progress=lambda f, m: progress(f, desc=m))
+            other = evaluate(
+                second, batch, progress=reporter(progress, request, prefix=f"{second.name}: ")
+            )
     except ExplorerError as err:
         raise user_error(err) from None
     problems = [[w, r] for w, r in batch.problems]
@@ -228,11 +235,13 @@ def build_tab(
         mark = gr.Radio(list(MARKS), label="Mark this case")
         note = gr.Textbox(label="Note", lines=1)
         save = gr.Button("Save mark")
-    marks = gr.Dataframe(headers=ANNOTATION_COLUMNS, label="Marked cases", interactive=False)
+    marks = gr.Dataframe(
+        headers=ANNOTATION_COLUMNS, label="Marked cases", interactive=False, elem_id="marks"
+    )
     with gr.Row():
         export = gr.Button("Export marks (CSV)")
         forget = gr.Button("Forget my marks")
-        marks_csv = gr.File(label="Marks CSV")
+        marks_csv = gr.File(label="Marks CSV", elem_id="marks-csv")
         cases_csv = gr.File(label="All cases (CSV)")
     flips_table = gr.Dataframe(
         headers=["image", "finding", "label", "change"],
@@ -242,10 +251,13 @@ def build_tab(
     problems = gr.Dataframe(
         headers=["file or row", "reason"], label="Not used, and why", interactive=False
     )
+    outputs = [status, problems, metrics, calib, cases, flips_table, cases_csv, state]
+    for changed in (source.change, zip_file.change, labels_file.change):
+        clear_error_marks(changed, outputs)
     run.click(
         run_batch,
         inputs=[source, zip_file, labels_file, phantoms, model, compare, threshold, errors_only],
-        outputs=[status, problems, metrics, calib, cases, flips_table, cases_csv, state],
+        outputs=outputs,
         show_progress_on=metrics,  # one progress bar, not one per output
         api_name="batch",
         concurrency_limit=1,

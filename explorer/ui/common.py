@@ -14,7 +14,8 @@ import gradio as gr
 import numpy as np
 
 from explorer.errors import ExplorerError
-from explorer.ui.serving import endpoint, scratch_file
+from explorer.progress import Cancelled, Progress, in_words
+from explorer.ui.serving import ENDED, endpoint, scratch_file
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,45 @@ MAX_PROMPT_CHARS = 200
 def user_error(err: ExplorerError) -> gr.Error:
     """The library's sentence, shown to the person as a Gradio error toast."""
     return gr.Error(str(err), print_exception=False)
+
+
+#: Below this share done (or this many seconds in), no time-left figure is guessed.
+ETA_MIN_FRACTION, ETA_MIN_SECONDS = 0.05, 3.0
+
+
+def reporter(
+    progress: gr.Progress | None,
+    request: gr.Request | None = None,
+    prefix: str = "",
+) -> Progress:
+    """The library's progress callback for a handler.
+
+    Drives the handler's ``gr.Progress`` with the stage's name and, once the work has run a
+    while, the time left at its pace so far; and stops the work (:class:`Cancelled`) once the
+    person's page has gone (:data:`~explorer.ui.serving.ENDED`).
+    """
+    import time
+
+    session = getattr(request, "session_hash", None)
+    t0 = time.perf_counter()
+
+    def report(fraction: float, message: str) -> None:
+        if ENDED.ended(session):
+            raise Cancelled("The page that asked for this work was closed; the work stopped.")
+        if progress is None:
+            return
+        elapsed = time.perf_counter() - t0
+        desc = f"{prefix}{message}"
+        if fraction >= ETA_MIN_FRACTION and elapsed >= ETA_MIN_SECONDS and fraction < 1:
+            desc += f" · about {in_words(elapsed * (1 - fraction) / fraction)} left"
+        progress(min(max(fraction, 0.0), 1.0), desc=desc)
+
+    return report
+
+
+def end_session(request: gr.Request) -> None:
+    """Gradio's ``unload``: the page was closed or reloaded; its long work stops."""
+    ENDED.end(getattr(request, "session_hash", None))
 
 
 def model_choices(preferred: str | None) -> tuple[list[str], str | None, str | None]:
@@ -158,3 +198,15 @@ def _cell(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return "; ".join(str(v) for v in value) or "-"
     return "-" if value is None else str(value)
+
+
+def clear_error_marks(trigger, outputs: list) -> None:
+    """When ``trigger`` fires (a new upload, say), the "Error" marks a failed run left on
+    ``outputs`` go: the cause may be fixed, and the toast already said what it was."""
+    trigger(
+        lambda: [gr.skip()] * len(outputs),
+        outputs=outputs,
+        show_progress="hidden",
+        queue=False,
+        api_name=False,
+    )

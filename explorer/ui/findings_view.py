@@ -11,6 +11,7 @@ from explorer.errors import ExplorerError
 from explorer.scoring import BLIND_MARGIN, BLIND_TEXT_COSINE
 from explorer.ui.common import (
     MAX_PROMPT_CHARS,
+    clear_error_marks,
     compare_choices,
     compare_menu,
     csv_download,
@@ -254,6 +255,8 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
         api_name="findings",
         concurrency_limit=CONCURRENCY["findings"],
     )
+
+    clear_error_marks(upload.change, outputs)
 
     def score_after(event):
         # The endpoint runs inside (its gauge and GPU grant); this chained event is UI-only.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from explorer.errors import ExplorerError
-from explorer.ui.common import load_model, user_error
+from explorer.ui.common import load_model, reporter, user_error
 from explorer.ui.serving import endpoint, scratch_file
 
 LESSON_HELP = (
@@ -17,13 +17,18 @@ LESSON_HELP = (
 
 
 @endpoint("lesson", gpu_seconds=300)
-def run_lesson(model_a: str | None, model_b: str | None, progress: gr.Progress = gr.Progress()):  # noqa: B008
-    """Four (markdown, figure or image) steps and the handout file."""
+def run_lesson(
+    model_a: str | None,
+    model_b: str | None,
+    request: gr.Request = None,
+    progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
+):
+    """Four (markdown, figure or image) steps and the handout file (stops if the page goes)."""
     from explorer.lesson import build_lesson, lesson_html
 
     try:
         models = [load_model(n)[0] for n in (model_a, model_b) if n]
-        steps = build_lesson(models, progress=lambda f, m: progress(f, desc=m))
+        steps = build_lesson(models, progress=reporter(progress, request))
     except ExplorerError as err:
         raise user_error(err) from None
     handout = scratch_file("negation-lesson.html", lesson_html(steps))

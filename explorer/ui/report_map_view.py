@@ -21,8 +21,16 @@ import numpy as np
 
 from explorer.errors import ExplorerError
 from explorer.reports.store import MAPS, cached_corpus
-from explorer.ui.common import csv_download, load_model, table_rows, upload_pixels, user_error
-from explorer.ui.serving import endpoint, scratch_dir
+from explorer.ui.common import (
+    clear_error_marks,
+    csv_download,
+    load_model,
+    reporter,
+    table_rows,
+    upload_pixels,
+    user_error,
+)
+from explorer.ui.serving import endpoint, scratch_dir, scratch_root
 from explorer.vocab.labels import LABEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -114,17 +122,73 @@ def _cluster_rows(report_map) -> list[list]:
     return [[c.id, c.name, c.size] for c in report_map.clusters]
 
 
+def _build(corpus, model, progress=None, root: Path | None = None):
+    """Build (or open from disk) a map, first saying on the bar how long it will take."""
+    from explorer.reports.map import build_map, estimate_build
+
+    estimate = None
+    if progress is not None:
+        estimate = estimate_build(corpus, model, root=root)
+        progress(0.0, estimate.sentence(model.name))
+    return build_map(corpus, model, progress=progress, root=root, estimate=estimate)
+
+
 def _map_of(spec: str, model, progress=None):
     """``(key, map)`` of a named corpus under a loaded model: kept in memory, else built (and
     cached on disk) and kept. Opening, the start-up warm-up and placing all come here."""
-    from explorer.reports.map import build_map
-
     key = f"{spec}:{model.name}"
     report_map = MAPS.get(key)
     if report_map is None:
-        report_map = build_map(cached_corpus(spec), model, progress=progress)
+        report_map = _build(cached_corpus(spec), model, progress)
         MAPS.put(key, report_map, None)
     return key, report_map
+
+
+def _own_table(table_path: str | None, text_column: str | None):
+    """The uploaded report table as a corpus (at most :data:`MAX_UPLOAD_REPORTS` rows)."""
+    from explorer.reports.corpus import table_corpus
+
+    if not table_path:
+        raise gr.Error("Upload a CSV or Parquet file of reports first.", print_exception=False)
+    corpus = table_corpus(
+        Path(table_path),
+        text_column=(text_column or "").strip() or None,
+        filename=Path(table_path).name,
+    )
+    if len(corpus) > MAX_UPLOAD_REPORTS:
+        raise gr.Error(
+            f"The app maps at most {MAX_UPLOAD_REPORTS:,} uploaded reports "
+            f"(this file has {len(corpus):,}); build bigger maps with "
+            "`python -m explorer map build`.",
+            print_exception=False,
+        )
+    return corpus
+
+
+def map_estimate(
+    corpus_choice: str | None,
+    table_path: str | None,
+    text_column: str | None,
+    model_name: str | None,
+) -> str:
+    """Before **Open map** is pressed: opens at once, or how long its first build takes here."""
+    from explorer.reports.map import estimate_build
+
+    spec = CORPORA.get(corpus_choice or DEFAULT_CORPUS, corpus_choice or "")
+    if spec == "upload" and not table_path:
+        return "Upload a report table to map it."
+    model, _ = load_model(model_name)
+    try:
+        if spec == "upload":
+            corpus = _own_table(table_path, text_column)
+            key, root = f"upload:{corpus.content_hash}:{model.name}", scratch_root()
+        else:
+            corpus, key, root = cached_corpus(spec), f"{spec}:{model.name}", None
+        if MAPS.get(key) is not None:
+            return f"The map of these {len(corpus):,} reports for {model.name} is open: it shows at once."
+        return estimate_build(corpus, model, root=root).sentence(model.name)
+    except ExplorerError as err:
+        return f"⚠ {err}"
 
 
 @endpoint("map_open", gpu_seconds=120)
@@ -134,40 +198,26 @@ def open_map(
     text_column: str | None,
     model_name: str | None,
     colour_by: str | None,
+    request: gr.Request = None,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
 ):
-    """Open (building once if needed) a map; returns figure JSON, summary, clusters, key."""
-    from explorer.reports.map import build_map
+    """Open (building once if needed) a map; returns figure JSON, summary, clusters, key.
 
+    The bar first says how long a build will take; closing the page stops the build (the
+    embedded chunks stay on disk and the next build resumes there).
+    """
     spec = CORPORA.get(corpus_choice, corpus_choice)
     model, notice = load_model(model_name)
     temp_dir = None
-    say = lambda frac, stage: progress(frac, desc=stage)  # noqa: E731
+    say = reporter(progress, request)
     try:
         if spec == "upload":
-            if not table_path:
-                raise gr.Error(
-                    "Upload a CSV or Parquet file of reports first.", print_exception=False
-                )
-            from explorer.reports.corpus import table_corpus
-
-            corpus = table_corpus(
-                Path(table_path),
-                text_column=(text_column or "").strip() or None,
-                filename=Path(table_path).name,
-            )
-            if len(corpus) > MAX_UPLOAD_REPORTS:
-                raise gr.Error(
-                    f"The app maps at most {MAX_UPLOAD_REPORTS:,} uploaded reports "
-                    f"(this file has {len(corpus):,}); build bigger maps with "
-                    "`python -m explorer map build`.",
-                    print_exception=False,
-                )
+            corpus = _own_table(table_path, text_column)
             key = f"upload:{corpus.content_hash}:{model.name}"
             report_map = MAPS.get(key)
             if report_map is None:
                 temp_dir = str(scratch_dir())
-                report_map = build_map(corpus, model, progress=say, root=Path(temp_dir))
+                report_map = _build(corpus, model, say, root=Path(temp_dir))
                 MAPS.put(key, report_map, temp_dir)
         else:
             key, report_map = _map_of(spec, model, say)
@@ -311,8 +361,10 @@ def cluster_choices(rows) -> gr.Dropdown:
     return gr.Dropdown(choices=names, value=None)
 
 
-def build_tab(upload: gr.File, model_names: list[str], default_model: str | None) -> None:
-    """The Report map tab (called inside ``gr.Tab``); ``upload`` is the shared image input."""
+def build_tab(
+    upload: gr.File, model_names: list[str], default_model: str | None, tab: gr.Tab
+) -> None:
+    """The Report map tab (called inside ``tab``); ``upload`` is the shared image input."""
     from explorer.vocab.labels import CHEXPERT_FINDINGS
 
     gr.set_static_paths([str(_PLOTLY_JS.parent)])
@@ -346,6 +398,7 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
         open_btn = gr.Button("Open map", variant="primary")
         place_btn = gr.Button("Place my image")
         k = gr.Slider(1, 50, value=10, step=1, label="Nearest reports")
+    estimate = gr.Markdown(elem_id="map-estimate")
     key = gr.State(None)
     summary = gr.Markdown()
     scatter = gr.HTML(
@@ -386,6 +439,16 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
 
     # An uploaded table is what the person wants mapped: the Reports menu follows it.
     table_file.upload(use_own_table, outputs=corpus, api_name=False, queue=False)
+    # How long Open map will take, said before it is pressed.
+    gr.on(
+        [tab.select, corpus.change, model.change, table_file.change],
+        map_estimate,
+        inputs=[corpus, table_file, text_column, model],
+        outputs=estimate,
+        show_progress="hidden",
+        trigger_mode="always_last",  # the last choice wins, even while one is being measured
+        api_name=False,
+    )
     opened = open_btn.click(
         open_map,
         inputs=[corpus, table_file, text_column, model, colour],
@@ -396,6 +459,9 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
     )
     opened.then(cluster_choices, inputs=clusters, outputs=pick, api_name=False)
     colour.change(recolour, inputs=[key, colour], outputs=scatter, api_name="map_colour")
+    clear_error_marks(upload.change, [scatter, neighbours])
+    for changed in (corpus.change, table_file.change, model.change):
+        clear_error_marks(changed, [scatter, summary, clusters])
     place_btn.click(
         place_image,
         inputs=[key, upload, colour, k, corpus, model],

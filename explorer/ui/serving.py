@@ -340,6 +340,37 @@ def endpoint(name: str, gpu_seconds: int | None = None) -> Callable[[Callable], 
     return wrap
 
 
+# --- sessions whose page went away --------------------------------------------------------
+
+
+class EndedSessions:
+    """Sessions whose page was closed or reloaded (Gradio's ``unload``), for an hour.
+
+    Long handlers check it at every progress step (:func:`explorer.ui.common.reporter`) and
+    stop: a reload during a map build no longer leaves an orphaned job holding the queue.
+    """
+
+    def __init__(self, keep_s: float = 3600.0) -> None:
+        self.keep_s = keep_s
+        self._ended: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def end(self, session_hash: str | None) -> None:
+        if not session_hash:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._ended = {k: t for k, t in self._ended.items() if now - t < self.keep_s}
+            self._ended[session_hash] = now
+
+    def ended(self, session_hash: str | None) -> bool:
+        with self._lock:
+            return bool(session_hash) and session_hash in self._ended
+
+
+ENDED = EndedSessions()
+
+
 # --- health -----------------------------------------------------------------------------------
 
 
