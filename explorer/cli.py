@@ -492,8 +492,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         data["flips"] = json.loads(changed.to_json(orient="records"))
         text.append(f"{len(changed)} labelled cases flip between {ev.model} and {other.model}")
     if args.out:
+        from pathlib import Path
+
+        from explorer.data.table import csv_text
+
         frame = ev.to_frame().assign(**ev.provenance)
-        frame.to_csv(args.out, index=False)
+        Path(args.out).write_text(csv_text(frame), encoding="utf-8")
         text.append(f"wrote {len(frame)} cases to {args.out}")
     _emit(data, args.json, "\n".join(text))
     return 0

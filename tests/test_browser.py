@@ -39,16 +39,34 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser():
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.goto(app_url)
-        pg.wait_for_selector("text=CXR Negation Explorer")
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield pg
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, app_url):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.goto(app_url)
+    pg.wait_for_selector("text=CXR Negation Explorer")
+    try:
+        yield pg
+    finally:
+        pg.close()
+
+
+@pytest.fixture
+def fresh_page(browser):
+    """A page of its own (its own browser storage), for a walk from the start."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 def _shot(pg, name: str) -> None:
@@ -189,19 +207,10 @@ CHART_ORDERS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
   .map(gd => Array.from(gd.data[0].y))"""
 
 
-def test_the_teachers_path(app_url, tmp_path):
+def test_the_teachers_path(fresh_page, app_url):
     """Open, click an example, score, compare two models, attribute with the mask, open the
     map, run a batch, click a case, mark it (no note carries over), reload, export."""
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        try:
-            _teachers_path(pg, app_url)
-        finally:
-            browser.close()
-
-
-def _teachers_path(pg, app_url: str) -> None:
+    pg = fresh_page
     pg.goto(app_url)
     pg.wait_for_selector("text=CXR Negation Explorer")
     # Scoring before choosing an image: a toast says what to do, and the "Error" marks it
@@ -301,35 +310,30 @@ def _teachers_path(pg, app_url: str) -> None:
     )
 
 
-def test_closing_the_page_stops_a_map_build(app_url, monkeypatch, tmp_path):
+def test_closing_the_page_stops_a_map_build(fresh_page, app_url, monkeypatch, tmp_path):
     """A reload during a long build ends its job (it used to hold the queue for minutes)."""
     from explorer.ui.serving import GAUGE
 
     monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path))  # a build that has never run
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            pg.goto(app_url)
-            pg.wait_for_selector("text=CXR Negation Explorer")
-            pg.get_by_role("tab", name="Report map").click()
-            pg.locator("#map-corpus input").first.click()
-            pg.get_by_role("option", name="Phantom reports (2,000 synthetic)").click()
-            _choose_model(pg, "real-infonce", label="Model (text embeddings)")
-            pg.get_by_text("First build of this map for real-infonce").wait_for(timeout=120_000)
-            pg.get_by_role("button", name="Open map").click()
-            pg.get_by_text("embedding reports").first.wait_for(timeout=120_000)
-            assert GAUGE.snapshot()["map_open"]["in_flight"] == 1
-            pg.reload()
-            pg.wait_for_selector("text=CXR Negation Explorer")
-            for _ in range(60):  # the job stops at its next batch
-                if GAUGE.snapshot()["map_open"]["in_flight"] == 0:
-                    break
-                pg.wait_for_timeout(500)
-            assert GAUGE.snapshot()["map_open"]["in_flight"] == 0
-            assert not list(tmp_path.glob("maps/real-infonce/*/map.json"))  # it did not finish
-        finally:
-            browser.close()
+    pg = fresh_page
+    pg.goto(app_url)
+    pg.wait_for_selector("text=CXR Negation Explorer")
+    pg.get_by_role("tab", name="Report map").click()
+    pg.locator("#map-corpus input").first.click()
+    pg.get_by_role("option", name="Phantom reports (2,000 synthetic)").click()
+    _choose_model(pg, "real-infonce", label="Model (text embeddings)")
+    pg.get_by_text("First build of this map for real-infonce").wait_for(timeout=120_000)
+    pg.get_by_role("button", name="Open map").click()
+    pg.get_by_text("embedding reports").first.wait_for(timeout=120_000)
+    assert GAUGE.snapshot()["map_open"]["in_flight"] == 1
+    pg.reload()
+    pg.wait_for_selector("text=CXR Negation Explorer")
+    for _ in range(60):  # the job stops at its next batch
+        if GAUGE.snapshot()["map_open"]["in_flight"] == 0:
+            break
+        pg.wait_for_timeout(500)
+    assert GAUGE.snapshot()["map_open"]["in_flight"] == 0
+    assert not list(tmp_path.glob("maps/real-infonce/*/map.json"))  # it did not finish
 
 
 #: Every shipped real film (the phantom models were trained on phantoms only).

@@ -29,6 +29,10 @@ def test_settings_from_environment():
     )
     assert s.default_model == "biomedclip" and s.delete_cache == (30, 120) and s.port == 8001
     assert ServeSettings.from_env({}).default_model is None
+    limits = ServeSettings.from_env(
+        {"EXPLORER_MAX_UPLOAD_MB": "20", "EXPLORER_QUEUE_SIZE": "8", "EXPLORER_PER_CLIENT": "4"}
+    )
+    assert (limits.max_upload_mb, limits.queue_size, limits.per_client) == (20, 8, 4)
     with pytest.raises(ValueError, match="EXPLORER_UPLOAD_TTL must be a whole number"):
         ServeSettings.from_env({"EXPLORER_UPLOAD_TTL": "soon"})
     with pytest.raises(ValueError, match="at least 1"):
@@ -208,7 +212,13 @@ def test_gauge_counts_peak_concurrency_and_failures():
     for t in threads:
         t.join()
     snap = gauge.snapshot()["e"]
-    assert snap == {"calls": 3, "failed": 1, "in_flight": 0, "peak_in_flight": 3}
+    assert snap == {
+        "calls": 3,
+        "failed": 1,
+        "in_flight": 0,
+        "peak_in_flight": 3,
+        "refused_over_share": 0,
+    }
 
 
 def test_endpoint_counts_errors_raised_by_the_handler():
@@ -249,11 +259,27 @@ def test_upload_leftovers_purged_only_in_a_private_folder(tmp_path, monkeypatch)
     assert (shared / "tmpabc123").exists()
 
 
-def test_health_reports_memory_models_and_limits():
+def test_health_reports_memory_models_and_limits(monkeypatch):
+    monkeypatch.delenv("EXPLORER_HEALTH_DETAIL", raising=False)
+    public = serving.health()
+    assert public["status"] == "ok" and public["rss_mb"] > 10
+    assert public["peak_rss_mb"] >= public["rss_mb"]
+    # a public Space does not list how often each endpoint was called or failed
+    assert set(public) == {"status", "rss_mb", "peak_rss_mb", "models_loaded"}
+    monkeypatch.setenv("EXPLORER_HEALTH_DETAIL", "1")
     report = serving.health()
-    assert report["status"] == "ok" and report["rss_mb"] > 10
-    assert report["peak_rss_mb"] >= report["rss_mb"]
-    assert report["concurrency_limits"]["findings"] >= 1
+    assert report["concurrency_limits"]["findings"] >= 1 and "endpoints" in report
+    assert report["runs_per_client"] == {"runs": serving.FAIR.runs, "window_s": 10.0}
+
+
+def test_a_client_over_its_share_is_refused_at_once_and_others_are_not():
+    fair = serving.Fairness(runs=2, window_s=10.0)
+    assert fair.admit("attribute", "flood") == 0 and fair.admit("attribute", "flood") == 0
+    wait = fair.admit("attribute", "flood")
+    assert 0 < wait <= 10
+    assert fair.admit("attribute", "someone else") == 0  # another page has its own share
+    assert fair.admit("batch", "flood") == 0  # and each event its own
+    assert fair.admit("attribute", None) == 0  # no session (a direct call): not limited
 
 
 def test_stop_signal_removes_own_folders_before_interrupting(tmp_path, monkeypatch):

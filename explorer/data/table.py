@@ -499,3 +499,30 @@ def read_manifest(
         problems=tuple(problems),
         findings=parsed.labels.findings,
     )
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula, prefixed with ``'``; else as is.
+
+    File names, typed findings and report texts reach the app's CSVs from strangers
+    (``=HYPERLINK("http://...")``); numbers stay numbers (a negative margin is not text).
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_text(frame) -> str:
+    """The one way the project writes a table as CSV: no index, every text cell
+    :func:`spreadsheet_safe`, the column names too."""
+    safe = frame.rename(columns=lambda c: spreadsheet_safe(str(c)))
+    for col in safe.columns:
+        if safe[col].dtype == object:
+            safe[col] = safe[col].map(spreadsheet_safe)
+    return safe.to_csv(index=False)

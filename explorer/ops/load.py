@@ -61,6 +61,7 @@ class AppProcess:
         self.url = f"http://127.0.0.1:{self.port}/"
         self.env = {**os.environ, **(env or {}), "GRADIO_SERVER_PORT": str(self.port)}
         self.env.setdefault("GRADIO_SERVER_NAME", "127.0.0.1")
+        self.env.setdefault("EXPLORER_HEALTH_DETAIL", "1")  # the operator's view: counters too
         self._own_log = log_path is None  # a log folder we create, we remove on exit
         self.log_path = log_path or Path(tempfile.mkdtemp(prefix="cxr-app-log-")) / "app.log"
         self.timeout_s = timeout_s
@@ -289,3 +290,115 @@ def run_load(
     )
     shutil.rmtree(download, ignore_errors=True)
     return result
+
+
+# --- one client floods, another works -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FloodResult:
+    """Attribution latencies of a normal client, alone and while another client floods."""
+
+    method: str
+    unloaded_s: tuple[float, ...]
+    loaded_s: tuple[float, ...]
+    flood_sent: int
+    flood_refused: int
+    flood_ran: int
+    max_ratio: float = 3.0
+
+    @property
+    def ratio(self) -> float:
+        """p95 under the flood over the median alone (the person's usual wait)."""
+        return p95(list(self.loaded_s)) / statistics.median(self.unloaded_s)
+
+    @property
+    def passed(self) -> bool:
+        return self.ratio < self.max_ratio
+
+    def to_markdown(self) -> str:
+        rows = [
+            ("method", self.method),
+            (
+                "alone: median / p95",
+                f"{statistics.median(self.unloaded_s):.2f} / {p95(list(self.unloaded_s)):.2f} s",
+            ),
+            (
+                "during the flood: median / p95",
+                f"{statistics.median(self.loaded_s):.2f} / {p95(list(self.loaded_s)):.2f} s",
+            ),
+            ("p95 flooded / median alone", f"{self.ratio:.2f} (target < {self.max_ratio:g})"),
+            (
+                "flood sent / ran / refused",
+                f"{self.flood_sent} / {self.flood_ran} / {self.flood_refused}",
+            ),
+        ]
+        return "\n".join(["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
+def attribution_args(image: Path, method: str, finding: str = "Pleural Effusion") -> tuple:
+    """Arguments of ``/attribute`` for ``image`` with the default model."""
+    from gradio_client import handle_file
+
+    return (handle_file(str(image)), None, finding, method, 0.6, False, None)
+
+
+def run_flood(
+    url: str,
+    method: str = "occlusion",
+    normal_calls: int = 8,
+    pace_s: float = 5.0,
+    backlog: int = 20,
+    image: Path | None = None,
+) -> FloodResult:
+    """A normal client asks for an attribution every ``pace_s`` seconds (a person reading each
+    map), first alone, then while a second client keeps ``backlog`` attributions queued."""
+    from gradio_client import Client
+
+    image = default_image() if image is None else image
+    download = Path(tempfile.mkdtemp(prefix="cxr-flood-"))
+    args = attribution_args(image, method)
+
+    def paced(client) -> list[float]:
+        out = []
+        for _ in range(normal_calls):
+            t0 = time.perf_counter()
+            client.predict(*args, api_name="/attribute")
+            took = time.perf_counter() - t0
+            out.append(took)
+            time.sleep(max(0.0, pace_s - took))
+        return out
+
+    person = Client(url, verbose=False, download_files=str(download))
+    person.predict(*args, api_name="/attribute")  # warm-up: model loaded, caches filled
+    time.sleep(pace_s)
+    alone = paced(person)
+
+    flooder = Client(url, verbose=False, download_files=str(download))
+    stop = threading.Event()
+    jobs: list = []
+
+    def flood() -> None:
+        while not stop.is_set():
+            if sum(not j.done() for j in jobs) < backlog:
+                jobs.append(flooder.submit(*args, api_name="/attribute"))
+            else:
+                time.sleep(0.05)
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    time.sleep(2.0)  # the backlog is in the queue before the person's next click
+    try:
+        during = paced(person)
+    finally:
+        stop.set()
+        thread.join()
+    ran = refused = 0
+    for job in jobs:
+        try:
+            job.result(timeout=600)
+            ran += 1
+        except Exception:  # refused over its share (or cancelled at the end)
+            refused += 1
+    shutil.rmtree(download, ignore_errors=True)
+    return FloodResult(method, tuple(alone), tuple(during), len(jobs), refused, ran)

@@ -24,6 +24,7 @@ from explorer.ui.common import (
     MAX_PROMPT_CHARS,
     clear_error_marks,
     load_model,
+    number_in,
     reporter,
     upload_pixels,
     user_error,
@@ -79,7 +80,7 @@ def baseline_control(method: str):
     return gr.update(visible=uses_baseline(method))
 
 
-@endpoint("attribute", gpu_seconds=120)
+@endpoint("attribute", gpu_seconds=120, fair=True)
 def explain(
     path: str | None,
     model_name: str | None,
@@ -104,11 +105,10 @@ def explain(
 
     pixels = upload_pixels(path)
     if not finding or not finding.strip():
-        raise gr.Error("Type or pick a finding to explain.", print_exception=False)
+        raise user_error("Type or pick a finding to explain.")
     if len(finding) > MAX_PROMPT_CHARS:
-        raise gr.Error(
-            f"The finding must be at most {MAX_PROMPT_CHARS} characters.", print_exception=False
-        )
+        raise user_error(f"The finding must be at most {MAX_PROMPT_CHARS} characters.")
+    alpha = number_in(opacity, "Overlay opacity", 0, 1, 0.6)
     model, notice = load_model(model_name)
     say = reporter(progress, request)
     try:
@@ -129,7 +129,7 @@ def explain(
     except ExplorerError as err:
         raise user_error(err) from None
     images = [
-        overlay(pixels, a, opacity, signed)
+        overlay(pixels, a, alpha, signed)
         for a, signed in (
             (first.attribution, first.signed),
             (second.attribution, second.signed),

@@ -7,6 +7,7 @@ with :func:`user_error`; they read the shared upload with :func:`load_upload` /
 
 from __future__ import annotations
 
+import html
 import logging
 from pathlib import Path
 
@@ -23,9 +24,13 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_CHARS = 200
 
 
-def user_error(err: ExplorerError) -> gr.Error:
-    """The library's sentence, shown to the person as a Gradio error toast."""
-    return gr.Error(str(err), print_exception=False)
+def user_error(err: ExplorerError | str) -> gr.Error:
+    """A sentence (the library's, or the app's own) shown to the person as an error toast.
+
+    As plain text: Gradio renders a toast's message as HTML, and a column name, file name or
+    typed finding from a stranger must not draw an image or a form there.
+    """
+    return gr.Error(html.escape(str(err), quote=False), print_exception=False)
 
 
 #: Below this share done (or this many seconds in), no time-left figure is guessed.
@@ -65,6 +70,22 @@ def reporter(
 def end_session(request: gr.Request) -> None:
     """Gradio's ``unload``: the page was closed or reloaded; its long work stops."""
     ENDED.end(getattr(request, "session_hash", None))
+
+
+def number_in(value, label: str, low: float, high: float, default: float) -> float:
+    """A slider's or an API caller's number, checked: ``default`` when missing, else a finite
+    number in ``[low, high]`` or an error toast naming the control (Gradio lets NaN through)."""
+    import math
+
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or not low <= number <= high:
+        raise user_error(f"{label} must be a number from {low:g} to {high:g}, got {value!r}.")
+    return number
 
 
 def model_choices(preferred: str | None) -> tuple[list[str], str | None, str | None]:
@@ -147,15 +168,10 @@ def load_upload(path: str | None):
     from explorer.imaging import load_radiograph
 
     if not path:
-        raise gr.Error(
-            "Please upload a chest X-ray (PNG, JPEG or DICOM) first.", print_exception=False
-        )
+        raise user_error("Please upload a chest X-ray (PNG, JPEG or DICOM) first.")
     if not Path(path).exists():
-        raise gr.Error(
-            "This upload has been deleted from the server (uploads are kept only for a few "
-            "minutes); please upload the image again.",
-            print_exception=False,
-        )
+        raise user_error("This upload has been deleted from the server (uploads are kept only for a few "
+            "minutes); please upload the image again.")
     try:
         return load_radiograph(path)
     except ExplorerError as err:
@@ -168,8 +184,11 @@ def upload_pixels(path: str | None) -> np.ndarray:
 
 
 def csv_download(frame, stem: str) -> str:
-    """A CSV download of a DataFrame in the scratch folder (purged with the upload cache)."""
-    return scratch_file(f"{stem}.csv", frame.to_csv(index=False))
+    """A CSV download of a DataFrame in the scratch folder (purged with the upload cache),
+    written by the project's one CSV writer (formula-like cells made inert)."""
+    from explorer.data.table import csv_text
+
+    return scratch_file(f"{stem}.csv", csv_text(frame))
 
 
 def table_rows(rows) -> list[list]:

@@ -77,23 +77,14 @@ def parse_custom_findings(text: str | None) -> list[str]:
     """One free-text finding per line (blank lines ignored); bounded in count and length."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     if len(lines) > MAX_CUSTOM_FINDINGS:
-        raise gr.Error(
-            f"Please type at most {MAX_CUSTOM_FINDINGS} extra findings, one per line.",
-            print_exception=False,
-        )
+        raise user_error(f"Please type at most {MAX_CUSTOM_FINDINGS} extra findings, one per line.")
     for ln in lines:
         if len(ln) > MAX_PROMPT_CHARS:
-            raise gr.Error(
-                f"Each extra finding must be at most {MAX_PROMPT_CHARS} characters "
-                f"(one has {len(ln):,}).",
-                print_exception=False,
-            )
+            raise user_error(f"Each extra finding must be at most {MAX_PROMPT_CHARS} characters "
+                f"(one has {len(ln):,}).")
         if any(ord(c) < 32 or ord(c) == 127 for c in ln):
-            raise gr.Error(
-                "Extra findings must be plain text: one contains control characters "
-                "(such as tabs, escapes or NUL).",
-                print_exception=False,
-            )
+            raise user_error("Extra findings must be plain text: one contains control characters "
+                "(such as tabs, escapes or NUL).")
     return lines
 
 
@@ -104,14 +95,10 @@ def parse_negations(text: str | None) -> dict[str, str]:
         if not ln.strip():
             continue
         if "=>" not in ln:
-            raise gr.Error(
-                'Write each negation as "finding => negated sentence".', print_exception=False
-            )
+            raise user_error('Write each negation as "finding => negated sentence".')
         finding, negated = (part.strip() for part in ln.split("=>", 1))
         if not finding or not negated or len(negated) > MAX_PROMPT_CHARS:
-            raise gr.Error(
-                'Write each negation as "finding => negated sentence".', print_exception=False
-            )
+            raise user_error('Write each negation as "finding => negated sentence".')
         out[finding] = negated
     return out
 
@@ -152,7 +139,7 @@ def score_image(
     custom = parse_custom_findings(custom_text)
     negations = parse_negations(negation_text)
     if templates is not None and len(templates) == 0:
-        raise gr.Error("Choose at least one prompt template.", print_exception=False)
+        raise user_error("Choose at least one prompt template.")
     outputs, notices, order = [], [], None
     same = compare_name and compare_name == model_name  # no comparison with itself
     names = [model_name] + ([compare_name] if compare_name and not same else [])

@@ -16,7 +16,7 @@ LESSON_HELP = (
 )
 
 
-@endpoint("lesson", gpu_seconds=300)
+@endpoint("lesson", gpu_seconds=300, fair=True)
 def run_lesson(
     model_a: str | None,
     model_b: str | None,

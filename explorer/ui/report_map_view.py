@@ -25,6 +25,7 @@ from explorer.ui.common import (
     clear_error_marks,
     csv_download,
     load_model,
+    number_in,
     reporter,
     table_rows,
     upload_pixels,
@@ -149,19 +150,16 @@ def _own_table(table_path: str | None, text_column: str | None):
     from explorer.reports.corpus import table_corpus
 
     if not table_path:
-        raise gr.Error("Upload a CSV or Parquet file of reports first.", print_exception=False)
+        raise user_error("Upload a CSV or Parquet file of reports first.")
     corpus = table_corpus(
         Path(table_path),
         text_column=(text_column or "").strip() or None,
         filename=Path(table_path).name,
     )
     if len(corpus) > MAX_UPLOAD_REPORTS:
-        raise gr.Error(
-            f"The app maps at most {MAX_UPLOAD_REPORTS:,} uploaded reports "
+        raise user_error(f"The app maps at most {MAX_UPLOAD_REPORTS:,} uploaded reports "
             f"(this file has {len(corpus):,}); build bigger maps with "
-            "`python -m explorer map build`.",
-            print_exception=False,
-        )
+            "`python -m explorer map build`.")
     return corpus
 
 
@@ -191,7 +189,7 @@ def map_estimate(
         return f"⚠ {err}"
 
 
-@endpoint("map_open", gpu_seconds=120)
+@endpoint("map_open", gpu_seconds=120, fair=True)
 def open_map(
     corpus_choice: str,
     table_path: str | None,
@@ -258,7 +256,7 @@ def prebuild_default() -> threading.Thread:
 def _opened(key: str | None):
     report_map = MAPS.get(key) if key else None
     if report_map is None:
-        raise gr.Error('Open a map first (press "Open map").', print_exception=False)
+        raise user_error('Open a map first (press "Open map").')
     return report_map
 
 
@@ -270,7 +268,7 @@ def recolour(key: str | None, colour_by: str | None) -> str:
     try:
         return _figure_json(report_map, colour_by or "cluster")
     except ValueError as err:
-        raise gr.Error(f"Cannot colour by '{colour_by}': {err}.", print_exception=False) from None
+        raise user_error(f"Cannot colour by '{colour_by}': {err}.") from None
 
 
 #: The Reports menu's choice for an uploaded table.
@@ -286,11 +284,8 @@ def _named_map(corpus_choice: str | None, model_name: str | None):
     """The map of a named corpus (not an uploaded table) under a model, opened if needed."""
     spec = CORPORA.get(corpus_choice or DEFAULT_CORPUS, corpus_choice or "")
     if spec == "upload" or spec not in CORPORA.values():
-        raise gr.Error(
-            'Open a map of your own table first (press "Open map"); a call can name one of '
-            f"these corpora instead: {', '.join(c for c, v in CORPORA.items() if v != 'upload')}.",
-            print_exception=False,
-        )
+        raise user_error('Open a map of your own table first (press "Open map"); a call can name one of '
+            f"these corpora instead: {', '.join(c for c, v in CORPORA.items() if v != 'upload')}.")
     model, _ = load_model(model_name)
     try:
         return _map_of(spec, model)[1]
@@ -318,7 +313,7 @@ def place_image(
     pixels = upload_pixels(image_path)
     model, _ = load_model(report_map.model)
     emb = model.embed_image(pixels).float().cpu().numpy()[0]
-    placement = report_map.place(emb, int(k or 10))
+    placement = report_map.place(emb, int(number_in(k, "Nearest reports", 1, 50, 10)))
     rows = [[n.similarity, n.id, n.text] for n in placement.neighbours]
     return _figure_json(report_map, colour_by or "cluster", placement), rows
 
@@ -342,7 +337,7 @@ def select_reports(key: str | None, evt: gr.SelectData):
     try:
         indices = [int(i) for i in index]
     except (TypeError, ValueError):
-        raise gr.Error("The selection could not be read.", print_exception=False) from None
+        raise user_error("The selection could not be read.") from None
     return _selection_outputs(report_map, indices)
 
 
@@ -351,7 +346,7 @@ def select_cluster(key: str | None, cluster: str | None):
     report_map = _opened(key)
     names = {c.name: c.id for c in report_map.clusters}
     if cluster not in names:
-        raise gr.Error(f"No cluster named '{cluster}' in this map.", print_exception=False)
+        raise user_error(f"No cluster named '{cluster}' in this map.")
     return _selection_outputs(report_map, np.flatnonzero(report_map.assignment == names[cluster]))
 
 

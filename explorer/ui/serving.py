@@ -19,6 +19,16 @@ variable                   meaning                                              
 ``EXPLORER_UPLOAD_TTL``    seconds an upload or a download stays on the server     600
 ``EXPLORER_PURGE_EVERY``   seconds between purges                                  60
 ``EXPLORER_CONCURRENCY``   default queue concurrency limit of an event             2
+``EXPLORER_MAX_UPLOAD_MB`` largest file a person may upload (MB; Gradio refuses    100
+                           bigger ones before they reach the disk)
+``EXPLORER_QUEUE_SIZE``    requests waiting at most, all events together (more    64
+                           are refused with "queue full")
+``EXPLORER_PER_CLIENT``    model-heavy runs one page (session) may start in 10 s   2
+                           per event; more are refused at once, so one client's
+                           flood cannot hold everyone's queue
+``EXPLORER_HEALTH_DETAIL`` ``1``: the health report adds per-endpoint counters     off
+                           (operators, the load test); a public Space shows only
+                           status, memory and loaded models
 ``GRADIO_SERVER_NAME``     interface to listen on                                  127.0.0.1
 ``GRADIO_SERVER_PORT``     port                                                    7860
 ``EXPLORER_LOG_LEVEL``     log level of ``app.py`` (no file names or tags are      WARNING
@@ -61,6 +71,9 @@ class ServeSettings:
     concurrency: int = 2
     host: str = "127.0.0.1"
     port: int = 7860
+    max_upload_mb: int = 100
+    queue_size: int = 64
+    per_client: int = 2
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServeSettings:
@@ -85,6 +98,9 @@ class ServeSettings:
             concurrency=number("EXPLORER_CONCURRENCY", cls.concurrency, 1),
             host=env.get("GRADIO_SERVER_NAME", cls.host),
             port=number("GRADIO_SERVER_PORT", cls.port, 1),
+            max_upload_mb=number("EXPLORER_MAX_UPLOAD_MB", cls.max_upload_mb, 1),
+            queue_size=number("EXPLORER_QUEUE_SIZE", cls.queue_size, 1),
+            per_client=number("EXPLORER_PER_CLIENT", cls.per_client, 1),
         )
 
     @property
@@ -214,10 +230,17 @@ def start_purger(settings: ServeSettings) -> threading.Thread:
 
 
 def launch(demo: Any, settings: ServeSettings, **kwargs: Any) -> Any:
-    """Queue (with the concurrency limit), start the scratch purge, and serve ``demo``."""
+    """Queue (with the concurrency limit and a bounded size), start the scratch purge, limit
+    each client's model-heavy runs and the upload size, and serve ``demo``."""
     start_purger(settings)
-    demo.queue(default_concurrency_limit=settings.concurrency)
-    return demo.launch(server_name=settings.host, server_port=settings.port, **kwargs)
+    FAIR.runs = settings.per_client
+    demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
+    return demo.launch(
+        server_name=settings.host,
+        server_port=settings.port,
+        max_file_size=settings.max_upload_mb * 1024 * 1024,
+        **kwargs,
+    )
 
 
 def warm_up(settings: ServeSettings) -> threading.Thread:
@@ -267,6 +290,11 @@ class Gauge:
         self.failed: Counter[str] = Counter()
         self.in_flight: Counter[str] = Counter()
         self.peak: Counter[str] = Counter()
+        self.refusals: Counter[str] = Counter()
+
+    def refused(self, name: str) -> None:
+        with self._lock:
+            self.refusals[name] += 1
 
     def enter(self, name: str) -> None:
         with self._lock:
@@ -288,12 +316,57 @@ class Gauge:
                     "failed": self.failed[name],
                     "in_flight": self.in_flight[name],
                     "peak_in_flight": self.peak[name],
+                    "refused_over_share": self.refusals[name],
                 }
-                for name in sorted(self.calls)
+                for name in sorted(set(self.calls) | set(self.refusals))
             }
 
 
 GAUGE = Gauge()
+
+
+class Fairness:
+    """How many model-heavy runs one client (a page's session) may start in a short window.
+
+    Gradio's queue is first come, first served: a client that queues 60 occlusion jobs makes
+    everyone else wait behind all of them. Here each run is admitted when it starts: a client
+    over its share is refused at once (an error toast saying to wait), so its surplus jobs
+    leave the queue in milliseconds and other people's runs go next. A person reading each
+    map before the next click never meets the limit.
+    """
+
+    def __init__(self, runs: int = 2, window_s: float = 10.0) -> None:
+        self.runs = runs
+        self.window_s = window_s
+        self._starts: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, name: str, client: str | None) -> float:
+        """0 if ``client`` may start a run of ``name`` now (counted), else seconds to wait."""
+        if not client:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, v in self._starts.items() if now - v[-1] >= self.window_s]:
+                del self._starts[key]
+            starts = [t for t in self._starts.get((name, client), []) if now - t < self.window_s]
+            if len(starts) >= self.runs:
+                self._starts[(name, client)] = starts
+                return self.window_s - (now - starts[0])
+            self._starts[(name, client)] = [*starts, now]
+            return 0.0
+
+
+FAIR = Fairness()
+
+
+def _client_of(args: tuple, kwargs: dict) -> str | None:
+    """The session hash of the ``gr.Request`` among a handler's arguments (None if absent)."""
+    for value in (*args, *kwargs.values()):
+        session = getattr(value, "session_hash", None)
+        if isinstance(session, str) and session:
+            return session
+    return None
 
 
 def _spaces_gpu(duration: int) -> Callable[[Callable], Callable]:
@@ -312,8 +385,11 @@ ENDPOINT_MARK = "__explorer_endpoint__"
 GPU_SECONDS_MARK = "__explorer_gpu_seconds__"
 
 
-def endpoint(name: str, gpu_seconds: int | None = None) -> Callable[[Callable], Callable]:
-    """Count calls of a handler in :data:`GAUGE`; with ``gpu_seconds``, run it under ZeroGPU.
+def endpoint(
+    name: str, gpu_seconds: int | None = None, fair: bool = False
+) -> Callable[[Callable], Callable]:
+    """Count calls of a handler in :data:`GAUGE`; with ``gpu_seconds``, run it under ZeroGPU;
+    with ``fair``, admit each run through :data:`FAIR` (the handler takes a ``gr.Request``).
 
     The wrapped handler carries :data:`ENDPOINT_MARK` (``name``) and :data:`GPU_SECONDS_MARK`
     (``gpu_seconds``), so a test can check which events of the built demo are wrapped.
@@ -324,6 +400,16 @@ def endpoint(name: str, gpu_seconds: int | None = None) -> Callable[[Callable], 
 
         @functools.wraps(fn)
         def counted(*args: Any, **kwargs: Any) -> Any:
+            wait = FAIR.admit(name, _client_of(args, kwargs)) if fair else 0.0
+            if wait:
+                import gradio as gr  # (not at import: this module is loaded before gradio)
+
+                GAUGE.refused(name)
+                raise gr.Error(
+                    f"This page has started {FAIR.runs} of these runs in the last "
+                    f"{FAIR.window_s:.0f} s; please wait {max(1.0, wait):.0f} s before the next one.",
+                    print_exception=False,
+                )
             GAUGE.enter(name)
             ok = False
             try:
@@ -390,15 +476,22 @@ def memory_mb() -> dict[str, float]:
     return {"rss_mb": round(now, 1), "peak_rss_mb": round(peak, 1)}
 
 
-def health() -> dict[str, Any]:
-    """What an operator (or the load test) needs: memory, loaded models, endpoint counters."""
+def health(detail: bool | None = None) -> dict[str, Any]:
+    """Status, memory and loaded models; with ``detail`` (default: ``EXPLORER_HEALTH_DETAIL=1``)
+    also the per-endpoint counters and limits an operator or the load test needs (a public
+    Space does not tell strangers how often each endpoint failed)."""
     from explorer.models import default_registry
 
+    if detail is None:
+        detail = os.environ.get("EXPLORER_HEALTH_DETAIL", "").strip() == "1"
     reg = default_registry()
-    return {
+    report: dict[str, Any] = {
         "status": "ok",
         **memory_mb(),
         "models_loaded": sorted({name for name, _ in reg.loaded()}),
-        "endpoints": GAUGE.snapshot(),
-        "concurrency_limits": dict(CONCURRENCY),
     }
+    if detail:
+        report["endpoints"] = GAUGE.snapshot()
+        report["concurrency_limits"] = dict(CONCURRENCY)
+        report["runs_per_client"] = {"runs": FAIR.runs, "window_s": FAIR.window_s}
+    return report
