@@ -700,6 +700,12 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=10, help="requests per client (default 10)")
     p.add_argument("--image", help="image to score (default: a shipped sample CXR)")
     p.add_argument("--model", help="model name (default: the app's default)")
+    p.add_argument(
+        "--flood",
+        choices=("occlusion", "ig", "gradcam"),
+        help="instead: one client floods /attribute with this method while another attributes "
+        "every 5 s; fails if that person's p95 exceeds 3x their median alone",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -707,7 +713,7 @@ def _load_args(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from explorer.ops.load import AppProcess, default_image, run_load
+    from explorer.ops.load import AppProcess, default_image, run_flood, run_load
 
     if args.clients < 1 or args.requests < 1:
         sys.stderr.write("--clients and --requests must be at least 1.\n")
@@ -715,6 +721,10 @@ def _load(args: argparse.Namespace) -> int:
     image = Path(args.image) if args.image else default_image()
 
     def run(url: str, cold_start: float | None) -> int:
+        if args.flood:
+            flood = run_flood(url, method=args.flood, image=image)
+            _emit(flood.as_dict(), args.json, flood.to_markdown())
+            return 0 if flood.passed else 1
         result = run_load(url, args.clients, args.requests, image, args.model)
         data = {**result.as_dict(), "cold_start_s": cold_start}
         text = result.to_markdown()

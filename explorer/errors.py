@@ -38,6 +38,10 @@ class ImageTooSmallError(ImageLoadError):
     """The image has too few pixels to be a radiograph a model can read (e.g. 1 x 1)."""
 
 
+class ImageShapeError(ImageLoadError):
+    """The image is far longer on one side than a radiograph (e.g. a 16,000 x 40 strip)."""
+
+
 class MissingPixelDataError(ImageLoadError):
     """A DICOM file that holds no image (e.g. a structured report or a header-only file)."""
 

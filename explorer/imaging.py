@@ -42,6 +42,7 @@ import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset
+from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.pixels import (
     apply_color_lut,
@@ -55,6 +56,7 @@ from explorer.errors import (
     CorruptImageError,
     EmptyFileError,
     ImageLoadError,
+    ImageShapeError,
     ImageTooLargeError,
     ImageTooSmallError,
     MissingPixelDataError,
@@ -63,13 +65,17 @@ from explorer.errors import (
 )
 
 __all__ = [
+    "MAX_ASPECT",
     "MAX_FILE_BYTES",
     "MAX_INFLATED_BYTES",
+    "MAX_KEPT_SIDE",
     "MAX_PIXELS",
+    "MAX_SIDE",
     "MIN_SIDE",
     "ImageMeta",
     "LoadedImage",
     "describe",
+    "downscale",
     "load_image",
     "load_radiograph",
     "require_min_size",
@@ -87,6 +93,20 @@ MONOCHROME1_NOTE = (
 #: Largest image (width x height of the decoded frame) accepted. It is checked from the header,
 #: before any pixel is decoded; 40 million is well above a 6000 x 6000 detector image.
 MAX_PIXELS = 40_000_000
+
+#: Longest side accepted, in pixels, checked from the header with :data:`MAX_PIXELS`. It is the
+#: WebP limit the preview is encoded with; no detector is anywhere near it, while a
+#: 1,250,000 x 32 file is within the pixel count and would only fail later, at the preview.
+MAX_SIDE = 16_383
+
+#: Longest side kept of an image held for later (a batch), in pixels: the models read at most
+#: 448 pixels a side (MedSigLIP; the embedded models 224), so a full-resolution copy would only
+#: hold memory (a batch of 1,000 films keeps 1 GB at 512 px, 4 GB at 1024).
+MAX_KEPT_SIDE = 512
+
+#: Largest ratio of the long side to the short one in an image to be scored: a chest film is
+#: at most about 1.5 and a stitched spine or leg film about 3; a banner or a plot is not a film.
+MAX_ASPECT = 20
 
 #: Largest upload read into memory, in bytes.
 MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -282,8 +302,9 @@ def load_image(source: bytes | str | os.PathLike[str]) -> LoadedImage:
         EmptyFileError: The file has no content.
         UnsupportedFormatError: The content is not an image format the app reads.
         CorruptImageError: The content claims an image format but is damaged or truncated.
-        ImageTooLargeError: The image or file is beyond :data:`MAX_PIXELS` /
-            :data:`MAX_FILE_BYTES` (checked before decoding).
+        ImageTooLargeError: The image or file is beyond :data:`MAX_PIXELS`, :data:`MAX_SIDE`
+            or :data:`MAX_FILE_BYTES`, or a Deflated DICOM beyond :data:`MAX_INFLATED_BYTES`
+            (all checked before decoding).
         MissingPixelDataError: A DICOM file without an image in it.
         UnsupportedTransferSyntaxError: A DICOM compression no installed decoder can read.
         ImageLoadError: The path does not exist or cannot be read.
@@ -403,19 +424,27 @@ MIN_SIDE = 32
 
 
 def require_min_size(img: LoadedImage, min_side: int = MIN_SIDE) -> LoadedImage:
-    """Return ``img`` if both sides have at least ``min_side`` pixels.
+    """Return ``img`` if both sides have at least ``min_side`` pixels and it is not a strip.
 
     :func:`load_image` decodes any valid image; the app and the CLI call this before scoring,
-    since a model cannot read a radiograph from a thumbnail or a single pixel.
+    since a model cannot read a radiograph from a thumbnail or a single pixel, nor from a strip
+    (a banner or a plot) that the model would squash or crop past recognition.
 
     Raises:
         ImageTooSmallError: A side is shorter than ``min_side``.
+        ImageShapeError: One side is more than :data:`MAX_ASPECT` times the other.
     """
     h, w = img.pixels.shape
     if min(h, w) < min_side:
         raise ImageTooSmallError(
             f"The image is only {w} x {h} pixels; a chest X-ray needs at least {min_side} "
             "pixels on each side (please upload the full-size export)."
+        )
+    if max(h, w) > MAX_ASPECT * min(h, w):
+        raise ImageShapeError(
+            f"The image is {w} x {h} pixels, far longer on one side than a radiograph ever is "
+            f"(at most {MAX_ASPECT} times the other side); please upload the chest X-ray itself "
+            f"as {_ACCEPTED}."
         )
     return img
 
@@ -425,13 +454,60 @@ def load_radiograph(source: bytes | str | os.PathLike[str]) -> LoadedImage:
     return require_min_size(load_image(source))
 
 
-def _check_pixel_count(width: int, height: int) -> None:
-    """Raise :class:`ImageTooLargeError` when ``width * height`` exceeds :data:`MAX_PIXELS`."""
+def _check_size(width: int, height: int) -> None:
+    """Refuse, from the header, an image beyond :data:`MAX_PIXELS` or :data:`MAX_SIDE`.
+
+    Raises:
+        ImageTooLargeError: Too many pixels, or a side longer than :data:`MAX_SIDE`.
+    """
     if width * height > MAX_PIXELS:
         raise ImageTooLargeError(
             f"The image is too large to open safely ({width} x {height} pixels, the limit is "
             f"{MAX_PIXELS / 1e6:g} million pixels); please upload a smaller export of the X-ray."
         )
+    if max(width, height) > MAX_SIDE:
+        raise ImageTooLargeError(
+            f"The image is too large to open safely ({width} x {height} pixels, the limit is "
+            f"{MAX_SIDE:,} pixels on a side); please upload a smaller export of the X-ray."
+        )
+
+
+def downscale(pixels: np.ndarray, max_side: int = MAX_KEPT_SIDE) -> np.ndarray:
+    """``pixels`` shrunk (antialiased, aspect kept) so the longest side is at most ``max_side``.
+
+    What is held for later (a batch's images) is kept at this size: the models read a few
+    hundred pixels a side, and a full-resolution ``float32`` copy of a 40-megapixel upload
+    would hold 160 MB. An image already small enough comes back as it is.
+
+    Args:
+        pixels: ``(H, W)`` floats in ``[0, 1]``.
+        max_side: The longest side of the result, in pixels.
+
+    Returns:
+        Contiguous ``float32`` ``(h, w)`` in ``[0, 1]``.
+    """
+    arr = _finish(pixels)
+    height, width = arr.shape
+    if max(height, width) <= max_side:
+        return arr
+    import torch
+    import torch.nn.functional as F
+
+    scale = max_side / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    # torch reads the array in place (Pillow would first copy it into a 160 MB "F" image) and
+    # resizes as the models' preprocessing does: bicubic, antialiased.
+    with torch.no_grad():
+        small = F.interpolate(
+            torch.from_numpy(arr)[None, None],
+            size=size,
+            mode="bicubic",
+            antialias=True,
+            align_corners=False,
+        )
+    # Bicubic overshoots a little at sharp edges; the result must stay in [0, 1]. The copy is
+    # a plain array that owns its pixels, not a view held alive by a torch tensor.
+    return small[0, 0].clamp_(0.0, 1.0).numpy().copy()
 
 
 def _not_an_image_message(data: bytes) -> str:
@@ -496,7 +572,7 @@ def _load_with_pillow(data: bytes, fmt: str) -> LoadedImage:
     except Exception as exc:
         raise _corrupt(fmt) from exc
 
-    _check_pixel_count(im.width, im.height)
+    _check_size(im.width, im.height)
     try:
         return _decode_pillow(im, data, fmt)
     except ImageLoadError:
@@ -538,7 +614,9 @@ def _decode_pillow(im: Image.Image, data: bytes, fmt: str) -> LoadedImage:
                 im = im.convert("L")
             except ValueError:
                 im = im.convert("RGB").convert("L")
-        pixels = np.asarray(im, dtype=np.float32) / np.float32(255.0)
+        # Divided in place: a 40-megapixel image would otherwise hold two 160 MB arrays.
+        pixels = np.array(im, dtype=np.float32)
+        np.divide(pixels, np.float32(255.0), out=pixels)
         windowing = "none (8-bit values divided by 255)"
 
     if fmt == "PNG" and len(data) > 24:
@@ -579,13 +657,11 @@ def _load_dicom(data: bytes, *, strict: bool) -> LoadedImage:
         strict: ``True`` when the DICOM prefix was found; ``False`` for a bare data set, which
             is only accepted when it parses cleanly (otherwise it is "not an image").
     """
-    if strict:
-        _check_deflate_size(data, _DICOM_PREAMBLE + 4)
-    elif data[:2] == b"\x02\x00":
-        _check_deflate_size(data, 0)
     # pydicom's value-validation warnings quote the offending value (which may be a name or an
-    # ID) into the log, so validation is off while this file is read.
+    # ID) into the log, so validation is off while this file is read (the deflate check reads
+    # the file meta as pydicom will, so it runs under the same setting).
     with pydicom.config.disable_value_validation():
+        _check_deflate_size(data, strict=strict)
         return _parse_and_decode_dicom(data, strict=strict)
 
 
@@ -621,33 +697,45 @@ def _parse_and_decode_dicom(data: bytes, *, strict: bool) -> LoadedImage:
         raise _corrupt("DICOM") from exc
 
 
-def _check_deflate_size(data: bytes, meta_start: int) -> None:
+def _check_deflate_size(data: bytes, *, strict: bool) -> None:
     """Refuse a Deflated-transfer-syntax DICOM that inflates beyond :data:`MAX_INFLATED_BYTES`.
 
     pydicom inflates the whole data set in one go while reading, so the guard must run first.
-    The data set starts right after the file meta group (which begins at ``meta_start``),
-    whose length is element (0002,0000).
+    It decides by the transfer syntax alone: the file meta group and any command-set elements
+    are read by pydicom's own functions, in the order :func:`pydicom.dcmread` reads them, so
+    the guard sees the transfer syntax pydicom will act on and starts inflating where pydicom
+    will, whatever the group length (0002,0000) says, or when it is missing. A file whose meta
+    cannot be read is left to :func:`pydicom.dcmread`, which fails on it the same way.
     """
-    if data[meta_start : meta_start + 6] != b"\x02\x00\x00\x00UL":
-        return  # no (0002,0000) group length: the data set cannot be located (rare; unguarded)
-    group_length = int.from_bytes(data[meta_start + 8 : meta_start + 12], "little")
-    body_start = meta_start + 12 + group_length
-    if dicom_uid.DeflatedExplicitVRLittleEndian.encode() not in data[meta_start:body_start]:
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, not strict)
+        tsyntax = _read_file_meta_info(fp).get("TransferSyntaxUID")
+        _read_command_set_elements(fp)
+    except Exception as exc:  # pydicom raises many types for damaged headers
+        logger.debug("DICOM file meta unreadable before the deflate check: %s", type(exc).__name__)
         return
+    if tsyntax != dicom_uid.DeflatedExplicitVRLittleEndian:
+        return
+    body = memoryview(data)[fp.tell() :]
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    pending = data[body_start:]
     total = 0
     try:
-        while pending and not inflater.eof:
-            # Count the inflated size in 16 MiB steps without keeping the output.
-            total += len(inflater.decompress(pending, 1 << 24))
-            pending = inflater.unconsumed_tail
-            if total > MAX_INFLATED_BYTES:
-                limit_mb = MAX_INFLATED_BYTES // (1024 * 1024)
-                raise ImageTooLargeError(
-                    f"The compressed DICOM file expands to more than {limit_mb} MB; please "
-                    "upload a single chest X-ray exported without this compression."
-                )
+        # The input goes in 64 KiB pieces and the output is counted in 16 MiB steps, never
+        # kept, so neither the refusal nor a file within the limit holds the inflated data.
+        for offset in range(0, len(body), 1 << 16):
+            pending = body[offset : offset + (1 << 16)]
+            while pending and not inflater.eof:
+                total += len(inflater.decompress(pending, 1 << 24))
+                pending = inflater.unconsumed_tail
+                if total > MAX_INFLATED_BYTES:
+                    limit_mb = MAX_INFLATED_BYTES // (1024 * 1024)
+                    raise ImageTooLargeError(
+                        f"The compressed DICOM file expands to more than {limit_mb} MB; please "
+                        "upload a single chest X-ray exported without this compression."
+                    )
+            if inflater.eof:
+                break
     except zlib.error as exc:
         raise _corrupt("DICOM") from exc
 
@@ -684,7 +772,7 @@ def _decode_dicom(ds: Dataset) -> LoadedImage:
         raise _corrupt("DICOM")
     frames = _positive_int(ds.get("NumberOfFrames")) or 1
     # Only the first frame is ever decoded, so the limit applies to one frame.
-    _check_pixel_count(columns, rows)
+    _check_size(columns, rows)
 
     tsyntax = _transfer_syntax(ds)
     decoder = _decoder_for(tsyntax)

@@ -8,7 +8,9 @@ request right after. The table below is the list the production-readiness note r
 from __future__ import annotations
 
 import io
+import logging
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ gradio = pytest.importorskip("gradio")
 from conftest import default_model_ready  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 from pydicom import uid  # noqa: E402
+from test_batch import patch_zip_entry  # noqa: E402
 from test_imaging import (  # noqa: E402
     encapsulated_dicom,
     make_dicom,
@@ -73,6 +76,34 @@ def _huge_dicom() -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def _deflate_bomb_dicom() -> bytes:
+    """A Deflated DICOM of under 1 MB, without its (0002,0000) group length, whose data set
+    inflates to 600 MB (more than the 512 MB the guard lets through)."""
+    data = make_dicom(np.zeros((8, 8), dtype=np.uint8), tsyntax=uid.DeflatedExplicitVRLittleEndian)
+    body = 144 + int.from_bytes(data[140:144], "little")  # the end of the file meta
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    zeros = bytes(1 << 24)
+    stream = b"".join(packer.compress(zeros) for _ in range(600 * 1024**2 // len(zeros)))
+    return data[:132] + data[144:body] + stream + packer.flush()
+
+
+def _unreadable_entries_zip(*, good: bool) -> bytes:
+    """A ZIP whose entries are encrypted, of an unknown method and damaged (plus a good PNG)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        if good:
+            zf.writestr("good.png", PNG)
+        for name in ("PHI-123456-encrypted.png", "PHI-234567-method.png", "PHI-345678-damaged.png"):
+            zf.writestr(name, PNG[:200] + bytes(5000))
+    data = patch_zip_entry(buf.getvalue(), "PHI-123456-encrypted.png", flag=0x1)
+    data = patch_zip_entry(data, "PHI-234567-method.png", method=99)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = zf.getinfo("PHI-345678-damaged.png")
+    damaged = bytearray(data)
+    damaged[info.header_offset + 30 + len(info.filename) + len(info.extra)] = 0xFF
+    return bytes(damaged)
 
 
 @dataclass(frozen=True)
@@ -166,6 +197,27 @@ CASES = [
         lambda: png_header_only(200_000, 200_000),
     ),
     Case("20000x20000-dicom", "/inspect", "too large", "scan.dcm", _huge_dicom),
+    Case(
+        "1250000x32-png",
+        "/inspect",
+        "16,383 pixels on a side",
+        "scan.png",
+        lambda: png_header_only(1_250_000, 32),
+    ),
+    Case(
+        "16000x40-strip",
+        "/inspect",
+        "far longer on one side than a radiograph",
+        "scan.png",
+        lambda: png_bytes(np.zeros((40, 16_000), np.uint8)),
+    ),
+    Case(
+        "deflated-dicom-bomb-without-group-length",
+        "/inspect",
+        "expands to more than 512 mb",
+        "scan.dcm",
+        _deflate_bomb_dicom,
+    ),
     Case("16-bit-png", "/inspect", "ok", "scan.png", lambda: png_bytes(RAMP16)),
     Case("float-tiff", "/inspect", "ok", "scan.tif", _float_tiff),
     Case(
@@ -225,6 +277,20 @@ CASES = [
         "no png, jpeg or dicom images",
         "images.zip",
         lambda: _zip({"notes.txt": b"hi"}),
+    ),
+    Case(
+        "batch-zip-of-unreadable-entries",
+        "/batch",
+        "none of the images could be read",
+        "images.zip",
+        lambda: _unreadable_entries_zip(good=False),
+    ),
+    Case(
+        "batch-labels-over-the-row-limit",
+        "/batch",
+        "a label file takes at most 20,000",
+        "labels.csv",
+        lambda: b"file,Edema\n" + b"".join(b"x%d.png,1\n" % k for k in range(20_001)),
     ),
 ]
 
@@ -292,3 +358,101 @@ def test_bad_input_gets_a_clear_message_and_the_server_keeps_serving(client, cas
 
 def test_there_are_at_least_25_cases():
     assert len(CASES) >= 25 and len({c.id for c in CASES}) == len(CASES)
+
+
+def test_unreadable_zip_entries_are_listed_and_named_in_no_log(client, tmp_path, caplog, capfd):
+    """Encrypted, unknown-method and damaged entries are rows of the problems table with a
+    plain reason, the good image is scored, and neither the server log nor its output names
+    an entry (file names are often patient identifiers)."""
+    archive = tmp_path / "images.zip"
+    archive.write_bytes(_unreadable_entries_zip(good=True))
+    with caplog.at_level(logging.DEBUG):
+        out = client.predict(
+            UPLOADED, handle_file(str(archive)), None, 10, MODEL, "", 0.5, False, api_name="/batch"
+        )
+    problems = out[1]["data"] if isinstance(out[1], dict) else out[1]
+    reasons = {row[0]: row[1] for row in problems}
+    assert reasons["PHI-123456-encrypted.png"].startswith("encrypted")
+    assert reasons["PHI-234567-method.png"].startswith("compressed with a method")
+    assert reasons["PHI-345678-damaged.png"].startswith("damaged")
+    assert "on 1 images" in out[0]
+    captured = capfd.readouterr()
+    assert "PHI-" not in caplog.text + captured.out + captured.err
+
+
+# --- hardening: exports safe to open, toasts as text, numbers checked, sizes bounded ----------
+
+
+def test_no_csv_the_app_writes_holds_a_live_formula(client, tmp_path):
+    """A ZIP entry named like a spreadsheet formula lands in the cases CSV inert (``'=...``)."""
+    import csv
+
+    evil = '=HYPERLINK("evil.example";"x").png'
+    archive = tmp_path / "images.zip"
+    archive.write_bytes(_zip({evil: PNG, "+1.png": PNG, "ok.png": PNG}))
+    out = client.predict(
+        UPLOADED, handle_file(str(archive)), None, 10, MODEL, "", 0.5, False, api_name="/batch"
+    )
+    cases_csv = Path(out[6])
+    rows = list(csv.DictReader(io.StringIO(cases_csv.read_text(encoding="utf-8"))))
+    images = {r["image"] for r in rows}
+    assert "'" + evil in images and "'+1.png" in images and "ok.png" in images
+    text = cases_csv.read_text(encoding="utf-8")
+    assert not any(
+        cell.startswith(("=", "+", "-", "@"))
+        for row in csv.reader(io.StringIO(text))
+        for cell in row
+        if not _is_number(cell)
+    )
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def test_html_in_a_column_name_is_shown_as_text(client, tmp_path):
+    """A column name holding an image tag and a form must not be drawn in the error toast."""
+    table = tmp_path / "reports.csv"
+    table.write_text(
+        '"<img src=https://evil.example/b.gif><form><input placeholder=password></form>",x\na,b\n'
+    )
+    with pytest.raises(Exception) as info:
+        client.predict(
+            OWN_TABLE, handle_file(str(table)), "", MODEL, "cluster", api_name="/map_open"
+        )
+    message = str(info.value)
+    assert "say which column" in message
+    assert "<img" not in message and "<form" not in message and "&lt;img" in message
+
+
+def test_a_number_that_is_not_a_number_is_named(app_url):
+    """NaN passes Gradio's slider bounds (a raw JSON call can send it); the handler names the
+    control instead of failing blank."""
+    import json
+
+    import httpx
+
+    api = f"{app_url}gradio_api/call/batch"
+    data = ["Phantoms with known labels", None, None, float("nan"), MODEL, "", 0.5, False]
+    body = json.dumps({"data": data})  # Python writes NaN, as a hostile client may
+    event = httpx.post(api, content=body, headers={"Content-Type": "application/json"}).json()
+    stream = httpx.get(f"{api}/{event['event_id']}", timeout=60).text
+    assert "event: error" in stream and "Phantoms to render must be a number from 10" in stream
+
+
+def test_an_upload_over_the_size_limit_is_refused_before_it_is_stored(tmp_path):
+    """Gradio refuses a file over ``EXPLORER_MAX_UPLOAD_MB`` (1 MB here) at the door."""
+    from explorer.ops.load import AppProcess
+
+    big = tmp_path / "big.png"
+    big.write_bytes(PNG + bytes(2 * 1024 * 1024))
+    with AppProcess(env={"EXPLORER_MAX_UPLOAD_MB": "1"}) as app:
+        client = Client(app.url, verbose=False)
+        with pytest.raises(Exception, match="(?i)max|size|large|413"):
+            client.predict(handle_file(str(big)), api_name="/inspect")
+        _, rows = client.predict(handle_file(str(GOOD_PNG)), api_name="/inspect")  # still serving
+        assert rows

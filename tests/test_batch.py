@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
+import logging
 import shutil
 import zipfile
 
 import numpy as np
 import pytest
 from conftest import default_model_ready
+from PIL import Image
 
+from explorer import imaging
 from explorer.cli import main
+from explorer.eval import batch as batch_module
 from explorer.eval.batch import (
+    MAX_PROBLEMS,
+    ZIP_DAMAGED,
+    ZIP_ENCRYPTED,
+    ZIP_METHOD,
     BatchError,
+    BatchImage,
     Case,
     Evaluation,
     evaluate,
@@ -222,3 +233,131 @@ def test_evaluate_cli_reads_a_manifest(tmp_path, capsys):
     assert [p["reason"][:11] for p in data["problems"]] == ["no image at"]
     assert main(["evaluate"]) != 0
     assert "--images, or a labelled table with --manifest" in capsys.readouterr().err
+
+
+# --- hostile archives and tables -------------------------------------------------------------
+
+
+def _png(shape: tuple[int, int], value: int = 0) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full(shape, value, dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_tiny_zip_of_huge_images_keeps_only_shrunk_pixels(tmp_path):
+    """Three 24-36 megapixel PNGs in a ZIP of a few kB: the batch keeps each at most
+    MAX_KEPT_SIDE a side, and neither their bytes nor their full-size pixels."""
+    archive = tmp_path / "huge.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.png", _png((6000, 6000)))
+        zf.writestr("b.png", _png((4000, 6000), 255))
+        zf.writestr("c.png", _png((6000, 4000)))
+    assert archive.stat().st_size < 100_000
+    batch = read_batch(archive)
+    shapes = {im.name: im.pixels.shape for im in batch.images}
+    side = imaging.MAX_KEPT_SIDE
+    short = round(side * 4000 / 6000)  # the aspect ratio is kept
+    assert shapes == {"a.png": (side, side), "b.png": (short, side), "c.png": (side, short)}
+    assert {f.name for f in dataclasses.fields(BatchImage)} == {"name", "pixels"}
+    for im in batch.images:
+        assert im.pixels.dtype == np.float32 and im.pixels.base is None  # no view of a full one
+        assert not any(isinstance(getattr(im, f), (bytes, bytearray)) for f in ("name", "pixels"))
+    assert batch.images[1].pixels.min() == pytest.approx(1.0, abs=1e-5)
+    png = Image.open(io.BytesIO(batch.images[1].png_bytes()))  # what the drill-down opens
+    assert png.size == (side, short) and png.mode == "L"
+
+
+def test_the_pixel_budget_of_a_batch(tmp_path, monkeypatch):
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for k in range(3):
+            zf.writestr(f"{k}.png", _png((100, 100)))
+    monkeypatch.setattr(batch_module, "MAX_BATCH_PIXELS", 25_000)
+    with pytest.raises(BatchError, match="more than 0 million pixels in all"):
+        read_batch(archive)
+    monkeypatch.setattr(batch_module, "MAX_BATCH_PIXELS", 30_000)
+    assert len(read_batch(archive)) == 3
+    monkeypatch.setattr(batch_module, "MAX_BATCH_KEPT_BYTES", 100_000)  # 40,000 B an image
+    with pytest.raises(BatchError, match="take more than 0 MB of memory even shrunk"):
+        read_batch(archive)
+
+
+def patch_zip_entry(data: bytes, name: str, *, flag: int = 0, method: int | None = None) -> bytes:
+    """``data`` (a ZIP) with ``flag`` or-ed into, and ``method`` written over, the general
+    purpose flags and compression method of ``name``, in its local and its central header."""
+    out = bytearray(data)
+    encoded = name.encode()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        local = zf.getinfo(name).header_offset
+    central = int.from_bytes(data[-6:-2], "little")  # the end record's directory offset
+    while data[central + 46 : central + 46 + len(encoded)] != encoded:
+        central = data.index(b"PK\x01\x02", central + 46)
+    for flags_at in (local + 6, central + 8):
+        out[flags_at] |= flag
+        if method is not None:
+            out[flags_at + 2 : flags_at + 4] = method.to_bytes(2, "little")
+    return bytes(out)
+
+
+def test_unreadable_zip_entries_are_listed_with_a_reason_and_never_logged(tmp_path, caplog):
+    """An encrypted entry, one with an unknown compression method and one whose deflate data
+    is damaged each become a problem row; the batch runs on the rest, and no log line names
+    them (file names are often patient identifiers)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("good.png", _png((64, 64), 90))
+        for name in ("PHI-123456-encrypted.png", "PHI-234567-method.png", "PHI-345678-damaged.png"):
+            zf.writestr(name, _png((64, 64), 30) + bytes(5000))
+    data = buf.getvalue()
+    data = patch_zip_entry(data, "PHI-123456-encrypted.png", flag=0x1)
+    data = patch_zip_entry(data, "PHI-234567-method.png", method=99)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        info = zf.getinfo("PHI-345678-damaged.png")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    damaged = bytearray(data)
+    damaged[start] = 0xFF  # a deflate block of the reserved type 3
+    archive = tmp_path / "PHI-999999.zip"
+    archive.write_bytes(bytes(damaged))
+    with caplog.at_level(logging.DEBUG):
+        batch = read_batch(archive)
+    assert [im.name for im in batch.images] == ["good.png"]
+    assert dict(batch.problems) == {
+        "PHI-123456-encrypted.png": ZIP_ENCRYPTED,
+        "PHI-234567-method.png": ZIP_METHOD,
+        "PHI-345678-damaged.png": ZIP_DAMAGED,
+    }
+    assert "PHI" not in caplog.text
+    archive.write_bytes(patch_zip_entry(bytes(damaged), "good.png", flag=0x1))
+    with pytest.raises(BatchError, match="None of the images could be read"):
+        read_batch(archive)  # nothing readable: one sentence, still no exception of zipfile's
+
+
+def test_an_entry_larger_than_an_image_may_be_is_not_unpacked(tmp_path, monkeypatch):
+    archive = tmp_path / "big.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("small.png", _png((64, 64)))
+        zf.writestr("big.png", _png((64, 64)) + bytes(100_000))
+    monkeypatch.setattr(imaging, "MAX_FILE_BYTES", 50_000)
+    batch = read_batch(archive)
+    assert [im.name for im in batch.images] == ["small.png"]
+    assert dict(batch.problems)["big.png"].startswith("larger than the 0 MB one image may be")
+
+
+def test_a_label_file_beyond_the_row_limit_is_refused_before_parsing(folder, tmp_path):
+    labels = tmp_path / "labels.csv"
+    rows = "".join(f"x{k}.png,1\n" for k in range(batch_module.MAX_LABEL_ROWS + 1))
+    labels.write_text("filename,Edema\n" + rows)
+    with pytest.raises(BatchError, match="has 20,001 rows; a label file takes at most 20,000"):
+        read_batch(folder, labels)
+
+
+def test_the_problems_list_is_capped_with_a_count(folder, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("filename,Edema\n" + "".join(f"x{k}.png,1\n" for k in range(250)))
+    batch = read_batch(folder, labels)
+    total = 250 + 2  # 250 labelled files that are not there, broken.png and notes.txt
+    assert len(batch.problems) == MAX_PROBLEMS + 1
+    assert batch.problems_not_listed == total - MAX_PROBLEMS
+    assert batch.problem_count == total
+    assert batch.problems[-1][1].startswith(f"{total - MAX_PROBLEMS} more problems")
+    assert len(phantom_batch(2).problems) == 0

@@ -24,17 +24,24 @@ from explorer.errors import (
     CorruptImageError,
     EmptyFileError,
     ImageLoadError,
+    ImageShapeError,
     ImageTooLargeError,
+    ImageTooSmallError,
     MissingPixelDataError,
     UnsupportedFormatError,
     UnsupportedTransferSyntaxError,
 )
 from explorer.imaging import (
+    MAX_ASPECT,
+    MAX_KEPT_SIDE,
     MAX_PIXELS,
+    MAX_SIDE,
     MONOCHROME1_NOTE,
     LoadedImage,
     describe,
+    downscale,
     load_image,
+    load_radiograph,
     to_uint8,
 )
 
@@ -569,6 +576,10 @@ BAD_INPUTS = {
     "dicom without pixel data": (lambda: make_dicom(None, **PLANTED), MissingPixelDataError),
     "png bomb 30000x30000": (lambda: png_header_only(30000, 30000), ImageTooLargeError),
     "png 7000x7000 over MAX_PIXELS": (lambda: png_header_only(7000, 7000), ImageTooLargeError),
+    "png 1250000x32 within MAX_PIXELS": (
+        lambda: png_header_only(1_250_000, 32),
+        ImageTooLargeError,
+    ),
     "dicom bomb 30000x30000": (_bomb_dicom, ImageTooLargeError),
     "truncated dicom": (_truncated_dicom, CorruptImageError),
     "truncated compressed dicom": (_truncated_compressed_dicom, CorruptImageError),
@@ -674,3 +685,72 @@ def test_pillow_decompression_bomb_warning_is_refused(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(ImageTooLargeError):
         load_image(png_header_only(12, 12))
+
+
+def without_group_length(data: bytes, how: str) -> bytes:
+    """``data`` (a DICOM file) with its (0002,0000) group length removed or set to zero."""
+    element = data[132:144]
+    assert element[:8] == b"\x02\x00\x00\x00UL\x04\x00"
+    if how == "missing":
+        return data[:132] + data[144:]
+    return data[:140] + bytes(4) + data[144:]
+
+
+@pytest.mark.parametrize("how", ["missing", "zero"])
+@pytest.mark.parametrize("preamble", [True, False], ids=["preamble", "no-preamble"])
+def test_deflate_guard_does_not_depend_on_the_group_length(monkeypatch, how, preamble):
+    """The guard decides by the transfer syntax: without (0002,0000), or with 0 in it, a file
+    that inflates beyond the limit is still refused, and one within it still decodes."""
+    big = make_dicom(
+        np.zeros((1000, 1000), dtype=np.uint16), tsyntax=uid.DeflatedExplicitVRLittleEndian
+    )
+    values = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    small = make_dicom(values, tsyntax=uid.DeflatedExplicitVRLittleEndian)
+    big, small = without_group_length(big, how), without_group_length(small, how)
+    if not preamble:
+        big, small = big[128:], small[128:]
+    assert len(big) < 20_000 and load_image(big).pixels.shape == (1000, 1000)  # pydicom reads it
+    monkeypatch.setattr(imaging, "MAX_INFLATED_BYTES", 1 << 20)
+    with pytest.raises(ImageTooLargeError) as info:
+        load_image(big)  # 2 MB inflated
+    assert "expands to more than 1 MB" in str(info.value)
+    assert_clear_message(info.value)
+    img = load_image(small)  # 8 kB inflated
+    assert img.meta.transfer_syntax == "Deflated Explicit VR Little Endian"
+    np.testing.assert_allclose(img.pixels, values / values.max(), atol=EPS)
+
+
+def test_a_side_beyond_the_preview_limit_is_refused_before_decoding():
+    start = time.perf_counter()
+    with pytest.raises(ImageTooLargeError) as info:
+        load_image(png_header_only(1_250_000, 32))  # exactly MAX_PIXELS, one side far too long
+    assert time.perf_counter() - start < 1.0
+    assert "1250000 x 32 pixels" in str(info.value)
+    assert f"{MAX_SIDE:,} pixels on a side" in str(info.value)
+    assert_clear_message(info.value)
+    assert MAX_PIXELS >= 1_250_000 * 32 and MAX_SIDE == 16_383  # the WebP limit
+
+
+def test_a_strip_is_not_a_radiograph():
+    """A side more than MAX_ASPECT times the other is refused with both sizes; a long film
+    within that ratio, and a side just at MIN_SIDE, are still read."""
+    with pytest.raises(ImageShapeError) as info:
+        load_radiograph(png_bytes(np.zeros((40, 16_000), np.uint8)))
+    assert "16000 x 40 pixels" in str(info.value)
+    assert_clear_message(info.value)
+    assert load_radiograph(png_bytes(np.zeros((32 * MAX_ASPECT, 32), np.uint8)))
+    with pytest.raises(ImageTooSmallError):
+        load_radiograph(png_bytes(np.zeros((31, 400), np.uint8)))
+
+
+def test_downscale_keeps_aspect_range_and_small_images():
+    tall = np.zeros((3000, 1500), dtype=np.float32)
+    tall[:, 750:] = 1.0  # a sharp edge: bicubic overshoot must be clipped
+    small = downscale(tall)
+    assert small.shape == (MAX_KEPT_SIDE, MAX_KEPT_SIDE // 2) and small.dtype == np.float32
+    assert small.flags.c_contiguous and small.min() >= 0.0 and small.max() <= 1.0
+    assert small[:, :250].max() < 1e-6 and small[:, -250:].min() > 1 - 1e-6
+    assert downscale(np.full((5000, 40), 0.25), max_side=500).shape == (500, 4)
+    assert np.allclose(downscale(np.full((2000, 2000), 0.25, np.float32)), 0.25, atol=1e-6)
+    kept = np.random.default_rng(0).random((MAX_KEPT_SIDE, 700), dtype=np.float32)
+    assert np.array_equal(downscale(kept), kept)  # already small enough: unchanged

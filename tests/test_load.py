@@ -61,3 +61,16 @@ def test_load_verdict_names_each_failure(change, problem):
     assert LoadResult(**ok).passed and "| verdict | pass |" in LoadResult(**ok).to_markdown()
     bad = LoadResult(**{**ok, **change})
     assert not bad.passed and problem in bad.to_markdown()
+
+
+@pytest.mark.slow
+def test_one_client_flooding_attribution_does_not_hold_up_another(capsys):
+    """One client keeps 60 occlusion runs queued while a person asks for one every 5 s: the
+    flooder's runs past its share are refused at once, and the person's p95 stays under 3x
+    their usual time (before the per-client share, it waited behind all 60: 545 s)."""
+    from explorer.cli import main
+
+    status = main(["load", "--flood", "occlusion", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["flood_refused"] > out["flood_ran"] >= 0 and out["flood_sent"] >= 60
+    assert status == 0 and out["ratio"] < 3, out

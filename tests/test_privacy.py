@@ -136,3 +136,85 @@ def test_stopping_the_server_removes_its_private_folder(tmp_path):
         folders = list(tmp_path.glob("cxr-explorer-*"))
         assert len(folders) == 1 and _files_under(folders[0])  # the upload is there
     assert not folders[0].exists()
+
+
+#: A patient name planted in the DICOMs of a hostile batch (searched for in the server's memory).
+MEMORY_SECRET = b"SECRETPATIENTZQX"
+
+
+def _occurrences_in_memory(pid: int, needle: bytes) -> int:
+    """How often ``needle`` is in the readable, non-file-backed memory of process ``pid``."""
+    hits = 0
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) >= 6 and fields[5].startswith("/")):
+                continue  # unreadable, or a mapped file (the libraries, not the heap)
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                hits += mem.read(end - start).count(needle)
+            except (OSError, OverflowError, ValueError):
+                continue  # a guard page or a region that went away meanwhile
+    return hits
+
+
+def _hostile_batch(folder: Path) -> Path:
+    """Six 36-megapixel PNGs (a few KB of ZIP) and ten DICOMs with a planted patient name."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    ds = pydicom.dcmread(EXAMPLES_DIR / "siim-pneumothorax-sample.dcm")
+    ds.PatientName = MEMORY_SECRET.decode() + "^GIVEN"
+    ds.PatientID = MEMORY_SECRET.decode()
+    raw = io.BytesIO()
+    ds.save_as(raw, enforce_file_format=True)
+    big = io.BytesIO()
+    Image.fromarray(np.zeros((6000, 6000), np.uint8)).save(big, "PNG")
+    path = folder / "hostile.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for k in range(6):
+            zf.writestr(f"huge-{k}.png", big.getvalue())
+        for k in range(10):
+            zf.writestr(f"case-{k}.dcm", raw.getvalue())
+    return path
+
+
+@pytest.mark.slow
+def test_a_hostile_batch_gives_back_its_memory_and_keeps_no_identifier(tmp_path):
+    """A small ZIP of huge images and identified DICOMs: after the upload lifetime the
+    server's memory is back within 10 % and no planted identifier is left in it (the batch
+    used to keep every image's bytes and full-resolution pixels: +909 MB held)."""
+    if not os.access("/proc/self/mem", os.R_OK):
+        pytest.skip("this system does not let a process read another's memory")
+    batch = _hostile_batch(tmp_path)
+    ttl = 8
+    env = {"EXPLORER_UPLOAD_TTL": str(ttl), "EXPLORER_PURGE_EVERY": "2"}
+    with AppProcess(env=env, log_path=tmp_path / "app.log") as app:
+        client = Client(app.url, verbose=False, download_files=str(tmp_path / "downloads"))
+        film = handle_file(str(EXAMPLES_DIR / "00000001_000.png"))
+        client.predict(film, None, "", "", ["there_is"], "", api_name="/findings")  # warm
+        before = client.predict(api_name="/health")["rss_mb"]
+        status, *_ = client.predict(
+            "My images (ZIP) + labels (CSV)",
+            handle_file(str(batch)),
+            None,
+            200,
+            None,
+            "",
+            0.5,
+            False,
+            api_name="/batch",
+        )
+        assert "on 16 images" in status  # the batch was really read
+        time.sleep(ttl + 4)
+        client.predict(film, None, "", "", ["there_is"], "", api_name="/findings")
+        after = client.predict(api_name="/health")["rss_mb"]
+        hits = _occurrences_in_memory(app.proc.pid, MEMORY_SECRET)
+        log = app.log()
+    assert after <= before * 1.10, f"resident memory {before:.0f} -> {after:.0f} MB"
+    assert hits == 0, f"the planted name is in the server's memory {hits} times"
+    assert MEMORY_SECRET.decode() not in log and "case-3" not in log

@@ -272,14 +272,31 @@ def test_health_reports_memory_models_and_limits(monkeypatch):
     assert report["runs_per_client"] == {"runs": serving.FAIR.runs, "window_s": 10.0}
 
 
-def test_a_client_over_its_share_is_refused_at_once_and_others_are_not():
-    fair = serving.Fairness(runs=2, window_s=10.0)
+def test_a_client_over_its_share_is_refused_at_once_and_others_are_not(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(serving.time, "monotonic", lambda: clock[0])
+    fair = serving.Fairness(runs=2, window_s=10.0, rest=1.0)
     assert fair.admit("attribute", "flood") == 0 and fair.admit("attribute", "flood") == 0
-    wait = fair.admit("attribute", "flood")
-    assert 0 < wait <= 10
+    assert fair.admit("attribute", "flood") == pytest.approx(10)  # over its share: 10 s from now
     assert fair.admit("attribute", "someone else") == 0  # another page has its own share
     assert fair.admit("batch", "flood") == 0  # and each event its own
     assert fair.admit("attribute", None) == 0  # no session (a direct call): not limited
+    clock[0] += 5.0
+    assert fair.admit("attribute", "flood") == pytest.approx(10)  # asking again restarts the wait
+    clock[0] += 10.5  # waited its turn ...
+    assert fair.admit("attribute", "flood") == 0
+    clock[0] += 4.0
+    fair.finished("attribute", "flood", 4.0)  # ... a 4 s run: 4 s of rest before the next
+    clock[0] += 3.9
+    assert fair.admit("attribute", "flood") == pytest.approx(10)
+    clock[0] += 10.5
+    assert fair.admit("attribute", "flood") == 0
+    fair.finished("attribute", "flood", 30.0)  # a 30 s run: resting past the window
+    clock[0] += 12.0
+    assert fair.admit("attribute", "flood") == pytest.approx(18.0)  # resting; no start left
+    assert fair.admit("batch", "someone") == 0  # the books stay readable for everyone
+    clock[0] += 18.5
+    assert fair.admit("attribute", "flood") == 0
 
 
 def test_stop_signal_removes_own_folders_before_interrupting(tmp_path, monkeypatch):
@@ -291,3 +308,15 @@ def test_stop_signal_removes_own_folders_before_interrupting(tmp_path, monkeypat
     with pytest.raises(KeyboardInterrupt):
         serving._stop(2, None)
     assert not own.exists()
+
+
+def test_the_page_config_names_no_install_path():
+    """plotly.js is served from a temp copy: /config does not show the virtualenv's path."""
+    import json
+    import sys
+
+    from explorer.ui import build_demo
+
+    config = json.dumps(build_demo().config, default=str)
+    assert "plotly.min.js" in config
+    assert sys.prefix not in config and "site-packages" not in config

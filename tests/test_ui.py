@@ -239,6 +239,29 @@ def test_report_map_of_an_uploaded_table_and_a_bad_one(client, tmp_path):
         )
 
 
+def test_four_people_with_four_tables_each_keep_their_own_map(app_url, tmp_path):
+    """The map store was one LRU of three for everyone: the fourth table pushed out the
+    first person's map ("Open a map first"). Now each keeps theirs, within a memory budget."""
+    people = []
+    for k in range(4):
+        table = tmp_path / f"table-{k}.csv"
+        lines = [f"r{i},Person {k}: no pleural effusion, case {i}." for i in range(25)]
+        table.write_text("id,report\n" + "\n".join(lines))
+        person = Client(app_url, verbose=False)
+        _, _, clusters = person.predict(
+            "Your own table (CSV / Parquet upload)",
+            handle_file(str(table)),
+            "",
+            "phantom-negaware",
+            "cluster",
+            api_name="/map_open",
+        )
+        people.append((person, _rows(clusters)[0][1]))
+    for person, cluster in people:  # the first one too
+        selected, *_ = person.predict(cluster, api_name="/map_cluster")
+        assert len(_rows(selected)) >= 1
+
+
 # --- batch ------------------------------------------------------------------------------------
 
 PHANTOMS = "Phantoms with known labels"
@@ -396,7 +419,7 @@ def test_a_batch_phantom_opened_in_attribution_has_its_mask(tmp_path):
         and render_phantom(int(item.name[8:-4])).mask_for(f) is not None
     )
     path = tmp_path / item.name
-    path.write_bytes(item.data)
+    path.write_bytes(item.png_bytes())
     pixels = load_radiograph(path).pixels
     assert lesion_mask(str(path), finding, pixels.shape, pixels).any()
     other = np.flipud(pixels).copy()  # not that phantom's pixels, under its name
@@ -409,7 +432,9 @@ def test_a_note_never_carries_over_to_the_next_case():
 
     from explorer.ui.batch_view import mark_case, open_case
 
-    images = [SimpleNamespace(name=n, data=b"not read here") for n in ("a.png", "b.png")]
+    images = [
+        SimpleNamespace(name=n, png_bytes=lambda: b"not read here") for n in ("a.png", "b.png")
+    ]
     state = {"batch": SimpleNamespace(images=images)}
 
     def click(row, marks):
@@ -488,9 +513,11 @@ def test_long_work_says_its_stage_and_time_left_and_stops_when_the_page_goes(mon
     other(0.5, "another person's work goes on")
 
 
-def test_the_map_tab_says_how_long_opening_takes_before_it_is_pressed(tmp_path):
+def test_the_map_tab_says_how_long_opening_takes_before_it_is_pressed(tmp_path, monkeypatch):
+    from explorer.reports import map as map_mod
     from explorer.ui.report_map_view import OWN_TABLE, map_estimate, open_map
 
+    monkeypatch.setattr(map_mod, "_umap_compiled", False)  # as in a fresh server
     table = tmp_path / "reports.csv"
     table.write_text(
         "report\n"

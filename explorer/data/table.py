@@ -521,8 +521,10 @@ def spreadsheet_safe(value: object) -> object:
 def csv_text(frame) -> str:
     """The one way the project writes a table as CSV: no index, every text cell
     :func:`spreadsheet_safe`, the column names too."""
+    from pandas.api.types import is_numeric_dtype
+
     safe = frame.rename(columns=lambda c: spreadsheet_safe(str(c)))
     for col in safe.columns:
-        if safe[col].dtype == object:
+        if not is_numeric_dtype(safe[col]):  # object and string columns alike
             safe[col] = safe[col].map(spreadsheet_safe)
     return safe.to_csv(index=False)

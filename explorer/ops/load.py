@@ -316,6 +316,9 @@ class FloodResult:
     def passed(self) -> bool:
         return self.ratio < self.max_ratio
 
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ratio": self.ratio, "passed": self.passed}
+
     def to_markdown(self) -> str:
         rows = [
             ("method", self.method),
@@ -346,13 +349,14 @@ def attribution_args(image: Path, method: str, finding: str = "Pleural Effusion"
 def run_flood(
     url: str,
     method: str = "occlusion",
-    normal_calls: int = 8,
+    normal_calls: int = 6,
     pace_s: float = 5.0,
-    backlog: int = 20,
+    wave: int = 60,
     image: Path | None = None,
 ) -> FloodResult:
-    """A normal client asks for an attribution every ``pace_s`` seconds (a person reading each
-    map), first alone, then while a second client keeps ``backlog`` attributions queued."""
+    """A normal client asks for an attribution ``pace_s`` seconds after the last one appeared
+    (a person looking at each map), first alone, then while a second client queues ``wave``
+    attributions at once, and another ``wave`` a second after the last one was answered."""
     from gradio_client import Client
 
     image = default_image() if image is None else image
@@ -366,12 +370,13 @@ def run_flood(
             client.predict(*args, api_name="/attribute")
             took = time.perf_counter() - t0
             out.append(took)
-            time.sleep(max(0.0, pace_s - took))
+            time.sleep(pace_s)
         return out
 
     person = Client(url, verbose=False, download_files=str(download))
+    t0 = time.perf_counter()
     person.predict(*args, api_name="/attribute")  # warm-up: model loaded, caches filled
-    time.sleep(pace_s)
+    time.sleep(max(pace_s, time.perf_counter() - t0))  # (a long first run earns a long rest)
     alone = paced(person)
 
     flooder = Client(url, verbose=False, download_files=str(download))
@@ -380,10 +385,10 @@ def run_flood(
 
     def flood() -> None:
         while not stop.is_set():
-            if sum(not j.done() for j in jobs) < backlog:
-                jobs.append(flooder.submit(*args, api_name="/attribute"))
-            else:
-                time.sleep(0.05)
+            if all(j.done() for j in jobs):
+                time.sleep(1.0)
+                jobs.extend(flooder.submit(*args, api_name="/attribute") for _ in range(wave))
+            time.sleep(0.1)
 
     thread = threading.Thread(target=flood, daemon=True)
     thread.start()

@@ -170,18 +170,21 @@ def phantom_corpus(n: int, seed: int = PHANTOM_CORPUS_SEED) -> Corpus:
 # --- a user's table ------------------------------------------------------------------------
 
 
-def _read_table(path: Path | str | bytes, filename: str):
+def _read_table(path: Path | str | bytes, filename: str, max_rows: int | None = None):
+    """The table as a DataFrame; a CSV / TSV stops after ``max_rows + 1`` rows (enough to know
+    it is too long without parsing a million rows first)."""
     import pandas as pd
 
+    nrows = None if max_rows is None else max_rows + 1
     suffix = Path(filename).suffix.lower()
     source = io.BytesIO(path) if isinstance(path, bytes) else path
     try:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(source)
         if suffix in (".csv", ".txt"):
-            return pd.read_csv(source)
+            return pd.read_csv(source, nrows=nrows)
         if suffix == ".tsv":
-            return pd.read_csv(source, sep="\t")
+            return pd.read_csv(source, sep="\t", nrows=nrows)
     except FileNotFoundError:
         raise CorpusError(f"No file at {filename}.") from None
     except Exception as err:  # pandas raises many types for damaged files
@@ -244,6 +247,7 @@ def table_corpus(
     text_column: str | None = None,
     filename: str | None = None,
     use_label_columns: bool = True,
+    max_rows: int = MAX_REPORTS,
 ) -> Corpus:
     """A CSV / TSV / Parquet table of reports -> :class:`Corpus`.
 
@@ -252,13 +256,14 @@ def table_corpus(
         text_column: Column holding the report text; guessed from common names when omitted.
         filename: Name used for the format and in messages (defaults to ``path``).
         use_label_columns: Use columns named like CheXpert findings as labels when present.
+        max_rows: Most reports accepted (the app maps fewer than the command line).
 
     Raises:
         CorpusError: Unreadable file, unknown column, no non-empty reports, bad label values,
             too many rows.
     """
     filename = filename or (str(path) if not isinstance(path, bytes) else "upload.csv")
-    df = _read_table(path, filename)
+    df = _read_table(path, filename, max_rows)
     name = Path(filename).stem or "table"
     cols = [str(c) for c in df.columns]
     if text_column is None:
@@ -273,9 +278,10 @@ def table_corpus(
         raise CorpusError(
             f"{Path(filename).name} has no column '{text_column}' (columns: {', '.join(cols[:20])})."
         )
-    if len(df) > MAX_REPORTS:
+    if len(df) > max_rows:
         raise CorpusError(
-            f"{Path(filename).name} has {len(df):,} rows; the map takes at most {MAX_REPORTS:,}."
+            f"{Path(filename).name} has more than {max_rows:,} rows; "
+            f"the map takes at most {max_rows:,}."
         )
     texts = df[text_column].astype("string").fillna("").str.strip()
     keep = np.flatnonzero((texts != "").to_numpy())

@@ -113,9 +113,9 @@ class BuildEstimate:
             )
         stages = ", ".join(f"{k} {in_words(v)}" for k, v in self.seconds.items() if v >= 0.5)
         return (
-            f"First build of this map for {model_name}: about {in_words(self.total)} here "
-            f"({stages or 'a few seconds'}) for {self.n:,} reports; then it is kept and "
-            "opens at once."
+            f"First build of this map for {model_name}: about {in_words(self.total)} here"
+            + (f" ({stages})" if stages else "")
+            + f" for {self.n:,} reports; then it is kept and opens at once."
         )
 
 

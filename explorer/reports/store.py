@@ -17,21 +17,35 @@ from explorer.reports.corpus import Corpus, load_corpus
 if TYPE_CHECKING:
     from explorer.reports.map import ReportMap
 
-#: How many opened maps :data:`MAPS` keeps.
+#: How many opened maps of named corpora :data:`MAPS` keeps (one per model, in practice).
 MAP_CAPACITY = 3
+#: Memory the maps of uploaded tables may take together (embeddings, layout, labels, texts).
+OWNED_BUDGET_BYTES = 2 * 1024**3
+
+
+def map_bytes(report_map: ReportMap) -> int:
+    """Roughly the memory a map holds: its arrays and its texts."""
+    arrays = (report_map.embeddings, report_map.xy, report_map.labels, report_map.assignment)
+    return sum(a.nbytes for a in arrays) + sum(len(t) for t in report_map.texts)
 
 
 class MapStore:
-    """Opened maps by key, least recently used dropped first (thread-safe).
+    """Opened maps by key (thread-safe).
 
-    Args:
-        capacity: How many maps to keep; when a map is dropped its temporary folder (if it
-            was given one) is deleted.
+    Shared maps (``owner`` None: a named corpus under a model) are kept ``capacity`` at most,
+    least recently used dropped first. Owned maps (an uploaded table's, ``owner`` = the
+    uploader's session) are never dropped to make room for someone else's shared map; they
+    share ``budget_bytes``, and beyond it the least recently used owned map goes. When a map
+    leaves the store its temporary folder (if it was given one) is deleted.
     """
 
-    def __init__(self, capacity: int = MAP_CAPACITY) -> None:
+    def __init__(
+        self, capacity: int = MAP_CAPACITY, budget_bytes: int = OWNED_BUDGET_BYTES
+    ) -> None:
         self.capacity = capacity
+        self.budget_bytes = budget_bytes
         self._maps: OrderedDict[str, tuple[ReportMap, str | None]] = OrderedDict()
+        self._owned: dict[str, tuple[str, int]] = {}  # key -> (owner, bytes)
         self._lock = threading.Lock()
 
     def get(self, key: str) -> ReportMap | None:
@@ -43,15 +57,34 @@ class MapStore:
                 return item[0]
             return None
 
-    def put(self, key: str, report_map: ReportMap, temp_dir: str | None) -> None:
-        """Store ``report_map`` under ``key``; ``temp_dir`` is deleted when it is dropped."""
+    def put(
+        self, key: str, report_map: ReportMap, temp_dir: str | None, owner: str | None = None
+    ) -> None:
+        """Store ``report_map`` under ``key`` (for ``owner``, or shared when None);
+        ``temp_dir`` is deleted when it is dropped."""
         with self._lock:
             self._maps[key] = (report_map, temp_dir)
             self._maps.move_to_end(key)
-            while len(self._maps) > self.capacity:
-                _, (_, tmp) = self._maps.popitem(last=False)
-                if tmp:
-                    shutil.rmtree(tmp, ignore_errors=True)
+            if owner is not None:
+                self._owned[key] = (owner, map_bytes(report_map))
+            shared = [k for k in self._maps if k not in self._owned]
+            for old in shared[: max(0, len(shared) - self.capacity)]:
+                self._drop(old)
+            owned = [k for k in self._maps if k in self._owned]  # least recently used first
+            while owned and sum(self._owned[k][1] for k in owned) > self.budget_bytes:
+                self._drop(owned.pop(0))
+
+    def drop(self, key: str | None) -> None:
+        """Forget the map under ``key`` (its owner's session ended), deleting its folder."""
+        with self._lock:
+            if key in self._maps:
+                self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        _, tmp = self._maps.pop(key)
+        self._owned.pop(key, None)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def __len__(self) -> int:
         with self._lock:

@@ -83,7 +83,9 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
             with gr.Tab("Attribution"):
                 att_finding = attribution_view.build_tab(upload, names, default)
             with gr.Tab("Report map") as map_tab:
-                report_map_view.build_tab(upload, names, default, map_tab)
+                report_map_view.build_tab(
+                    upload, names, default, map_tab, state_ttl_s=settings.upload_ttl_s
+                )
             with gr.Tab("Batch", id="batch"):
                 batch_view.build_tab(
                     upload,
@@ -95,6 +97,7 @@ def build_demo(settings: ServeSettings | None = None) -> gr.Blocks:
                     score_after,
                     demo,
                     kept_marks,
+                    state_ttl_s=settings.upload_ttl_s,
                 )
             with gr.Tab("Lesson", id="lesson"):
                 lesson_view.build_tab(names, default)

@@ -18,6 +18,7 @@ from explorer.ui.common import (
     compare_menu,
     csv_download,
     load_model,
+    number_in,
     reporter,
     table_rows,
     user_error,
@@ -46,7 +47,7 @@ ANNOTATION_COLUMNS = ["image", "finding", "label", "P(affirmed)", "mark", "note"
 MARKS_STORAGE_KEY = "cxr-negation-explorer-marks"
 
 
-@endpoint("batch", gpu_seconds=300)
+@endpoint("batch", gpu_seconds=300, fair=True)
 def run_batch(
     source: str,
     zip_path: str | None,
@@ -68,12 +69,13 @@ def run_batch(
     say = reporter(progress, request)
     try:
         if source == SOURCES[0]:
-            batch = read_batch(f"phantom:{int(phantoms or 200)}", progress=say)
+            count = int(number_in(phantoms, "Phantoms to render", 10, 1000, 200))
+            batch = read_batch(f"phantom:{count}", progress=say)
         elif source == SOURCES[2]:
             batch = read_batch("nih-test", progress=say)
         else:
             if not zip_path:
-                raise gr.Error("Upload a ZIP of images first.", print_exception=False)
+                raise user_error("Upload a ZIP of images first.")
             batch = read_batch(Path(zip_path), Path(labels_path) if labels_path else None, say)
         model, notice = load_model(model_name)
         ev = evaluate(model, batch, progress=reporter(progress, request, prefix=f"{model.name}: "))
@@ -93,7 +95,7 @@ def run_batch(
         f"**{ev.model}** on {len(batch)} images; templates {', '.join(ev.templates)}. "
         f"{sum(c.negation_error for c in ev.cases):,} negation errors among "
         f"{sum(c.labelled for c in ev.cases):,} labelled cases"
-        + (f"; {len(problems)} files or rows not used (listed below)" if problems else "")
+        + (f"; {batch.problem_count:,} files or rows not used (listed below)" if problems else "")
         + "."
         + (f"  \n⚠️ {notice}" if notice else "")
         + (f"  \n{len(changed)} labelled cases flip with **{other.model}**." if other else "")
@@ -102,7 +104,7 @@ def run_batch(
     return (
         status,
         problems,
-        ev.metrics(threshold),
+        ev.metrics(number_in(threshold, "Threshold for accuracy", 0.05, 0.95, 0.5)),
         calibration_figure(ev.calibration(), ev.model),
         cases,
         changed,
@@ -136,15 +138,16 @@ def open_case(state: dict | None, rows, evt: gr.SelectData):
     for the previous case carries over to this one.
     """
     if not state:
-        raise gr.Error("Run a batch first.", print_exception=False)
+        raise user_error("Run a batch first.")
     row = evt.row_value or []
     if len(row) < 2:
-        raise gr.Error("Click a row of the cases table.", print_exception=False)
+        raise user_error("Click a row of the cases table.")
     image, finding = str(row[0]), str(row[1])
     item = next((im for im in state["batch"].images if im.name == image), None)
     if item is None:
-        raise gr.Error(f"{image} is not in this batch.", print_exception=False)
-    path = scratch_file(item.name, item.data)
+        raise user_error(f"{image} is not in this batch.")
+    # The batch keeps shrunk pixels, not the upload: the case opens as a PNG of what was scored.
+    path = scratch_file(f"{Path(item.name).stem}.png", item.png_bytes())
     label = str(row[2]) if len(row) > 2 else ""
     prob = str(row[3]) if len(row) > 3 else ""
     case = {"image": image, "finding": finding, "label": label, "P(affirmed)": prob}
@@ -156,9 +159,9 @@ def open_case(state: dict | None, rows, evt: gr.SelectData):
 def mark_case(case: dict | None, mark: str | None, note: str | None, rows):
     """Add (or replace) the mark of the open case in the annotations table."""
     if not case:
-        raise gr.Error("Click a case in the table first.", print_exception=False)
+        raise user_error("Click a case in the table first.")
     if mark not in MARKS:
-        raise gr.Error(f"Choose a mark: {', '.join(MARKS)}.", print_exception=False)
+        raise user_error(f"Choose a mark: {', '.join(MARKS)}.")
     data = [r for r in table_rows(rows) if r and (r[0], r[1]) != (case["image"], case["finding"])]
     data.append(
         [case["image"], case["finding"], case["label"], case["P(affirmed)"], mark, note or ""]
@@ -172,7 +175,7 @@ def export_marks(rows, state: dict | None):
 
     data = [r for r in table_rows(rows) if r and any(str(v) for v in r)]
     if not data:
-        raise gr.Error("No marked cases to export yet.", print_exception=False)
+        raise user_error("No marked cases to export yet.")
     frame = pd.DataFrame(data, columns=ANNOTATION_COLUMNS)
     if state:
         frame = frame.assign(**state["evaluation"].provenance)
@@ -189,6 +192,7 @@ def build_tab(
     score_after=None,
     demo=None,
     kept_marks=None,
+    state_ttl_s: float | None = None,
 ):
     """The Batch tab; a clicked case fills ``upload`` and ``att_finding`` and opens Findings,
     scored at once when ``score_after`` (the Findings tab's chaining function) is given.
@@ -223,7 +227,8 @@ def build_tab(
     model.change(compare_menu(model_names), [model, compare], compare, api_name=False)
     run = gr.Button("Evaluate batch", variant="primary")
     status = gr.Markdown()
-    state = gr.State(None)
+    # The evaluated batch (its shrunk pixels) lives as long as an upload, not for the session.
+    state = gr.State(None, time_to_live=state_ttl_s)
     with gr.Row():
         metrics = gr.Dataframe(label="Per finding", interactive=False)
         calib = gr.Plot(label="Calibration")

@@ -7,7 +7,6 @@ with :func:`user_error`; they read the shared upload with :func:`load_upload` /
 
 from __future__ import annotations
 
-import html
 import logging
 from pathlib import Path
 
@@ -28,9 +27,10 @@ def user_error(err: ExplorerError | str) -> gr.Error:
     """A sentence (the library's, or the app's own) shown to the person as an error toast.
 
     As plain text: Gradio renders a toast's message as HTML, and a column name, file name or
-    typed finding from a stranger must not draw an image or a form there.
+    typed finding from a stranger must not draw an image or a form there. Only ``<`` (what
+    opens a tag) is escaped, so an API caller reads ``=>`` and ``&`` as they were written.
     """
-    return gr.Error(html.escape(str(err), quote=False), print_exception=False)
+    return gr.Error(str(err).replace("<", "&lt;"), print_exception=False)
 
 
 #: Below this share done (or this many seconds in), no time-left figure is guessed.
@@ -170,8 +170,10 @@ def load_upload(path: str | None):
     if not path:
         raise user_error("Please upload a chest X-ray (PNG, JPEG or DICOM) first.")
     if not Path(path).exists():
-        raise user_error("This upload has been deleted from the server (uploads are kept only for a few "
-            "minutes); please upload the image again.")
+        raise user_error(
+            "This upload has been deleted from the server (uploads are kept only for a few "
+            "minutes); please upload the image again."
+        )
     try:
         return load_radiograph(path)
     except ExplorerError as err:

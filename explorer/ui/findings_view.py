@@ -80,11 +80,15 @@ def parse_custom_findings(text: str | None) -> list[str]:
         raise user_error(f"Please type at most {MAX_CUSTOM_FINDINGS} extra findings, one per line.")
     for ln in lines:
         if len(ln) > MAX_PROMPT_CHARS:
-            raise user_error(f"Each extra finding must be at most {MAX_PROMPT_CHARS} characters "
-                f"(one has {len(ln):,}).")
+            raise user_error(
+                f"Each extra finding must be at most {MAX_PROMPT_CHARS} characters "
+                f"(one has {len(ln):,})."
+            )
         if any(ord(c) < 32 or ord(c) == 127 for c in ln):
-            raise user_error("Extra findings must be plain text: one contains control characters "
-                "(such as tabs, escapes or NUL).")
+            raise user_error(
+                "Extra findings must be plain text: one contains control characters "
+                "(such as tabs, escapes or NUL)."
+            )
     return lines
 
 

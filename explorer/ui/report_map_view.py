@@ -31,7 +31,7 @@ from explorer.ui.common import (
     upload_pixels,
     user_error,
 )
-from explorer.ui.serving import endpoint, scratch_dir, scratch_root
+from explorer.ui.serving import endpoint, scratch_dir, scratch_root, static_copy
 from explorer.vocab.labels import LABEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -151,16 +151,26 @@ def _own_table(table_path: str | None, text_column: str | None):
 
     if not table_path:
         raise user_error("Upload a CSV or Parquet file of reports first.")
-    corpus = table_corpus(
+    return table_corpus(
         Path(table_path),
         text_column=(text_column or "").strip() or None,
         filename=Path(table_path).name,
+        max_rows=MAX_UPLOAD_REPORTS,
     )
-    if len(corpus) > MAX_UPLOAD_REPORTS:
-        raise user_error(f"The app maps at most {MAX_UPLOAD_REPORTS:,} uploaded reports "
-            f"(this file has {len(corpus):,}); build bigger maps with "
-            "`python -m explorer map build`.")
-    return corpus
+
+
+def _own_key(corpus, model, request) -> tuple[str, str]:
+    """The key of an uploaded table's map and its owner: the uploader's session, so that
+    another person's tables never push it out (they share a memory budget instead)."""
+    owner = getattr(request, "session_hash", None) or "no-session"
+    return f"upload:{owner}:{corpus.content_hash}:{model.name}", owner
+
+
+def forget_map(key: str | None) -> None:
+    """The map key's state expired (its TTL, or the page closed): an uploaded table's map goes
+    with it; a shared map of a named corpus stays for everyone."""
+    if key and key.startswith("upload:"):
+        MAPS.drop(key)
 
 
 def map_estimate(
@@ -168,6 +178,7 @@ def map_estimate(
     table_path: str | None,
     text_column: str | None,
     model_name: str | None,
+    request: gr.Request = None,
 ) -> str:
     """Before **Open map** is pressed: opens at once, or how long its first build takes here."""
     from explorer.reports.map import estimate_build
@@ -179,7 +190,7 @@ def map_estimate(
     try:
         if spec == "upload":
             corpus = _own_table(table_path, text_column)
-            key, root = f"upload:{corpus.content_hash}:{model.name}", scratch_root()
+            (key, _), root = _own_key(corpus, model, request), scratch_root()
         else:
             corpus, key, root = cached_corpus(spec), f"{spec}:{model.name}", None
         if MAPS.get(key) is not None:
@@ -211,12 +222,12 @@ def open_map(
     try:
         if spec == "upload":
             corpus = _own_table(table_path, text_column)
-            key = f"upload:{corpus.content_hash}:{model.name}"
+            key, owner = _own_key(corpus, model, request)
             report_map = MAPS.get(key)
             if report_map is None:
                 temp_dir = str(scratch_dir())
                 report_map = _build(corpus, model, say, root=Path(temp_dir))
-                MAPS.put(key, report_map, temp_dir)
+                MAPS.put(key, report_map, temp_dir, owner=owner)
         else:
             key, report_map = _map_of(spec, model, say)
     except ExplorerError as err:
@@ -284,8 +295,10 @@ def _named_map(corpus_choice: str | None, model_name: str | None):
     """The map of a named corpus (not an uploaded table) under a model, opened if needed."""
     spec = CORPORA.get(corpus_choice or DEFAULT_CORPUS, corpus_choice or "")
     if spec == "upload" or spec not in CORPORA.values():
-        raise user_error('Open a map of your own table first (press "Open map"); a call can name one of '
-            f"these corpora instead: {', '.join(c for c, v in CORPORA.items() if v != 'upload')}.")
+        raise user_error(
+            'Open a map of your own table first (press "Open map"); a call can name one of '
+            f"these corpora instead: {', '.join(c for c, v in CORPORA.items() if v != 'upload')}."
+        )
     model, _ = load_model(model_name)
     try:
         return _map_of(spec, model)[1]
@@ -357,12 +370,21 @@ def cluster_choices(rows) -> gr.Dropdown:
 
 
 def build_tab(
-    upload: gr.File, model_names: list[str], default_model: str | None, tab: gr.Tab
+    upload: gr.File,
+    model_names: list[str],
+    default_model: str | None,
+    tab: gr.Tab,
+    state_ttl_s: float | None = None,
 ) -> None:
-    """The Report map tab (called inside ``tab``); ``upload`` is the shared image input."""
+    """The Report map tab (called inside ``tab``); ``upload`` is the shared image input.
+
+    ``state_ttl_s``: how long the open map's key lives after its last use (the upload TTL);
+    a map of an uploaded table is dropped with it.
+    """
     from explorer.vocab.labels import CHEXPERT_FINDINGS
 
-    gr.set_static_paths([str(_PLOTLY_JS.parent)])
+    plotly_js = static_copy(_PLOTLY_JS)  # served from a temp folder, not the install path
+    gr.set_static_paths([str(plotly_js.parent)])
     gr.Markdown(MAP_HELP)
     with gr.Row():
         corpus = gr.Dropdown(
@@ -394,13 +416,13 @@ def build_tab(
         place_btn = gr.Button("Place my image")
         k = gr.Slider(1, 50, value=10, step=1, label="Nearest reports")
     estimate = gr.Markdown(elem_id="map-estimate")
-    key = gr.State(None)
+    key = gr.State(None, time_to_live=state_ttl_s, delete_callback=forget_map)
     summary = gr.Markdown()
     scatter = gr.HTML(
         value="",
         html_template="<div class='cxr-map' style='width:100%;min-height:620px'></div>",
         js_on_load=_JS,
-        head=f'<script src="/gradio_api/file={_PLOTLY_JS}"></script>',
+        head=f'<script src="/gradio_api/file={plotly_js}"></script>',
         label="Report map",
     )
     with gr.Row():

@@ -23,7 +23,7 @@ variable                   meaning                                              
                            bigger ones before they reach the disk)
 ``EXPLORER_QUEUE_SIZE``    requests waiting at most, all events together (more    64
                            are refused with "queue full")
-``EXPLORER_PER_CLIENT``    model-heavy runs one page (session) may start in 10 s   2
+``EXPLORER_PER_CLIENT``    model-heavy runs one page (session) may start in 10 s   3
                            per event; more are refused at once, so one client's
                            flood cannot hold everyone's queue
 ``EXPLORER_HEALTH_DETAIL`` ``1``: the health report adds per-endpoint counters     off
@@ -73,7 +73,7 @@ class ServeSettings:
     port: int = 7860
     max_upload_mb: int = 100
     queue_size: int = 64
-    per_client: int = 2
+    per_client: int = 3
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServeSettings:
@@ -148,6 +148,17 @@ def prepare_environment() -> Path:
         _OWN_FOLDERS.append(folder)
         atexit.register(remove_own_folders)
     return Path(os.environ["GRADIO_TEMP_DIR"])
+
+
+def static_copy(path: Path) -> Path:
+    """A copy of a file the page loads (plotly.js) in a folder of this process's own, removed
+    at exit: the page's config then names a temp folder, not where the app is installed."""
+    folder = Path(tempfile.mkdtemp(prefix="cxr-static-"))
+    _OWN_FOLDERS.append(str(folder))  # removed on SIGINT / SIGTERM with the others
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    target = folder / path.name
+    shutil.copyfile(path, target)
+    return target
 
 
 # --- scratch files ----------------------------------------------------------------------------
@@ -326,19 +337,25 @@ GAUGE = Gauge()
 
 
 class Fairness:
-    """How many model-heavy runs one client (a page's session) may start in a short window.
+    """One client's (a page's session's) share of a model-heavy event.
 
     Gradio's queue is first come, first served: a client that queues 60 occlusion jobs makes
-    everyone else wait behind all of them. Here each run is admitted when it starts: a client
-    over its share is refused at once (an error toast saying to wait), so its surplus jobs
-    leave the queue in milliseconds and other people's runs go next. A person reading each
-    map before the next click never meets the limit.
+    everyone else wait behind all of them. Here each run is admitted when it starts, by two
+    rules: at most ``runs`` starts in ``window_s`` seconds, and after a run of ``d`` seconds
+    the same client waits ``rest * d`` before its next one (so a client keeps an event busy
+    at most ``1 / (1 + rest)`` of the time, however long its runs are). A client over its
+    share is refused at once (an error toast saying how long to wait) and must then wait
+    ``window_s`` from its last refused request, so its surplus jobs leave the queue in
+    milliseconds and other people's runs go next. A person who looks at each map before the
+    next click never meets these rules.
     """
 
-    def __init__(self, runs: int = 2, window_s: float = 10.0) -> None:
+    def __init__(self, runs: int = 3, window_s: float = 10.0, rest: float = 0.5) -> None:
         self.runs = runs
         self.window_s = window_s
+        self.rest = rest
         self._starts: dict[tuple[str, str], list[float]] = {}
+        self._free_at: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
     def admit(self, name: str, client: str | None) -> float:
@@ -346,15 +363,33 @@ class Fairness:
         if not client:
             return 0.0
         now = time.monotonic()
+        key = (name, client)
         with self._lock:
-            for key in [k for k, v in self._starts.items() if now - v[-1] >= self.window_s]:
-                del self._starts[key]
-            starts = [t for t in self._starts.get((name, client), []) if now - t < self.window_s]
+            for old in [k for k, v in self._starts.items() if now - v[-1] >= self.window_s]:
+                del self._starts[old]  # (lists are never stored empty)
+            for old in [k for k, t in self._free_at.items() if t <= now]:
+                del self._free_at[old]
+            starts = [t for t in self._starts.get(key, []) if now - t < self.window_s]
+            wait = self._free_at.get(key, now) - now
             if len(starts) >= self.runs:
-                self._starts[(name, client)] = starts
-                return self.window_s - (now - starts[0])
-            self._starts[(name, client)] = [*starts, now]
+                wait = max(wait, self.window_s - (now - starts[0]))
+            if wait > 0:
+                # Asking again before one's turn restarts the wait: a client that keeps
+                # queueing runs (a flood) stays refused, at a few milliseconds a refusal.
+                if starts:
+                    self._starts[key] = starts
+                else:
+                    self._starts.pop(key, None)
+                self._free_at[key] = max(self._free_at.get(key, now), now + self.window_s)
+                return self._free_at[key] - now
+            self._starts[key] = [*starts, now]
             return 0.0
+
+    def finished(self, name: str, client: str | None, seconds: float) -> None:
+        """A run of ``seconds`` ended: the client rests ``rest * seconds`` before the next."""
+        if client:
+            with self._lock:
+                self._free_at[(name, client)] = time.monotonic() + self.rest * seconds
 
 
 FAIR = Fairness()
@@ -400,16 +435,18 @@ def endpoint(
 
         @functools.wraps(fn)
         def counted(*args: Any, **kwargs: Any) -> Any:
-            wait = FAIR.admit(name, _client_of(args, kwargs)) if fair else 0.0
+            client = _client_of(args, kwargs) if fair else None
+            wait = FAIR.admit(name, client)
             if wait:
                 import gradio as gr  # (not at import: this module is loaded before gradio)
 
                 GAUGE.refused(name)
                 raise gr.Error(
-                    f"This page has started {FAIR.runs} of these runs in the last "
-                    f"{FAIR.window_s:.0f} s; please wait {max(1.0, wait):.0f} s before the next one.",
+                    "This page asked for runs faster than its share of the server (others "
+                    f"may be waiting); please wait {max(1.0, wait):.0f} s before the next one.",
                     print_exception=False,
                 )
+            started = time.monotonic()
             GAUGE.enter(name)
             ok = False
             try:
@@ -418,6 +455,7 @@ def endpoint(
                 return result
             finally:
                 GAUGE.leave(name, ok)
+                FAIR.finished(name, client, time.monotonic() - started)
 
         setattr(counted, ENDPOINT_MARK, name)
         setattr(counted, GPU_SECONDS_MARK, gpu_seconds)
