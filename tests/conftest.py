@@ -27,9 +27,9 @@ def app_url():
     from explorer.ui.serving import ServeSettings, launch
 
     port = free_port()
-    # Tests call the heavy endpoints in quick succession from one client; the per-client
-    # share is exercised by its own test (tests/test_load.py).
-    settings = ServeSettings(port=port, per_client=1000)
+    # Tests call the heavy endpoints in quick succession from one client: no per-client
+    # shares here; they are exercised by their own tests (tests/test_load.py, test_serving.py).
+    settings = ServeSettings(port=port, per_client=0)
     demo = build_demo(settings)
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
     try:

@@ -118,6 +118,10 @@ def test_attribution_view_in_the_browser(page):
         timeout=180_000
     )
     assert page.get_by_text("there is no").count() > 0  # the negated prompt's tokens
+    # beside the map: whether it can be trusted (randomisation check, deletion / insertion)
+    trust = page.get_by_text("Can this map be trusted?").first
+    trust.wait_for(timeout=60_000)
+    assert "scrambled" in trust.locator("xpath=..").inner_text()
     page.wait_for_timeout(1500)
     _shot(page, "2-attribution")
     # Grad-CAM has no baseline: its choice goes away with it and comes back for IG

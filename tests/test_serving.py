@@ -297,6 +297,8 @@ def test_a_client_over_its_share_is_refused_at_once_and_others_are_not(monkeypat
     assert fair.admit("batch", "someone") == 0  # the books stay readable for everyone
     clock[0] += 18.5
     assert fair.admit("attribute", "flood") == 0
+    off = serving.Fairness(runs=0)
+    assert all(off.admit("attribute", "flood") == 0 for _ in range(10))
 
 
 def test_stop_signal_removes_own_folders_before_interrupting(tmp_path, monkeypatch):

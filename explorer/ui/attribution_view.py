@@ -89,6 +89,7 @@ def explain(
     opacity: float,
     show_mask: bool,
     baseline: str | None = None,
+    check_trust: bool = True,
     request: gr.Request = None,
     progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio injects it
 ):
@@ -96,7 +97,9 @@ def explain(
     domain guard's banner (how typical the image is of the model's training images).
 
     ``baseline`` is what IG integrates from and occlusion paints (Grad-CAM has none); None
-    = the method's default.
+    = the method's default. ``check_trust`` adds, under the parameters, whether the affirmed
+    map can be trusted (:mod:`explorer.attribution.checks`: the method run again on a model
+    whose top image layers are scrambled, and deletion / insertion curves).
     """
     from explorer.attribution import attribute_pair, attribute_text
     from explorer.plots import mask_outline, overlay, token_highlights, with_colour_bar
@@ -126,6 +129,14 @@ def explain(
         tokens_a = attribute_text(model, pixels, pair.affirmed)
         tokens_n = attribute_text(model, pixels, pair.negated)
         guard = check_domain(model, pixels)
+        trust = None
+        if check_trust:
+            from explorer.attribution.checks import trust_report
+
+            say(0.9, "Can the map be trusted? (the method on a scrambled model)")
+            trust = trust_report(
+                model, pixels, pair.affirmed, method, attribution=first, baseline=baseline or None
+            )
     except ExplorerError as err:
         raise user_error(err) from None
     images = [
@@ -150,6 +161,7 @@ def explain(
     info = (
         f"**{model.name}**, **{METHODS[method].display}** ({params}){delta}.  \n"
         f"similarity: “{pair.affirmed}” {first.score:.4f} · “{pair.negated}” {second.score:.4f}"
+        + (f"  \n{trust.sentence()}" if trust else "")
         + (f"  \n⚠️ {notice}" if notice else "")
         + (
             ""
@@ -198,6 +210,10 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
             value=DEFAULT_BASELINES[OPENING_METHOD],
             label="Baseline (IG starts from it, occlusion paints with it)",
         )
+        check_trust = gr.Checkbox(
+            value=True,
+            label="Check whether the map can be trusted (runs the method once more)",
+        )
         explain_btn = gr.Button("Explain", variant="primary")
     info = gr.Markdown(label="Method and parameters")
     guard = gr.Markdown(label="Domain check", elem_id="attribution-guard")
@@ -215,7 +231,7 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
     clear_error_marks(upload.change, outputs)
     explain_btn.click(
         explain,
-        inputs=[upload, model, finding, method, opacity, show_mask, baseline],
+        inputs=[upload, model, finding, method, opacity, show_mask, baseline, check_trust],
         outputs=outputs,
         api_name="attribute",
         concurrency_limit=CONCURRENCY["attribute"],

@@ -25,7 +25,7 @@ variable                   meaning                                              
                            are refused with "queue full")
 ``EXPLORER_PER_CLIENT``    model-heavy runs one page (session) may start in 10 s   3
                            per event; more are refused at once, so one client's
-                           flood cannot hold everyone's queue
+                           flood cannot hold everyone's queue (0: no shares)
 ``EXPLORER_HEALTH_DETAIL`` ``1``: the health report adds per-endpoint counters     off
                            (operators, the load test); a public Space shows only
                            status, memory and loaded models
@@ -100,7 +100,7 @@ class ServeSettings:
             port=number("GRADIO_SERVER_PORT", cls.port, 1),
             max_upload_mb=number("EXPLORER_MAX_UPLOAD_MB", cls.max_upload_mb, 1),
             queue_size=number("EXPLORER_QUEUE_SIZE", cls.queue_size, 1),
-            per_client=number("EXPLORER_PER_CLIENT", cls.per_client, 1),
+            per_client=number("EXPLORER_PER_CLIENT", cls.per_client, 0),
         )
 
     @property
@@ -360,7 +360,7 @@ class Fairness:
 
     def admit(self, name: str, client: str | None) -> float:
         """0 if ``client`` may start a run of ``name`` now (counted), else seconds to wait."""
-        if not client:
+        if not client or self.runs <= 0:  # no session, or shares switched off
             return 0.0
         now = time.monotonic()
         key = (name, client)
