@@ -117,3 +117,17 @@ def test_pointing_game_on_tiny_model(tiny_heldout, tmp_path):
     table = format_pointing([result])
     assert f"{result.findings} ({result.affirmed})" in table
     assert "ig, findings the model affirms" in table and "ig, findings it misses" in table
+    # how much of each map lies on the lesion, and the trust checks on the first findings
+    for m in ("gradcam", "ig"):
+        assert 0.0 <= result.relevance_mass[m] <= 1.0 and 0.0 <= result.relevance_rank[m] <= 1.0
+        checks = result.trust[m]
+        assert set(checks) == {
+            "randomisation_rho",
+            "deletion",
+            "deletion_random",
+            "insertion",
+            "insertion_random",
+        }
+        assert -1.0 <= checks["randomisation_rho"] <= 1.0
+    assert result.trust_n == min(result.findings, 8)
+    assert "gradcam, randomisation rho" in table and "ig, relevance mass" in table

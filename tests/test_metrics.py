@@ -203,3 +203,18 @@ def test_bootstrap_vector_statistic_and_nan_resamples():
         bootstrap_by_patient([], stats)
     with pytest.raises(ValueError, match="level"):
         bootstrap_by_patient(["a"], stats, level=1.5)
+
+
+def test_relevance_mass_and_rank_accuracy():
+    from explorer.eval.metrics import relevance_mass, relevance_rank
+
+    mask = np.zeros((4, 4), bool)
+    mask[:2, :2] = True
+    attr = np.full((4, 4), -0.1)
+    attr[0, 0], attr[1, 1] = 3.0, -5.0  # on the lesion: evidence for, and against (not counted)
+    attr[3, 3], attr[3, 2], attr[2, 3] = 0.5, 0.3, 0.2  # off the lesion
+    assert relevance_mass(attr, mask) == pytest.approx(3.0 / 4.0)
+    assert relevance_rank(attr, mask) == pytest.approx(0.25)  # top 4 pixels: 1 on the lesion
+    assert relevance_rank(np.where(mask, 1.0, 0.0), mask) == 1.0
+    assert np.isnan(relevance_mass(-np.ones((4, 4)), mask))
+    assert np.isnan(relevance_rank(attr, np.zeros((4, 4), bool)))

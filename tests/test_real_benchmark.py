@@ -250,6 +250,13 @@ def test_pointing_on_a_box(tiny):
     )
     assert out.pointing_n == 2 and out.pointing == {"gradcam": 0.5}
     assert out.pointing_per_finding == {"gradcam": {"Cardiomegaly": 0.5}}
+    # the box around the peak holds more of the map than the one half an image away
+    from explorer.eval.metrics import relevance_mass
+
+    near, far = (relevance_mass(attr, b.mask(attr.shape, pixels.shape)) for b in boxes)
+    assert near > far
+    assert out.relevance_mass["gradcam"] == pytest.approx((near + far) / 2)
+    assert 0 <= out.relevance_rank["gradcam"] <= 1
 
 
 @pytest.mark.slow

@@ -38,6 +38,8 @@ from explorer.eval.metrics import (
     perfect_grid_map,
     pointing_hit,
     recall_at_k,
+    relevance_mass,
+    relevance_rank,
 )
 from explorer.models.base import VisionLanguageModel
 from explorer.phantom import PHANTOM_FINDINGS
@@ -306,6 +308,15 @@ class PointingResult:
     affirmed: int = 0
     hits_affirmed: dict[str, float] = field(default_factory=dict)
     hits_missed: dict[str, float] = field(default_factory=dict)
+    #: Method -> mean relevance mass / rank accuracy over the localised findings
+    #: (:func:`~explorer.eval.metrics.relevance_mass`, :func:`~explorer.eval.metrics.relevance_rank`).
+    relevance_mass: dict[str, float] = field(default_factory=dict)
+    relevance_rank: dict[str, float] = field(default_factory=dict)
+    #: Method -> the trust checks (:mod:`explorer.attribution.checks`) averaged over the first
+    #: ``trust_n`` localised findings: ``randomisation_rho``, ``deletion``, ``deletion_random``,
+    #: ``insertion``, ``insertion_random``.
+    trust: dict[str, dict[str, float]] = field(default_factory=dict)
+    trust_n: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -318,9 +329,13 @@ def run_pointing_game(
     methods: Sequence[str] = POINTING_METHODS,
     dilate_px: int = 3,
     steps: int = 32,
+    trust_samples: int = 8,
 ) -> PointingResult:
-    """Pointing game on the first ``images`` held-out phantoms, affirmed prompt "there is X"."""
+    """Pointing game on the first ``images`` held-out phantoms, affirmed prompt "there is X",
+    with relevance mass and rank accuracy on every localised finding and the trust checks
+    (randomisation, deletion / insertion) on the first ``trust_samples`` of them."""
     from explorer.attribution import attribute_image
+    from explorer.attribution.checks import trust_report
     from explorer.vocab.prompts import prompt_pair
 
     data = build_phantom_set(images, HELDOUT_SEED, size, keep_masks=True)
@@ -328,6 +343,9 @@ def run_pointing_game(
     seen: dict[str, list[bool]] = {m: [] for m in methods}  # hits where the model affirms
     unseen: dict[str, list[bool]] = {m: [] for m in methods}
     ceiling: list[bool] = []
+    mass: dict[str, list[float]] = {m: [] for m in methods}
+    rank: dict[str, list[float]] = {m: [] for m in methods}
+    checks: dict[str, list] = {m: [] for m in methods}
     params: dict[str, dict] = {}
     texts: dict[str, torch.Tensor] = {}  # finding -> its (affirmed, negated) embeddings
     count = affirmed = 0
@@ -350,6 +368,13 @@ def run_pointing_game(
                 hit = pointing_hit(attr.attribution, mask, dilate_px)
                 hits[method].setdefault(finding, []).append(hit)
                 (seen if affirms else unseen)[method].append(hit)
+                mass[method].append(relevance_mass(attr.attribution, mask))
+                rank[method].append(relevance_rank(attr.attribution, mask))
+                if count <= trust_samples:
+                    report = trust_report(
+                        model, pixels, pair.affirmed, method, attribution=attr, **kwargs
+                    )
+                    checks[method].append(report)
                 if method == "gradcam":
                     best = perfect_grid_map(mask, tuple(attr.params["grid"]))
                     ceiling.append(pointing_hit(best, mask, dilate_px))
@@ -367,7 +392,27 @@ def run_pointing_game(
         affirmed=affirmed,
         hits_affirmed={m: mean_or_nan(v) for m, v in seen.items()},
         hits_missed={m: mean_or_nan(v) for m, v in unseen.items()},
+        relevance_mass={m: mean_or_nan([v for v in mass[m] if v == v]) for m in methods},
+        relevance_rank={m: mean_or_nan([v for v in rank[m] if v == v]) for m in methods},
+        trust={m: _mean_trust(checks[m]) for m in methods},
+        trust_n=min(count, trust_samples),
     )
+
+
+#: The trust checks' figures, as named in :attr:`PointingResult.trust`.
+TRUST_FIGURES = {
+    "randomisation_rho": "randomisation_rho",
+    "deletion": "deletion_auc",
+    "deletion_random": "deletion_random_auc",
+    "insertion": "insertion_auc",
+    "insertion_random": "insertion_random_auc",
+}
+
+
+def _mean_trust(reports: Sequence) -> dict[str, float]:
+    return {
+        key: mean_or_nan([getattr(r, attr) for r in reports]) for key, attr in TRUST_FIGURES.items()
+    }
 
 
 def format_pointing(results: Sequence[PointingResult]) -> str:
@@ -386,6 +431,12 @@ def format_pointing(results: Sequence[PointingResult]) -> str:
         + " | ".join(f"{r.findings} ({r.affirmed})" for r in results)
         + " |"
     )
+    for m in methods:
+        rows.append(row(f"{m}, relevance mass", [r.relevance_mass.get(m, nan) for r in results]))
+        rows.append(row(f"{m}, relevance rank", [r.relevance_rank.get(m, nan) for r in results]))
+        for key in TRUST_FIGURES:
+            label = f"{m}, {key.replace('_', ' ')} (first {results[0].trust_n} findings)"
+            rows.append(row(label, [r.trust.get(m, {}).get(key, nan) for r in results]))
     for m in methods:
         rows.append(
             row(f"{m}, findings the model affirms", [r.hits_affirmed.get(m, nan) for r in results])

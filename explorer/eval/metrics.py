@@ -5,6 +5,7 @@
 * :func:`accuracy_at` - share of verdicts right at a probability threshold.
 * :func:`calibration_bins` - reliability bins: mean predicted probability vs share positive.
 * :func:`recall_at_k` - retrieval recall from a ranked hit table.
+* :func:`relevance_mass` and :func:`relevance_rank` - how much of a map lies on the lesion.
 * :func:`pointing_hit` and :func:`perfect_grid_map` - the pointing game and its ceiling at a
   coarse map resolution.
 * :func:`nearest_rank` and :func:`p95` - percentiles of timings (speed bench, load test).
@@ -147,6 +148,39 @@ def pointing_hit(attribution: np.ndarray, mask: np.ndarray, dilate_px: int = 3) 
         region = binary_dilation(region, structure=(yy**2 + xx**2) <= r * r)
     row, col = np.unravel_index(int(np.argmax(attr)), attr.shape)
     return bool(region[row, col])
+
+
+def relevance_mass(attribution: np.ndarray, mask: np.ndarray) -> float:
+    """Relevance mass accuracy (Arras et al. 2022): the share of the map's positive mass that
+    lies inside the mask (1 = all the evidence for the prompt is on the lesion).
+
+    NaN for a map with no positive value or an empty mask.
+    """
+    attr = np.clip(np.asarray(attribution, dtype=np.float64), 0, None)
+    region = np.asarray(mask, dtype=bool)
+    total = attr.sum()
+    if attr.shape != region.shape:
+        raise ValueError(f"attribution and mask differ in shape: {attr.shape} and {region.shape}")
+    if total <= 0 or not region.any():
+        return float("nan")
+    return float(attr[region].sum() / total)
+
+
+def relevance_rank(attribution: np.ndarray, mask: np.ndarray) -> float:
+    """Relevance rank accuracy (Arras et al. 2022): of the map's ``K`` highest pixels, with
+    ``K`` the mask's size, the share inside the mask (chance: the mask's share of the image).
+
+    NaN for an empty mask.
+    """
+    attr = np.asarray(attribution, dtype=np.float64).ravel()
+    region = np.asarray(mask, dtype=bool).ravel()
+    if attr.shape != region.shape:
+        raise ValueError("attribution and mask differ in shape")
+    k = int(region.sum())
+    if k == 0:
+        return float("nan")
+    top = np.argpartition(-attr, k - 1)[:k]
+    return float(region[top].mean())
 
 
 def perfect_grid_map(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:

@@ -49,6 +49,8 @@ from explorer.eval.metrics import (
     bootstrap_by_patient,
     mean_or_nan,
     pointing_hit,
+    relevance_mass,
+    relevance_rank,
 )
 from explorer.models.base import VisionLanguageModel
 from explorer.progress import Progress
@@ -154,6 +156,8 @@ class ManifestBenchmarkResult:
         pointing_per_finding: Method -> finding -> hit rate.
         pointing_n: Boxes scored.
         pointing_params: Method -> the options its maps were made with.
+        relevance_mass: Method -> mean share of the map's positive mass inside the box.
+        relevance_rank: Method -> mean share of the map's top box-size pixels inside the box.
         patients: Distinct patients (the bootstrap's unit).
         min_cases: Fewest positives and negatives a finding needed for its AUC.
         resamples: Bootstrap resamples.
@@ -184,6 +188,8 @@ class ManifestBenchmarkResult:
     pointing_per_finding: dict[str, dict[str, float]] = field(default_factory=dict)
     pointing_n: int = 0
     pointing_params: dict[str, dict] = field(default_factory=dict)
+    relevance_mass: dict[str, float] = field(default_factory=dict)
+    relevance_rank: dict[str, float] = field(default_factory=dict)
     patients: int = 0
     min_cases: int = MIN_CASES
     resamples: int = RESAMPLES
@@ -217,7 +223,16 @@ def embed_rows(
 
 def _pointing(
     model: VisionLanguageModel, rows: Sequence[ManifestRow], methods: Sequence[str]
-) -> tuple[dict[str, list[bool]], dict[str, dict[str, list[bool]]], dict[str, dict], int]:
+) -> tuple[
+    dict[str, list[bool]],
+    dict[str, dict[str, list[bool]]],
+    dict[str, dict],
+    int,
+    dict[str, list[float]],
+    dict[str, list[float]],
+]:
+    """Pointing hits, per-finding hits, parameters, box count, and the relevance mass and rank
+    accuracy of every method's map on every expert box."""
     from explorer.attribution import attribute_image
     from explorer.vocab.negation import NegationError
     from explorer.vocab.prompts import prompt_pair
@@ -225,6 +240,8 @@ def _pointing(
     hits: dict[str, list[bool]] = {m: [] for m in methods}
     per: dict[str, dict[str, list[bool]]] = {m: {} for m in methods}
     params: dict[str, dict] = {}
+    mass: dict[str, list[float]] = {m: [] for m in methods}
+    rank: dict[str, list[float]] = {m: [] for m in methods}
     count = 0
     for row in rows:
         if not row.boxes:
@@ -244,7 +261,9 @@ def _pointing(
                 hit = pointing_hit(attr.attribution, mask, dilate_px=0)
                 hits[method].append(hit)
                 per[method].setdefault(box.finding, []).append(hit)
-    return hits, per, params, count
+                mass[method].append(relevance_mass(attr.attribution, mask))
+                rank[method].append(relevance_rank(attr.attribution, mask))
+    return hits, per, params, count, mass, rank
 
 
 def run_manifest_benchmark(
@@ -343,7 +362,7 @@ def run_manifest_benchmark(
         return (float(ci[0, j]), float(ci[1, j]))
 
     log.info("%s: bootstrap done (%.1f s)", model.name, time.perf_counter() - start)
-    hits, per, params, boxes = _pointing(model, rows, pointing_methods)
+    hits, per, params, boxes, mass, rank = _pointing(model, rows, pointing_methods)
     result = ManifestBenchmarkResult(
         model=model.name,
         manifest=manifest.name,
@@ -366,6 +385,8 @@ def run_manifest_benchmark(
         pointing_per_finding={m: {f: mean_or_nan(v) for f, v in d.items()} for m, d in per.items()},
         pointing_n=boxes,
         pointing_params=params,
+        relevance_mass={m: mean_or_nan([v for v in vs if v == v]) for m, vs in mass.items()},
+        relevance_rank={m: mean_or_nan([v for v in vs if v == v]) for m, vs in rank.items()},
         patients=len(set(manifest.patients())),
         min_cases=min_cases,
         resamples=resamples,
@@ -480,6 +501,12 @@ def format_manifest_table(results: Sequence[ManifestBenchmarkResult]) -> str:
             + " | ".join(fig(r.pointing.get(m, float("nan"))) for r in results)
             + " |"
         )
+        for key, name in (("relevance_mass", "relevance mass"), ("relevance_rank", "rank")):
+            lines.append(
+                f"| {name}, {m} (share of the map inside the box) | "
+                + " | ".join(fig(getattr(r, key).get(m, float("nan"))) for r in results)
+                + " |"
+            )
     text = "\n".join(lines)
     if left_out:
         text += (
