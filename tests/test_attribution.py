@@ -618,3 +618,50 @@ def test_parameters_read_as_words():
         describe_params(occlusion)
     )
     assert "a 7 x 7 grid" in describe_params({"grid": [7, 7], "layer": "stages.3"})
+
+
+# --- token IG completeness and progress ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_token_ig_adds_up_within_one_percent_and_reports_progress(registry, image, name):
+    model = registry.load(name, "cpu")
+    seen = []
+    result = attribute_text(
+        model, image, "there is no pleural effusion", progress=lambda f, m: seen.append((f, m))
+    )
+    assert result.relative_delta < 0.01, f"completeness gap {result.relative_delta:.2%}"
+    gap = result.score - result.baseline_score
+    assert abs(sum(result.scores) - gap) <= 0.01 * abs(gap) + 1e-6
+    fractions = [f for f, _ in seen]
+    assert len(fractions) > 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert all(isinstance(m, str) and m for _, m in seen)
+
+
+class _MasksPaddingToy(ToyModel):
+    """Like open_clip's HF text tower (BiomedCLIP): the mask comes from the padding id, not
+    from the caller, so padding ids inside a sequence are dropped from attention."""
+
+    VOCAB = (*ToyModel.VOCAB, "[MASK]")
+
+    def encode_text(self, tokens, normalize=True):
+        ids = tokens["input_ids"]
+        mask = (ids != 0).float()[..., None]
+        emb = self.embedding(ids) * mask
+        out = emb.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+        return F.normalize(out, dim=-1) if normalize else out
+
+    @property
+    def text_baseline_token_id(self):
+        return self.VOCAB.index("[MASK]")
+
+
+def test_token_ig_baseline_is_not_masked_away():
+    img = np.full((96, 96), 0.9, np.float32)
+    model = _MasksPaddingToy(Preprocess(32, (0.5,) * 3, (0.25,) * 3, "squash"))
+    result = attribute_text(model, img, "there is a bright region", steps=64)
+    assert result.params["baseline_token_id"] == model.VOCAB.index("[MASK]")
+    assert result.relative_delta < 0.01
+    # padding ids as the baseline: the baseline run drops them, the integration path does not
+    padded = attribute_text(model, img, "there is a bright region", steps=64, baseline_token_id=0)
+    assert padded.relative_delta > 0.1

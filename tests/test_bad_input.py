@@ -292,6 +292,13 @@ CASES = [
         "labels.csv",
         lambda: b"file,Edema\n" + b"".join(b"x%d.png,1\n" % k for k in range(20_001)),
     ),
+    Case(
+        "report-table-over-the-map-cap",
+        "/map_open",
+        "has more than 20,000 rows; the map takes at most 20,000",
+        "reports.csv",
+        lambda: b"report\n" + b"".join(b"No effusion, case %d.\n" % k for k in range(250_001)),
+    ),
 ]
 
 

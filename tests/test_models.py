@@ -361,3 +361,74 @@ def test_why_a_model_cannot_load_is_whole_sentences(exc, expected):
     from explorer.models.registry import _explain
 
     assert str(ModelUnavailableError("m", _explain(exc))) == expected
+
+
+# --- specs without preprocessing, and text length ----------------------------------------------
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+
+
+@pytest.mark.parametrize(
+    ("family", "expected"),
+    [
+        ("clip", Preprocess(224, CLIP_MEAN, (0.26862954, 0.26130258, 0.27577711), "shortest")),
+        ("siglip", Preprocess(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "squash")),
+    ],
+)
+def test_a_spec_without_preprocess_reads_the_image_processor(tmp_path, family, expected):
+    """transformers 5 holds an image processor's size in a SizeDict, not a dict."""
+    from explorer.models.replicas import build_clip_replica, build_siglip_replica
+
+    if family == "siglip":
+        pytest.importorskip("sentencepiece")
+    build = build_clip_replica if family == "clip" else build_siglip_replica
+    folder = build(tmp_path / family, size="tiny")
+    spec = ModelSpec(name=family, backend="transformers", source=str(folder))
+    assert spec.preprocess is None
+    model = ModelRegistry([spec]).load(family, "cpu")
+    got = model.preprocess_cfg
+    assert (got.image_size, got.resize_mode) == (expected.image_size, expected.resize_mode)
+    np.testing.assert_allclose(got.mean, expected.mean, atol=1e-6)
+    np.testing.assert_allclose(got.std, expected.std, atol=1e-6)
+    assert model.embed_image(np.zeros((64, 64), np.float32)).shape[0] == 1
+
+
+LONG_TEXT = " ".join(["there is a small left pleural effusion and mild cardiomegaly ."] * 30)
+
+
+def test_a_clip_tokenizer_without_model_max_length_is_cut_at_the_positions(tmp_path):
+    """Without ``model_max_length`` the tokenizer would let ~318 tokens reach 77 positions."""
+    from explorer.models.replicas import build_clip_replica
+
+    folder = build_clip_replica(tmp_path / "clip", size="tiny", max_length=None)
+    assert "model_max_length" not in json.loads((folder / "tokenizer_config.json").read_text())
+    spec = ModelSpec(name="clip", backend="transformers", source=str(folder), preprocess=None)
+    model = ModelRegistry([spec]).load("clip", "cpu")
+    assert model.max_text_tokens == 77
+    texts = [LONG_TEXT, PROMPTS[0]]
+    counts = model.count_tokens(texts)
+    assert counts[0] > 300 and counts[1] < 77
+    assert model.truncated(texts) == [True, False]
+    tokens = model.tokenize(texts)
+    assert tokens["input_ids"].shape[1] == 77
+    emb = model.embed_texts(texts)
+    assert torch.isfinite(emb).all() and emb.shape[0] == 2
+
+
+@pytest.mark.parametrize("name", TINY_NAMES)
+def test_every_backend_cuts_long_texts_and_says_so(registry, name):
+    model = registry.load(name, "cpu")
+    limit = model.max_text_tokens
+    assert isinstance(limit, int) and limit > 2
+    texts = [LONG_TEXT, PROMPTS[0]]
+    assert model.truncated(texts) == [True, False]
+    tokens = model.tokenize(texts)
+    assert int(tokens["attention_mask"].sum(dim=1).max()) <= limit
+    assert tokens["input_ids"].shape[1] <= limit
+    assert torch.isfinite(model.embed_texts(texts)).all()
+    assert model.count_tokens(PROMPTS) == tokens_per_text(model, PROMPTS)
+
+
+def tokens_per_text(model, texts):
+    return model.tokenize(texts)["attention_mask"].sum(dim=1).tolist()

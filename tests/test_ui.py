@@ -530,3 +530,34 @@ def test_the_map_tab_says_how_long_opening_takes_before_it_is_pressed(tmp_path, 
     open_map(OWN_TABLE, str(table), None, "phantom-negaware", "cluster", None, None)
     after = map_estimate(OWN_TABLE, str(table), None, "phantom-negaware")
     assert after == "The map of these 30 reports for phantom-negaware is open: it shows at once."
+
+
+def test_the_map_says_how_many_reports_the_model_cut():
+    """Reports longer than the text tower's limit are placed by their first tokens: say so."""
+    from types import SimpleNamespace
+
+    from explorer.reports.clusters import Alignment
+    from explorer.ui.report_map_view import _summary
+
+    texts = ("short report.", "a long report " * 100, "another long one " * 100)
+
+    class Map(SimpleNamespace):
+        def __len__(self) -> int:
+            return len(self.texts)
+
+    report_map = Map(
+        alignment=Alignment(10, 3, 0.5, 0.2, 0.6, 0.4),
+        timings={},
+        corpus="mine",
+        label_source="the labeler",
+        model="tiny",
+        licence="",
+        texts=texts,
+    )
+    model = SimpleNamespace(
+        name="tiny", max_text_tokens=77, truncated=lambda ts: [len(t) > 100 for t in ts]
+    )
+    text = _summary(report_map, None, model)
+    assert "2 of 3 reports are longer than tiny's 77 tokens" in text
+    fits = SimpleNamespace(name="tiny", max_text_tokens=77, truncated=lambda ts: [False] * len(ts))
+    assert "longer than" not in _summary(report_map, None, fits)

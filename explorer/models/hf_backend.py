@@ -6,8 +6,9 @@ Sources are hub ids (``openai/clip-vit-base-patch32``) or local folders written 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -49,11 +50,10 @@ class TransformersModel(VisionLanguageModel):
         self._model = model
         self._type = config.model_type
         self._tokenizer = AutoTokenizer.from_pretrained(source)
-        # SigLIP was trained with fixed-length padding; others pad to the longest text.
+        # SigLIP was trained with fixed-length padding (and no attention mask), so its padding
+        # changes the embedding; the others pad to the longest text of the batch.
         self._padding = "max_length" if self._type.startswith("siglip") else "longest"
-        self._max_length = min(int(getattr(self._tokenizer, "model_max_length", 77) or 77), 512)
-        if self._type.startswith("siglip"):
-            self._max_length = int(getattr(model.config.text_config, "max_position_embeddings", 64))
+        self._max_length = _text_limit(self._tokenizer, _text_config(model))
         self.preprocess_cfg = spec.preprocess or self._preprocess_from_processor(source)
 
     @staticmethod
@@ -63,8 +63,21 @@ class TransformersModel(VisionLanguageModel):
 
         proc = AutoImageProcessor.from_pretrained(source)
         return Preprocess.from_image_processor(
-            {"size": proc.size, "image_mean": proc.image_mean, "image_std": proc.image_std}
+            {
+                "size": _plain_size(proc.size),
+                "image_mean": proc.image_mean,
+                "image_std": proc.image_std,
+            }
         )
+
+    @property
+    def max_text_tokens(self) -> int:
+        """The tokenizer's ``model_max_length``, never more than the text tower's positions."""
+        return self._max_length
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        enc = self._tokenizer(list(texts), truncation=False, verbose=False)
+        return [len(row) for row in enc["input_ids"]]
 
     @property
     def module(self) -> nn.Module:
@@ -130,6 +143,46 @@ class TransformersModel(VisionLanguageModel):
     def logit_bias(self) -> float:
         bias = getattr(self._model, "logit_bias", None)
         return float(bias.item()) if bias is not None else 0.0
+
+
+#: Tokenizers without a ``model_max_length`` report this huge default (transformers'
+#: ``VERY_LARGE_INTEGER`` is 1e30); anything above it is "not stated".
+_UNSTATED_LENGTH = 1_000_000
+
+
+def _text_config(model: nn.Module) -> object:
+    config = model.config
+    return getattr(config, "text_config", None) or config
+
+
+def _text_limit(tokenizer: object, text_config: object) -> int:
+    """The most tokens a text may keep: the tokenizer's ``model_max_length`` where it states
+    one, never more than the text tower's ``max_position_embeddings`` (a CLIP tokenizer config
+    without ``model_max_length`` would otherwise let 318 tokens reach 77 position embeddings)."""
+    stated = getattr(tokenizer, "model_max_length", None)
+    stated = (
+        int(stated) if isinstance(stated, (int, float)) and 0 < stated < _UNSTATED_LENGTH else None
+    )
+    positions = getattr(text_config, "max_position_embeddings", None)
+    positions = int(positions) if isinstance(positions, int) and positions > 0 else None
+    limits = [n for n in (stated, positions) if n is not None]
+    return min(limits) if limits else 512
+
+
+def _plain_size(size: object) -> object:
+    """An image processor's ``size`` as a plain dict or int.
+
+    transformers 5 holds it in a ``SizeDict`` (a dataclass, not a mapping, whose unset sides
+    are None); earlier versions in a dict.
+    """
+    if isinstance(size, (Mapping, int)):
+        return size
+    if dataclasses.is_dataclass(size) and not isinstance(size, type):
+        return {k: v for k, v in dataclasses.asdict(size).items() if v is not None}
+    to_dict = getattr(size, "to_dict", None)
+    if callable(to_dict):
+        return {k: v for k, v in to_dict().items() if v is not None}
+    raise TypeError(f"cannot read an image size from {type(size).__name__}")
 
 
 def _transformer_blocks(module: nn.Module) -> nn.ModuleList:

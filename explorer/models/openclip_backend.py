@@ -63,19 +63,81 @@ class OpenClipModel(VisionLanguageModel):
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return maybe_normalize(self._model.encode_image(pixel_values), normalize)
 
+    @property
+    def _hf_tokenizer(self):  # the transformers tokenizer inside open_clip's HFTokenizer
+        return getattr(self._tokenizer, "tokenizer", None)
+
+    @property
+    def _masks_padding(self) -> bool:
+        """Whether the text tower derives its attention mask from the padding id (open_clip's
+        ``HFTextEncoder``, BiomedCLIP's PubMedBERT tower), so trailing padding changes nothing."""
+        from open_clip.hf_model import HFTextEncoder
+
+        return isinstance(getattr(self._model, "text", None), HFTextEncoder)
+
+    @property
+    def max_text_tokens(self) -> int:
+        """The tokenizer's context length, never more than the text tower's positions."""
+        limit = int(getattr(self._tokenizer, "context_length", 0) or 0)
+        if self._masks_padding:
+            positions = getattr(self._model.text.config, "max_position_embeddings", None)
+        else:
+            pos = getattr(self._model, "positional_embedding", None)
+            if pos is None:
+                pos = getattr(getattr(self._model, "text", None), "positional_embedding", None)
+            positions = pos.shape[0] if pos is not None else None
+        if positions:
+            limit = min(limit, int(positions)) if limit else int(positions)
+        return limit or 77
+
     def tokenize(self, texts: Sequence[str]) -> TokenBatch:
-        ids = self._tokenizer(list(texts)).to(self.device)
-        return {"input_ids": ids, "attention_mask": (ids != self.pad_token_id).long()}
+        """Token ids cut to :attr:`max_text_tokens`; padded to the longest text of the batch
+        where the text tower masks padding (open_clip's HF tokenizer pads every text to the
+        context length, 256 for BiomedCLIP; the trailing columns that are padding in every
+        row are dropped, which leaves the embeddings as they were). open_clip's own text
+        transformers add fixed position embeddings and a causal mask of the full context
+        length, so their input keeps that length."""
+        ids = self._tokenizer(list(texts), context_length=self.max_text_tokens).to(self.device)
+        pad = self.pad_token_id
+        if self._masks_padding and ids.shape[1] > 1:
+            used = (ids != pad).any(dim=0).nonzero()
+            length = int(used.max()) + 1 if len(used) else 1
+            ids = ids[:, :length]
+        return {"input_ids": ids, "attention_mask": (ids != pad).long()}
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        hf = self._hf_tokenizer
+        if hf is not None:
+            enc = hf(list(texts), truncation=False, add_special_tokens=True, verbose=False)
+            return [len(row) for row in enc["input_ids"]]
+        encode = getattr(self._tokenizer, "encode", None)
+        if encode is not None:  # open_clip's CLIP BPE: start and end tokens come on top
+            return [len(encode(t)) + 2 for t in texts]
+        return super().count_tokens(texts)
 
     def encode_text(self, tokens: TokenBatch, normalize: bool = True) -> torch.Tensor:
         return maybe_normalize(self._model.encode_text(tokens["input_ids"]), normalize)
 
     @property
     def pad_token_id(self) -> int:
-        hf = getattr(self._tokenizer, "tokenizer", None)
+        hf = self._hf_tokenizer
         if hf is not None and getattr(hf, "pad_token_id", None) is not None:
             return int(hf.pad_token_id)
         return 0
+
+    @property
+    def text_baseline_token_id(self) -> int:
+        """``[MASK]`` (else ``[UNK]``) where the tower masks padding ids away (BiomedCLIP):
+        a baseline of padding ids would be dropped by the mask in the baseline run while the
+        integration path attends to it, and the attributions would not add up. ``[MASK]`` is
+        what BERT read in place of a hidden word in pre-training."""
+        hf = self._hf_tokenizer
+        if self._masks_padding and hf is not None:
+            for role in ("mask", "unk"):
+                tid = getattr(hf, f"{role}_token_id", None)
+                if isinstance(tid, int) and tid != self.pad_token_id:
+                    return tid
+        return self.pad_token_id
 
     def token_strings(self, tokens: TokenBatch) -> list[list[str]]:
         out = []

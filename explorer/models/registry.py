@@ -7,6 +7,7 @@ their backend by that key, so adding a backend never touches dispatch code.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import socket
@@ -99,16 +100,90 @@ def _hub_repo(spec: ModelSpec) -> str | None:
     return None if "@" in src else src
 
 
-def _in_hub_cache(repo: str) -> bool:
+def _cached_file(repo: str, filename: str) -> str | None:
+    """The cached path of ``filename`` in hub repo ``repo``, or None (nothing is downloaded)."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
-        return False
-    for filename in ("open_clip_config.json", "config.json"):
+        return None
+    try:
         hit = try_to_load_from_cache(repo, filename)
-        if isinstance(hit, str):
-            return True
-    return False
+    except Exception:  # a malformed repo id or cache folder: treat as not cached
+        return None
+    return hit if isinstance(hit, str) else None
+
+
+def _in_hub_cache(repo: str) -> bool:
+    return any(_cached_file(repo, f) for f in ("open_clip_config.json", "config.json"))
+
+
+def _open_clip_text_repos(repo: str) -> tuple[str, ...]:
+    """Hub repos an open_clip repo's config sends its text tower and tokenizer to.
+
+    BiomedCLIP's ``open_clip_config.json`` names ``microsoft/BiomedNLP-BiomedBERT-...`` for
+    its text config and tokenizer: a second repo that must be cached (or downloadable) too.
+    Read from the cached config; nothing when it is not cached.
+    """
+    path = _cached_file(repo, "open_clip_config.json")
+    if path is None:
+        return ()
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text_cfg = json.load(fh).get("model_cfg", {}).get("text_cfg", {})
+    except (OSError, ValueError, AttributeError):
+        return ()
+    names = (text_cfg.get("hf_model_name"), text_cfg.get("hf_tokenizer_name"))
+    return tuple(
+        dict.fromkeys(
+            n
+            for n in names
+            if isinstance(n, str)
+            and n.count("/") == 1
+            and not n.startswith((".", "/", "~"))
+            and n != repo
+        )
+    )
+
+
+def hub_repos(spec: ModelSpec) -> tuple[str, ...]:
+    """Every hub repo ``spec`` needs, its own first (empty for local and built-in models).
+
+    The second and later repos are known once the first repo's config is cached (open_clip
+    models whose text tower lives in a transformers repo, such as BiomedCLIP).
+    """
+    repo = _hub_repo(spec)
+    if repo is None:
+        return ()
+    extra = _open_clip_text_repos(repo) if spec.backend == "open_clip" else ()
+    return (repo, *extra)
+
+
+#: Files in a cached repo that need a Python package beyond the backend's own to be read.
+_FILE_PACKAGES = {"spiece.model": ("sentencepiece", "google.protobuf")}
+
+
+def _missing_file_packages(repos: Iterable[str]) -> list[str]:
+    missing = []
+    for repo in repos:
+        for filename, packages in _FILE_PACKAGES.items():
+            if _cached_file(repo, filename) is None:
+                continue
+            missing += [p for p in packages if not _module_available(p)]
+    return list(dict.fromkeys(missing))
+
+
+def _module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package is missing
+        return False
+
+
+def _cache_state(spec: ModelSpec) -> tuple[list[str], list[str]]:
+    """(cached repos, repos not cached) among those ``spec`` needs."""
+    repos = hub_repos(spec)
+    cached = [r for r in repos if _in_hub_cache(r)]
+    return cached, [r for r in repos if r not in cached]
 
 
 @dataclass(frozen=True)
@@ -186,13 +261,22 @@ class ModelRegistry:
                 if path.exists()
                 else (False, f"its files are missing ({spec.source})")
             )
-        repo = _hub_repo(spec)
-        if repo is not None and _in_hub_cache(repo):
+        cached, missing_repos = _cache_state(spec)
+        missing_pkgs = _missing_file_packages(cached)
+        if missing_pkgs:
+            return False, (
+                f"its tokenizer needs the Python package {', '.join(missing_pkgs)}, "
+                "which is not installed"
+            )
+        if cached and not missing_repos:
             return True, "in the local Hugging Face cache"
-        if not check_hub:
+        if (not check_hub and not hub_offline_by_env()) or hub_reachable():
             return True, "downloads from the Hugging Face hub on first use"
-        if hub_reachable():
-            return True, "downloads from the Hugging Face hub on first use"
+        if cached:
+            return False, (
+                "the Hugging Face hub cannot be reached from here and part of it is not cached "
+                f"({', '.join(missing_repos)})"
+            )
         return (
             False,
             "the Hugging Face hub cannot be reached from here and the weights are not cached",
@@ -215,14 +299,18 @@ class ModelRegistry:
             ok, reason = self._availability(spec, check_hub=False)
             if not ok:
                 raise ModelUnavailableError(name, reason)
-            if (
-                spec.is_local is False
-                and hub_offline_by_env()
-                and not _in_hub_cache(_hub_repo(spec) or "")
-            ):
-                raise ModelUnavailableError(
-                    name, "the app runs offline and the weights are not cached"
-                )
+            if spec.is_local is False and hub_offline_by_env():
+                cached, missing_repos = _cache_state(spec)
+                if not cached:
+                    raise ModelUnavailableError(
+                        name, "the app runs offline and the weights are not cached"
+                    )
+                if missing_repos:
+                    raise ModelUnavailableError(
+                        name,
+                        "the app runs offline and part of it is not cached "
+                        f"({', '.join(missing_repos)})",
+                    )
             log.info("loading model %s (%s) on %s", name, spec.backend, device)
             try:
                 model = _BACKENDS[spec.backend].factory(spec, device)
@@ -334,6 +422,7 @@ __all__ = [
     "backends",
     "default_registry",
     "hub_reachable",
+    "hub_repos",
     "local_path",
     "register_backend",
 ]

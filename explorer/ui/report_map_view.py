@@ -97,7 +97,7 @@ def _figure_json(report_map, colour_by: str, placement=None) -> str:
     return fig.to_json()
 
 
-def _summary(report_map, notice: str | None) -> str:
+def _summary(report_map, notice: str | None, model=None) -> str:
     a = report_map.alignment
     t = report_map.timings
     lines = [
@@ -110,6 +110,14 @@ def _summary(report_map, notice: str | None) -> str:
     caution = a.caution(len(report_map))
     if caution:
         lines.insert(2, f"⚠ {caution}")
+    cut = sum(model.truncated(report_map.texts)) if model is not None else 0
+    if cut:
+        lines.insert(
+            2,
+            f"⚠ {cut:,} of {len(report_map):,} reports are longer than {model.name}'s "
+            f"{model.max_text_tokens} tokens: the map places them by their first "
+            f"{model.max_text_tokens} tokens only.",
+        )
     if t:
         lines.append("Built in " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + ".")
     if report_map.licence:
@@ -235,7 +243,7 @@ def open_map(
             shutil.rmtree(temp_dir, ignore_errors=True)
         raise user_error(err) from None
     figure = _figure_json(report_map, colour_by or "cluster")
-    return figure, _summary(report_map, notice), _cluster_rows(report_map), key
+    return figure, _summary(report_map, notice, model), _cluster_rows(report_map), key
 
 
 def prebuild_default() -> threading.Thread:
