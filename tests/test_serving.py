@@ -275,7 +275,7 @@ def test_health_reports_memory_models_and_limits(monkeypatch):
 def test_a_client_over_its_share_is_refused_at_once_and_others_are_not(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(serving.time, "monotonic", lambda: clock[0])
-    fair = serving.Fairness(runs=2, window_s=10.0, rest=1.0)
+    fair = serving.Fairness(runs=2, window_s=10.0, rest=1.0, max_rest_s=60.0)
     assert fair.admit("attribute", "flood") == 0 and fair.admit("attribute", "flood") == 0
     assert fair.admit("attribute", "flood") == pytest.approx(10)  # over its share: 10 s from now
     assert fair.admit("attribute", "someone else") == 0  # another page has its own share
@@ -297,6 +297,12 @@ def test_a_client_over_its_share_is_refused_at_once_and_others_are_not(monkeypat
     assert fair.admit("batch", "someone") == 0  # the books stay readable for everyone
     clock[0] += 18.5
     assert fair.admit("attribute", "flood") == 0
+    capped = serving.Fairness(rest=0.5, max_rest_s=2.0)  # a long run rests 2 s, not 15
+    assert capped.admit("attribute", "p") == 0
+    capped.finished("attribute", "p", 30.0)
+    assert capped.admit("attribute", "p") == pytest.approx(10)  # too early: refused ...
+    clock[0] += 10.5
+    assert capped.admit("attribute", "p") == 0  # ... and admitted once the wait is over
     off = serving.Fairness(runs=0)
     assert all(off.admit("attribute", "flood") == 0 for _ in range(10))
 

@@ -501,9 +501,12 @@ def format_manifest_table(results: Sequence[ManifestBenchmarkResult]) -> str:
             + " | ".join(fig(r.pointing.get(m, float("nan"))) for r in results)
             + " |"
         )
-        for key, name in (("relevance_mass", "relevance mass"), ("relevance_rank", "rank")):
+        for key, name in (
+            ("relevance_mass", "relevance mass, {m} (share of the map's mass inside the box)"),
+            ("relevance_rank", "relevance rank, {m} (share of its box-sized top inside the box)"),
+        ):
             lines.append(
-                f"| {name}, {m} (share of the map inside the box) | "
+                f"| {name.format(m=m)} | "
                 + " | ".join(fig(getattr(r, key).get(m, float("nan"))) for r in results)
                 + " |"
             )

@@ -342,18 +342,22 @@ class Fairness:
     Gradio's queue is first come, first served: a client that queues 60 occlusion jobs makes
     everyone else wait behind all of them. Here each run is admitted when it starts, by two
     rules: at most ``runs`` starts in ``window_s`` seconds, and after a run of ``d`` seconds
-    the same client waits ``rest * d`` before its next one (so a client keeps an event busy
-    at most ``1 / (1 + rest)`` of the time, however long its runs are). A client over its
+    the same client waits ``min(rest * d, max_rest_s)`` before its next one (long enough for
+    the runs it queued meanwhile to be refused, so the next person in the queue goes first;
+    short enough that a person who looks at the map before clicking never waits). A client over its
     share is refused at once (an error toast saying how long to wait) and must then wait
     ``window_s`` from its last refused request, so its surplus jobs leave the queue in
     milliseconds and other people's runs go next. A person who looks at each map before the
     next click never meets these rules.
     """
 
-    def __init__(self, runs: int = 3, window_s: float = 10.0, rest: float = 0.5) -> None:
+    def __init__(
+        self, runs: int = 3, window_s: float = 10.0, rest: float = 0.5, max_rest_s: float = 2.0
+    ) -> None:
         self.runs = runs
         self.window_s = window_s
         self.rest = rest
+        self.max_rest_s = max_rest_s
         self._starts: dict[tuple[str, str], list[float]] = {}
         self._free_at: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
@@ -386,10 +390,11 @@ class Fairness:
             return 0.0
 
     def finished(self, name: str, client: str | None, seconds: float) -> None:
-        """A run of ``seconds`` ended: the client rests ``rest * seconds`` before the next."""
+        """A run of ``seconds`` ended: the client rests before its next one (see the class)."""
         if client:
+            rest = min(self.rest * seconds, self.max_rest_s)
             with self._lock:
-                self._free_at[(name, client)] = time.monotonic() + self.rest * seconds
+                self._free_at[(name, client)] = time.monotonic() + rest
 
 
 FAIR = Fairness()
