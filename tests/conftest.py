@@ -44,3 +44,15 @@ def default_model_ready() -> bool:
 
     reg = default_registry()
     return reg.status(reg.default, check_hub=False).available
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module (tiny models gain nothing from threads, and on a busy
+    machine they lose a lot); the count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
