@@ -125,9 +125,12 @@ def explain(
             progress=lambda f, m: say(0.8 * f, m),
             baseline=baseline or None,
         )
-        say(0.85, "Token attributions")
-        tokens_a = attribute_text(model, pixels, pair.affirmed)
-        tokens_n = attribute_text(model, pixels, pair.negated)
+        tokens_a = attribute_text(
+            model, pixels, pair.affirmed, progress=lambda f, m: say(0.8 + 0.05 * f, f"words: {m}")
+        )
+        tokens_n = attribute_text(
+            model, pixels, pair.negated, progress=lambda f, m: say(0.85 + 0.05 * f, f"words: {m}")
+        )
         guard = check_domain(model, pixels)
         trust = None
         if check_trust:
