@@ -352,11 +352,13 @@ def run_flood(
     normal_calls: int = 6,
     pace_s: float = 5.0,
     wave: int = 60,
+    wave_every_s: float = 10.0,
     image: Path | None = None,
 ) -> FloodResult:
     """A normal client asks for an attribution ``pace_s`` seconds after the last one appeared
     (a person looking at each map), first alone, then while a second client queues ``wave``
-    attributions at once, and another ``wave`` a second after the last one was answered."""
+    attributions at once, and another ``wave`` every ``wave_every_s`` seconds once the last one
+    was answered (a fixed rate: a faster server must not draw a heavier flood)."""
     from gradio_client import Client
 
     image = default_image() if image is None else image
@@ -384,9 +386,10 @@ def run_flood(
     jobs: list = []
 
     def flood() -> None:
+        last = -wave_every_s
         while not stop.is_set():
-            if all(j.done() for j in jobs):
-                time.sleep(1.0)
+            if all(j.done() for j in jobs) and time.perf_counter() - last >= wave_every_s:
+                last = time.perf_counter()
                 jobs.extend(flooder.submit(*args, api_name="/attribute") for _ in range(wave))
             time.sleep(0.1)
 

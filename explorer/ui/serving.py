@@ -58,6 +58,8 @@ from typing import Any
 
 SCRATCH = "explorer-scratch"
 #: Queue limits of the model-heavy events (requests of one event processed at once).
+#: Attribution keeps one slot: a second one (tried) let a flood's refusals run beside every
+#: map and slowed another person's runs more than the queue did.
 CONCURRENCY = {"findings": 2, "attribute": 1}
 
 
