@@ -43,16 +43,19 @@ def staged(progress: Progress | None, weights: Mapping[str, float]) -> Callable[
         where the bar already is).
     """
     total = sum(max(0.0, w) for w in weights.values()) or 1.0
-    starts, at = {}, 0.0
+    # Raw (start, weight) per stage; positions are (start + weight * fraction) / total, so a
+    # stage's end and the next stage's start are the same float and the bar never steps back.
+    slices, at = {}, 0.0
     for name, w in weights.items():
-        starts[name] = (at / total, max(0.0, w) / total)
+        slices[name] = (at, max(0.0, w))
         at += max(0.0, w)
     last = [0.0]
 
     def stage(name: str) -> Progress:
         def report(fraction: float, message: str) -> None:
-            start, span = starts.get(name, (last[0], 0.0))
-            last[0] = min(1.0, start + span * min(max(fraction, 0.0), 1.0))
+            if name in slices:
+                start, weight = slices[name]
+                last[0] = min(1.0, (start + weight * min(max(fraction, 0.0), 1.0)) / total)
             if progress is not None:
                 progress(last[0], message)
 

@@ -269,7 +269,15 @@ def test_the_build_is_one_bar_said_beforehand_and_a_cancelled_build_resumes(
     monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path))
     monkeypatch.setattr(map_mod, "CHUNK", 16)
     corpus = phantom_corpus(48)
-    before = map_mod.estimate_build(corpus, tiny_model)
+
+    def estimate():  # on a steady clock: the tower's timing does not depend on the machine's load
+        import itertools
+
+        with monkeypatch.context() as m:
+            m.setattr(map_mod.time, "perf_counter", itertools.count(0.0, 0.25).__next__)
+            return map_mod.estimate_build(corpus, tiny_model)
+
+    before = estimate()
     assert not before.ready and before.n == 48
     # the phantom corpus carries its labels: nothing to label; the text tower was timed
     assert list(before.seconds) == ["embedding reports", "layout (UMAP)"]
@@ -292,7 +300,7 @@ def test_the_build_is_one_bar_said_beforehand_and_a_cancelled_build_resumes(
     assert not (folder / "map.json").exists()
     assert sorted(p.name for p in folder.glob("emb-*.npy")) == ["emb-00000.npy"]
     # what is on disk is not counted again
-    resumed_estimate = map_mod.estimate_build(corpus, tiny_model)
+    resumed_estimate = estimate()
     assert resumed_estimate.seconds["embedding reports"] < before.seconds["embedding reports"]
 
     # The next build resumes; its bar is one fraction for the whole build, never going back.
@@ -304,3 +312,17 @@ def test_the_build_is_one_bar_said_beforehand_and_a_cancelled_build_resumes(
     assert len(built) == 48
     after = map_mod.estimate_build(corpus, tiny_model)
     assert after.ready and after.seconds == {} and "opens at once" in after.sentence("tiny-clip")
+
+
+def test_a_map_counts_once_the_reports_its_model_cut(tmp_path, monkeypatch, tiny_model):
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path))
+    texts = [f"Case {k}: no pleural effusion." for k in range(24)] + ["word " * 400]
+    table = tmp_path / "reports.csv"
+    table.write_text("report\n" + "\n".join(texts) + "\n")
+    corpus = table_corpus(table)
+    built = map_mod.build_map(corpus, tiny_model)
+    expected = sum(tiny_model.truncated(corpus.texts))
+    assert expected == 1 and built.truncated == 1
+    assert built.text_limit == tiny_model.max_text_tokens
+    again = map_mod.find_map(corpus, tiny_model)  # read back from disk, not counted again
+    assert again is not None and again.truncated == 1

@@ -545,19 +545,19 @@ def test_the_map_says_how_many_reports_the_model_cut():
         def __len__(self) -> int:
             return len(self.texts)
 
-    report_map = Map(
-        alignment=Alignment(10, 3, 0.5, 0.2, 0.6, 0.4),
-        timings={},
-        corpus="mine",
-        label_source="the labeler",
-        model="tiny",
-        licence="",
-        texts=texts,
-    )
-    model = SimpleNamespace(
-        name="tiny", max_text_tokens=77, truncated=lambda ts: [len(t) > 100 for t in ts]
-    )
-    text = _summary(report_map, None, model)
+    def built(truncated: int) -> Map:  # (build_map counts the cut reports once)
+        return Map(
+            alignment=Alignment(10, 3, 0.5, 0.2, 0.6, 0.4),
+            timings={},
+            corpus="mine",
+            label_source="the labeler",
+            model="tiny",
+            licence="",
+            texts=texts,
+            truncated=truncated,
+            text_limit=77,
+        )
+
+    text = _summary(built(2), None)
     assert "2 of 3 reports are longer than tiny's 77 tokens" in text
-    fits = SimpleNamespace(name="tiny", max_text_tokens=77, truncated=lambda ts: [False] * len(ts))
-    assert "longer than" not in _summary(report_map, None, fits)
+    assert "longer than" not in _summary(built(0), None)

@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,6 +114,11 @@ class AppProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
 
+def _measures_table(rows: Sequence[tuple[str, str]]) -> str:
+    """A Markdown table of (measure, value) rows, as the load and flood reports print them."""
+    return "\n".join(["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
 @dataclass(frozen=True)
 class LoadResult:
     """What a load run measured, and whether it passed."""
@@ -188,7 +194,7 @@ class LoadResult:
             ),
             ("verdict", "pass" if self.passed else "FAIL: " + "; ".join(self.problems)),
         ]
-        return "\n".join(["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+        return _measures_table(rows)
 
 
 def findings_args(image: Path, model: str | None = None) -> tuple:
@@ -336,7 +342,7 @@ class FloodResult:
                 f"{self.flood_sent} / {self.flood_ran} / {self.flood_refused}",
             ),
         ]
-        return "\n".join(["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+        return _measures_table(rows)
 
 
 def attribution_args(image: Path, method: str, finding: str = "Pleural Effusion") -> tuple:

@@ -158,6 +158,10 @@ class ReportMap:
     timings: dict
     n_neighbors: int = 15
     reference_source: str = ""
+    #: How many reports were longer than the model's text limit (``text_limit`` tokens) and
+    #: were embedded from their first tokens only (counted once, when the map was built).
+    truncated: int = 0
+    text_limit: int | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -439,6 +443,7 @@ def build_map(
         return value
 
     labels = stage("labelling", folder / "labels.npy", lambda: _labels(corpus))
+    truncated = int(sum(model.truncated(corpus.texts)))
     t0 = time.perf_counter()
     embeddings = embed_corpus(model, corpus.texts, folder, part("embedding reports"))
     if "embedding" not in timings:
@@ -483,6 +488,8 @@ def build_map(
         "alignment": asdict(align),
         "timings": timings,
         "settings": asdict(settings),
+        "truncated": truncated,
+        "text_limit": model.max_text_tokens,
     }
     (folder / "map.json").write_text(json.dumps(meta, indent=1))
     part("alignment")(1.0, "done")
@@ -515,6 +522,8 @@ def open_folder(folder: Path, corpus: Corpus) -> ReportMap:
         alignment=Alignment(**meta["alignment"]),
         timings=meta["timings"],
         n_neighbors=int(meta["settings"]["n_neighbors"]),
+        truncated=int(meta.get("truncated", 0)),  # (maps built before it was counted: 0)
+        text_limit=meta.get("text_limit"),
     )
 
 

@@ -45,7 +45,7 @@ class MapStore:
         self.capacity = capacity
         self.budget_bytes = budget_bytes
         self._maps: OrderedDict[str, tuple[ReportMap, str | None]] = OrderedDict()
-        self._owned: dict[str, tuple[str, int]] = {}  # key -> (owner, bytes)
+        self._owned: dict[str, int] = {}  # an owned map's key -> its bytes
         self._lock = threading.Lock()
 
     def get(self, key: str) -> ReportMap | None:
@@ -66,12 +66,12 @@ class MapStore:
             self._maps[key] = (report_map, temp_dir)
             self._maps.move_to_end(key)
             if owner is not None:
-                self._owned[key] = (owner, map_bytes(report_map))
+                self._owned[key] = map_bytes(report_map)
             shared = [k for k in self._maps if k not in self._owned]
             for old in shared[: max(0, len(shared) - self.capacity)]:
                 self._drop(old)
             owned = [k for k in self._maps if k in self._owned]  # least recently used first
-            while owned and sum(self._owned[k][1] for k in owned) > self.budget_bytes:
+            while owned and sum(self._owned[k] for k in owned) > self.budget_bytes:
                 self._drop(owned.pop(0))
 
     def drop(self, key: str | None) -> None:

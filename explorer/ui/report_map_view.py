@@ -97,7 +97,7 @@ def _figure_json(report_map, colour_by: str, placement=None) -> str:
     return fig.to_json()
 
 
-def _summary(report_map, notice: str | None, model=None) -> str:
+def _summary(report_map, notice: str | None) -> str:
     a = report_map.alignment
     t = report_map.timings
     lines = [
@@ -110,13 +110,13 @@ def _summary(report_map, notice: str | None, model=None) -> str:
     caution = a.caution(len(report_map))
     if caution:
         lines.insert(2, f"⚠ {caution}")
-    cut = sum(model.truncated(report_map.texts)) if model is not None else 0
-    if cut:
+    if report_map.truncated:
+        limit = report_map.text_limit
         lines.insert(
             2,
-            f"⚠ {cut:,} of {len(report_map):,} reports are longer than {model.name}'s "
-            f"{model.max_text_tokens} tokens: the map places them by their first "
-            f"{model.max_text_tokens} tokens only.",
+            f"⚠ {report_map.truncated:,} of {len(report_map):,} reports are longer than "
+            f"{report_map.model}'s {limit} tokens: the map places them by their first "
+            f"{limit} tokens only.",
         )
     if t:
         lines.append("Built in " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()) + ".")
@@ -142,17 +142,6 @@ def _build(corpus, model, progress=None, root: Path | None = None):
     return build_map(corpus, model, progress=progress, root=root, estimate=estimate)
 
 
-def _map_of(spec: str, model, progress=None):
-    """``(key, map)`` of a named corpus under a loaded model: kept in memory, else built (and
-    cached on disk) and kept. Opening, the start-up warm-up and placing all come here."""
-    key = f"{spec}:{model.name}"
-    report_map = MAPS.get(key)
-    if report_map is None:
-        report_map = _build(cached_corpus(spec), model, progress)
-        MAPS.put(key, report_map, None)
-    return key, report_map
-
-
 def _own_table(table_path: str | None, text_column: str | None):
     """The uploaded report table as a corpus (at most :data:`MAX_UPLOAD_REPORTS` rows)."""
     from explorer.reports.corpus import table_corpus
@@ -167,11 +156,35 @@ def _own_table(table_path: str | None, text_column: str | None):
     )
 
 
-def _own_key(corpus, model, request) -> tuple[str, str]:
-    """The key of an uploaded table's map and its owner: the uploader's session, so that
-    another person's tables never push it out (they share a memory budget instead)."""
+def _corpus_and_key(spec: str, model, table_path=None, text_column=None, request=None):
+    """``(corpus, key, owner)`` of a map: the key it is kept under in :data:`MAPS`, and, for
+    an uploaded table, its owner, the uploader's session (part of the key, so another person's
+    tables never push it out; they share a memory budget instead). A named corpus's map is
+    shared: no owner."""
+    if spec != "upload":
+        return cached_corpus(spec), f"{spec}:{model.name}", None
+    corpus = _own_table(table_path, text_column)
     owner = getattr(request, "session_hash", None) or "no-session"
-    return f"upload:{owner}:{corpus.content_hash}:{model.name}", owner
+    return corpus, f"upload:{owner}:{corpus.content_hash}:{model.name}", owner
+
+
+def _map_of(spec: str, model, progress=None, table_path=None, text_column=None, request=None):
+    """``(key, map)`` under a loaded model: kept in memory, else built and kept. A named
+    corpus's map is cached on disk too; an uploaded table's is built in a scratch folder that
+    goes when the map leaves :data:`MAPS`. Opening, the start-up warm-up and placing all come
+    here."""
+    corpus, key, owner = _corpus_and_key(spec, model, table_path, text_column, request)
+    report_map = MAPS.get(key)
+    if report_map is None:
+        temp_dir = str(scratch_dir()) if owner else None
+        try:
+            report_map = _build(corpus, model, progress, Path(temp_dir) if temp_dir else None)
+        except Exception:
+            if temp_dir:
+                shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+        MAPS.put(key, report_map, temp_dir, owner=owner)
+    return key, report_map
 
 
 def forget_map(key: str | None) -> None:
@@ -196,13 +209,10 @@ def map_estimate(
         return "Upload a report table to map it."
     model, _ = load_model(model_name)
     try:
-        if spec == "upload":
-            corpus = _own_table(table_path, text_column)
-            (key, _), root = _own_key(corpus, model, request), scratch_root()
-        else:
-            corpus, key, root = cached_corpus(spec), f"{spec}:{model.name}", None
+        corpus, key, owner = _corpus_and_key(spec, model, table_path, text_column, request)
         if MAPS.get(key) is not None:
             return f"The map of these {len(corpus):,} reports for {model.name} is open: it shows at once."
+        root = scratch_root() if owner else None  # an uploaded table's map is never on disk
         return estimate_build(corpus, model, root=root).sentence(model.name)
     except ExplorerError as err:
         return f"⚠ {err}"
@@ -225,25 +235,14 @@ def open_map(
     """
     spec = CORPORA.get(corpus_choice, corpus_choice)
     model, notice = load_model(model_name)
-    temp_dir = None
-    say = reporter(progress, request)
     try:
-        if spec == "upload":
-            corpus = _own_table(table_path, text_column)
-            key, owner = _own_key(corpus, model, request)
-            report_map = MAPS.get(key)
-            if report_map is None:
-                temp_dir = str(scratch_dir())
-                report_map = _build(corpus, model, say, root=Path(temp_dir))
-                MAPS.put(key, report_map, temp_dir, owner=owner)
-        else:
-            key, report_map = _map_of(spec, model, say)
+        key, report_map = _map_of(
+            spec, model, reporter(progress, request), table_path, text_column, request
+        )
     except ExplorerError as err:
-        if temp_dir:
-            shutil.rmtree(temp_dir, ignore_errors=True)
         raise user_error(err) from None
     figure = _figure_json(report_map, colour_by or "cluster")
-    return figure, _summary(report_map, notice, model), _cluster_rows(report_map), key
+    return figure, _summary(report_map, notice), _cluster_rows(report_map), key
 
 
 def prebuild_default() -> threading.Thread:

@@ -345,12 +345,11 @@ class Fairness:
     everyone else wait behind all of them. Here each run is admitted when it starts, by two
     rules: at most ``runs`` starts in ``window_s`` seconds, and after a run of ``d`` seconds
     the same client waits ``min(rest * d, max_rest_s)`` before its next one (long enough for
-    the runs it queued meanwhile to be refused, so the next person in the queue goes first;
-    short enough that a person who looks at the map before clicking never waits). A client over its
-    share is refused at once (an error toast saying how long to wait) and must then wait
-    ``window_s`` from its last refused request, so its surplus jobs leave the queue in
-    milliseconds and other people's runs go next. A person who looks at each map before the
-    next click never meets these rules.
+    the runs it queued meanwhile to be refused, so the next person in the queue goes first).
+    A client over its share is refused at once (an error toast saying how long to wait) and
+    must then wait ``window_s`` from its last refused request, so its surplus jobs leave the
+    queue in milliseconds and other people's runs go next. A person who looks at each map
+    before the next click never meets these rules.
     """
 
     def __init__(
