@@ -20,7 +20,7 @@ from explorer.reports.labeler import (
     label_report_detailed,
     label_reports,
 )
-from explorer.vocab.labels import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
+from explorer.vocab.labels import CHEXPERT_FINDINGS, KNOWN_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_IU = importlib.util.find_spec("torchxrayvision") is not None
@@ -105,20 +105,28 @@ CASES: list[tuple[str, dict[str, int | None]]] = [
     ("Small left pleural effusion. No pneumothorax.", {"No Finding": None}),
     ("Possible pneumonia. Heart size normal.", {"No Finding": None}),
     ("Comparison: none.", {"No Finding": None}),
-    ("", dict.fromkeys(CHEXPERT_FINDINGS)),
+    ("", dict.fromkeys(KNOWN_FINDINGS)),
     # --- "XXXX" de-identification marks
     ("There are no XXXX of a pleural effusion.", {"Pleural Effusion": N}),
     ("Blunting of the right costophrenic XXXX.", {"Pleural Effusion": U}),
     ("Right chest XXXX tip in the mid SVC.", {"Support Devices": P}),
     ("Normal chest x-XXXX.", {"No Finding": P}),
-    ("XXXX XXXX. XXXX.", dict.fromkeys(CHEXPERT_FINDINGS)),
+    ("XXXX XXXX. XXXX.", dict.fromkeys(KNOWN_FINDINGS)),
+    # --- the extra NIH findings: read like the 14, and an abnormality for No Finding
+    ("Large hiatal hernia. Lungs are clear.", {"Hernia": P, "No Finding": None}),
+    ("Emphysematous changes. No pneumothorax.", {"Emphysema": P, "No Finding": None}),
+    ("No evidence of pulmonary fibrosis. Normal chest.", {"Fibrosis": N, "No Finding": P}),
+    ("Chronic interstitial fibrotic changes at the bases.", {"Fibrosis": P}),
+    ("Possible small hiatal hernia.", {"Hernia": U}),
+    ("Subcutaneous emphysema in the left chest wall.", {"Emphysema": None, "No Finding": None}),
+    ("Cystic fibrosis with bronchiectasis.", {"Fibrosis": None}),
 ]
 
 
 @pytest.mark.parametrize(("text", "expected"), CASES, ids=[c[0][:50] or "empty" for c in CASES])
 def test_hand_written_cases(text, expected):
     labels = label_report(text)
-    assert list(labels) == list(CHEXPERT_FINDINGS)
+    assert list(labels) == list(KNOWN_FINDINGS)
     got = {f: labels[f] for f in expected}
     assert got == expected
 
@@ -199,7 +207,7 @@ def test_iu_reports_load_offline():
     assert isinstance(first, IUReport) and first.id == "CXR1"
     assert first.text.startswith(first.findings) and first.impression in first.text
     assert first.mesh == ("normal",)
-    assert mesh_labels(first) == {f: (1 if f == "No Finding" else None) for f in CHEXPERT_FINDINGS}
+    assert mesh_labels(first) == {f: (1 if f == "No Finding" else None) for f in KNOWN_FINDINGS}
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.findings = ""  # type: ignore[misc]
     reports.clear()  # the caller's list is a copy
@@ -220,6 +228,12 @@ def test_mesh_terms_map_to_chexpert():
         "Pleural Other"
     }
     assert mesh_findings(["Hydropneumothorax/right"]) == {"Pneumothorax", "Pleural Effusion"}
+    assert mesh_findings(["Pulmonary Emphysema", "Hernia, Hiatal", "Pulmonary Fibrosis/base"]) == {
+        "Emphysema",
+        "Hernia",
+        "Fibrosis",
+    }
+    assert mesh_findings(["Subcutaneous Emphysema/chest wall", "Cystic Fibrosis"]) == set()
 
 
 @needs_iu
@@ -232,8 +246,12 @@ def test_iu_validation_macro_f1(validation):
     scores = {s.finding: s for s in validation.scores}
     for name in ("No Finding", "Cardiomegaly", "Lung Opacity", "Pleural Effusion"):
         assert scores[name].f1 >= 0.85, name
+    assert set(validation.macro_findings) <= set(CHEXPERT_FINDINGS)  # the extras are apart
+    for name in ("Emphysema", "Fibrosis", "Hernia"):
+        assert scores[name].support >= 15 and scores[name].f1 >= 0.85, name
     table = validation.to_markdown()
-    assert table.count("\n|") == len(CHEXPERT_FINDINGS) + 1 and "Macro F1" in table
+    assert table.count("\n|") == len(KNOWN_FINDINGS) + 1 and "Macro F1" in table
+    assert "| Hernia † |" in table
     d = validation.disagreements[0]
     assert d.kind in ("labeler only", "MeSH only") and d.report_id.startswith("CXR")
 
@@ -258,7 +276,7 @@ def test_cli_label_json_subprocess():
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert list(data["labels"]) == list(CHEXPERT_FINDINGS)
+    assert list(data["labels"]) == list(KNOWN_FINDINGS)
     assert data["labels"]["Pneumothorax"] == 0 and data["labels"]["Pneumonia"] == -1
     assert data["evidence"]["Pneumonia"]["cue"] == "Cannot exclude"
 
@@ -266,7 +284,7 @@ def test_cli_label_json_subprocess():
 def test_cli_label_table(capsys):
     assert main(["label", "Heart size is normal. Small right effusion."]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == len(CHEXPERT_FINDINGS)
+    assert len(out) == len(KNOWN_FINDINGS)
     assert out[2].startswith("Cardiomegaly") and "negative" in out[2]
     assert "positive" in next(line for line in out if line.startswith("Pleural Effusion"))
 

@@ -7,6 +7,8 @@ import pytest
 from explorer.errors import ExplorerError
 from explorer.vocab.labels import (
     CHEXPERT_FINDINGS,
+    EXTRA_FINDINGS,
+    KNOWN_FINDINGS,
     LABEL_NAMES,
     LABEL_VALUE,
     NEGATIVE,
@@ -14,8 +16,10 @@ from explorer.vocab.labels import (
     PROMPTS_PATH,
     UNCERTAIN,
     UnknownFindingError,
+    canonical_finding,
     finding_phrase,
     finding_terms,
+    known_finding,
 )
 
 # --- vocabulary -------------------------------------------------------------------------------
@@ -38,6 +42,8 @@ def test_label_constants_unchanged():
         ("No Finding", "no acute cardiopulmonary abnormality"),
         ("pleural_effusion", "pleural effusion"),
         ("LUNG OPACITY", "lung opacity"),
+        ("Hernia", "hernia"),
+        ("emphysema", "emphysema"),
     ],
 )
 def test_finding_phrase(name, phrase):
@@ -45,7 +51,7 @@ def test_finding_phrase(name, phrase):
 
 
 def test_every_finding_has_a_phrase_and_terms():
-    for name in CHEXPERT_FINDINGS:
+    for name in KNOWN_FINDINGS:
         assert finding_phrase(name)
         assert finding_terms(name)
     assert PROMPTS_PATH.is_file()
@@ -61,3 +67,10 @@ def test_unknown_finding_is_a_typed_error():
 def test_label_value_is_the_one_encoding():
     assert LABEL_VALUE == {POSITIVE: 1.0, NEGATIVE: -1.0, UNCERTAIN: 0.5}
     assert set(LABEL_VALUE) == set(LABEL_NAMES)
+
+
+def test_extra_findings_are_known_but_not_chexpert():
+    assert KNOWN_FINDINGS == CHEXPERT_FINDINGS + EXTRA_FINDINGS
+    assert known_finding("hernia") == "Hernia" and canonical_finding("hernia") is None
+    assert known_finding("pleural_effusion") == canonical_finding("pleural_effusion")
+    assert known_finding("Pneumomediastinum") is None

@@ -137,7 +137,7 @@ TYPED = [
     ("blunting of the costophrenic angles", "there is blunting of the costophrenic angles", "there is no blunting of the costophrenic angles"),
     ("left basilar atelectasis", "there is left basilar atelectasis", "there is no left basilar atelectasis"),
     ("a calcified granuloma", "there is a calcified granuloma", "there is no calcified granuloma"),
-    ("emphysema", "there is emphysema", "there is no emphysema"),
+    ("pneumomediastinum", "there is pneumomediastinum", "there is no pneumomediastinum"),
     ("possible pneumonia", "there is pneumonia", "there is no pneumonia"),
     ("probable right lower lobe pneumonia", "there is right lower lobe pneumonia", "there is no right lower lobe pneumonia"),
     # denials: the typed statement is the pair's affirmed prompt, so its row reports P(typed)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from explorer.data.manifest import Manifest, ManifestProblem, ManifestRow
 from explorer.data.table import ManifestError, nih_finding
-from explorer.vocab.labels import CHEXPERT_FINDINGS, EXTRA_FINDINGS
+from explorer.vocab.labels import KNOWN_FINDINGS
 
 log = logging.getLogger(__name__)
 
@@ -143,5 +143,5 @@ def read_cxr_align(
             )
         )
     chosen = {r.extra["chosen"] for r in rows}
-    findings = tuple(f for f in CHEXPERT_FINDINGS + EXTRA_FINDINGS if f in chosen)
+    findings = tuple(f for f in KNOWN_FINDINGS if f in chosen)
     return Manifest(path.name, tuple(rows), tuple(problems), findings)

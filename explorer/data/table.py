@@ -36,9 +36,9 @@ from explorer.data.manifest import Box, Manifest, ManifestProblem, ManifestRow
 from explorer.errors import ExplorerError
 from explorer.vocab.labels import (
     CHEXPERT_FINDINGS,
-    EXTRA_FINDINGS,
+    KNOWN_FINDINGS,
     NIH_TO_FINDING,
-    canonical_finding,
+    known_finding,
 )
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,6 @@ NIH_BOX_ALIASES = {"Infiltrate": "Infiltration"}
 CHECKS = ("header", "decode", "exists")
 NAMINGS = ("auto", "chexpert", "nih")
 
-_ALL_FINDINGS = CHEXPERT_FINDINGS + EXTRA_FINDINGS
 
 
 class ManifestError(ExplorerError):
@@ -96,7 +95,7 @@ class LabelColumns:
     def findings(self) -> tuple[str, ...]:
         """The labelled findings, CheXpert names first, then extras."""
         have = set(self.columns)
-        return tuple(f for f in _ALL_FINDINGS if f in have)
+        return tuple(f for f in KNOWN_FINDINGS if f in have)
 
     @property
     def used(self) -> frozenset[str]:
@@ -115,7 +114,7 @@ def label_columns(columns: Sequence[str], naming: str = "auto") -> LabelColumns:
     if naming not in NAMINGS:
         raise ManifestError(f"naming must be one of {', '.join(NAMINGS)}; got '{naming}'.")
     by_norm = {_norm(c): c for c in columns}
-    chexpert = {f: (by_norm[_norm(f)],) for f in _ALL_FINDINGS if _norm(f) in by_norm}
+    chexpert = {f: (by_norm[_norm(f)],) for f in KNOWN_FINDINGS if _norm(f) in by_norm}
     nih: dict[str, tuple[str, ...]] = {}
     for nih_name, finding in NIH_TO_FINDING.items():
         if _norm(nih_name) in by_norm:
@@ -207,11 +206,7 @@ def nih_finding(name: str) -> str | None:
     """An NIH, CheXpert or extra finding name -> its CheXpert (or extra) finding, else None."""
     name = NIH_BOX_ALIASES.get(name.strip(), name.strip())
     by_norm = {_norm(k): v for k, v in NIH_TO_FINDING.items()}
-    return (
-        by_norm.get(_norm(name))
-        or canonical_finding(name)
-        or next((f for f in EXTRA_FINDINGS if _norm(f) == _norm(name)), None)
-    )
+    return by_norm.get(_norm(name)) or known_finding(name)
 
 
 def parse_boxes(text: str) -> tuple[Box, ...]:

@@ -55,7 +55,7 @@ from explorer.eval.metrics import (
 from explorer.models.base import VisionLanguageModel
 from explorer.progress import Progress
 from explorer.scoring import embed_texts_once
-from explorer.vocab.labels import POSITIVE, canonical_finding
+from explorer.vocab.labels import POSITIVE, canonical_finding, known_finding
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,9 @@ RESAMPLES = 1000
 
 
 def prompt_name(finding: str) -> str:
-    """How a manifest finding is put into the prompt templates: a CheXpert name as it is (its
-    phrase comes from ``prompts.json``), an extra finding as its name in lower case."""
-    return finding if canonical_finding(finding) else finding.replace("_", " ").lower()
+    """How a manifest finding is put into the prompt templates: a known (CheXpert or extra NIH)
+    name as it is (its phrase comes from ``prompts.json``), any other as its name in lower case."""
+    return finding if known_finding(finding) else finding.replace("_", " ").lower()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """A rule-based CheXpert-style labeler for chest X-ray reports.
 
 :func:`label_report` maps a report to the 14 CheXpert observations of
-:data:`explorer.vocab.labels.CHEXPERT_FINDINGS` with the CheXpert values ``1`` (positive), ``0``
-(negative), ``-1`` (uncertain) and ``None`` (not mentioned); :func:`label_report_detailed`
+:data:`explorer.vocab.labels.CHEXPERT_FINDINGS`, then the three NIH findings CheXpert has no name
+for (Emphysema, Fibrosis, Hernia: :data:`explorer.vocab.labels.EXTRA_FINDINGS`), with the CheXpert
+values ``1`` (positive), ``0`` (negative), ``-1`` (uncertain) and ``None`` (not mentioned); the
+extras are read like any finding and, like any abnormality, keep No Finding from being positive.
+:func:`label_report_detailed`
 also returns every mention with the sentence and the cue that decided it, so a person can see
 why; :func:`label_reports` labels many reports in one spaCy pass.
 
@@ -84,11 +87,11 @@ from typing import Any
 from explorer.errors import ExplorerError
 from explorer.paths import configs_dir
 from explorer.vocab.cues import alternation, cue_vocabulary
-from explorer.vocab.labels import CHEXPERT_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
+from explorer.vocab.labels import KNOWN_FINDINGS, NEGATIVE, POSITIVE, UNCERTAIN
 
 log = logging.getLogger(__name__)
 
-#: Pseudo-finding under which abnormalities outside the 14 CheXpert observations are kept.
+#: Pseudo-finding under which abnormalities outside the known findings are kept.
 OTHER = "Other abnormality"
 #: The finding name of the mention that explains a No Finding label.
 NO_FINDING = "No Finding"
@@ -119,7 +122,7 @@ class Mention:
     """One statement about one finding, with what decided its value.
 
     Attributes:
-        finding: A CheXpert name, or :data:`OTHER` for an abnormality outside the 14.
+        finding: A known finding's name, or :data:`OTHER` for any other abnormality.
         value: ``1`` positive, ``0`` negative, ``-1`` uncertain.
         text: The mention as written in the report ("pleural effusion", "heart size").
         sentence: The sentence it stands in, as written.
@@ -147,8 +150,9 @@ class ReportLabels:
 
     Attributes:
         text: The report text that was labelled.
-        values: One value per :data:`~explorer.vocab.labels.CHEXPERT_FINDINGS` entry, in order
-            (``1``, ``0``, ``-1`` or ``None``).
+        values: One value per :data:`~explorer.vocab.labels.KNOWN_FINDINGS` entry (the 14
+            CheXpert findings, then Emphysema, Fibrosis, Hernia), in order (``1``, ``0``,
+            ``-1`` or ``None``).
         mentions: Every mention found (CheXpert findings, :data:`OTHER` and the No Finding
             explanation), in text order.
     """
@@ -158,11 +162,11 @@ class ReportLabels:
     mentions: tuple[Mention, ...]
 
     def as_dict(self) -> dict[str, int | None]:
-        """Finding name -> value, for the 14 findings in CheXpert order."""
-        return dict(zip(CHEXPERT_FINDINGS, self.values, strict=True))
+        """Finding name -> value: the 14 findings in CheXpert order, then the extras."""
+        return dict(zip(KNOWN_FINDINGS, self.values, strict=True))
 
     def __getitem__(self, finding: str) -> int | None:
-        return self.values[CHEXPERT_FINDINGS.index(finding)]
+        return self.values[KNOWN_FINDINGS.index(finding)]
 
     def mentions_of(self, finding: str) -> tuple[Mention, ...]:
         """All mentions of one finding (or of :data:`OTHER`), in text order."""
@@ -170,7 +174,7 @@ class ReportLabels:
 
     def evidence(self, finding: str) -> Mention | None:
         """The mention that decided a finding's label (the first one with the winning value)."""
-        value = self[finding] if finding in CHEXPERT_FINDINGS else None
+        value = self[finding] if finding in KNOWN_FINDINGS else None
         for m in self.mentions:
             if m.finding == finding and (value is None or m.value == value):
                 return m
@@ -731,7 +735,7 @@ def _read(doc, original: str) -> ReportLabels:
         for finding in label.split("+"):
             add(OTHER if finding == "OTHER" else finding, value, ent, cue, rule)
 
-    values: dict[str, int | None] = dict.fromkeys(CHEXPERT_FINDINGS)
+    values: dict[str, int | None] = dict.fromkeys(KNOWN_FINDINGS)
     for m in mentions:
         if m.finding in values and _RANK[m.value] > _RANK[values[m.finding]]:
             values[m.finding] = m.value
@@ -762,7 +766,7 @@ def _read(doc, original: str) -> ReportLabels:
     mentions.sort(key=lambda m: (m.start, m.finding))
     return ReportLabels(
         text=original,
-        values=tuple(values[f] for f in CHEXPERT_FINDINGS),
+        values=tuple(values[f] for f in KNOWN_FINDINGS),
         mentions=tuple(mentions),
     )
 
@@ -779,13 +783,13 @@ def label_report_detailed(text: str) -> ReportLabels:
         text: Report text (FINDINGS and/or IMPRESSION); "XXXX" de-identification marks are fine.
 
     Returns:
-        The labels over the 14 CheXpert findings and every mention with its sentence and cue.
+        The labels over the known findings and every mention with its sentence and cue.
     """
     return label_reports_detailed([text])[0]
 
 
 def label_report(text: str) -> dict[str, int | None]:
-    """Label one report with the 14 CheXpert findings.
+    """Label one report with the 14 CheXpert findings and the three extras.
 
     Args:
         text: Report text.

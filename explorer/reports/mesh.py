@@ -20,7 +20,12 @@ mapped: ``Costophrenic Angle/blunted`` (a sign, not an effusion; the labeler cal
 uncertain effusion), ``Calcified Granuloma`` / ``Granuloma`` (CheXpert's Lung Lesion is nodule,
 mass, tumour), ``Markings`` (chronic interstitial or bronchovascular markings are not edema),
 ``Volume Loss``, ``Spinal Fusion``, ``Breast Implants``. ``Pulmonary Congestion`` and
-``Heart Failure`` count as Edema, as vascular congestion and failure do in CheXpert.
+``Heart Failure`` count as Edema, as vascular congestion and failure do in CheXpert. The three
+extra NIH findings: ``Emphysema``, ``Pulmonary Emphysema`` and ``Bullous Emphysema`` are
+Emphysema (not ``Subcutaneous`` or ``Mediastinal Emphysema``, nor ``Pulmonary Disease, Chronic
+Obstructive``), ``Pulmonary Fibrosis`` is Fibrosis (not ``Cystic Fibrosis``), ``Hernia, Hiatal``
+and ``Hernia, Diaphragmatic`` are Hernia. They are scored but kept out of the macro F1, which
+stays over the 14 CheXpert findings.
 
 **How absence counts.** Indexers list what is present; nothing is indexed as absent. So MeSH
 gives positives only: a finding without a MeSH term is "negative or not mentioned", and the
@@ -50,7 +55,7 @@ from pathlib import Path
 from typing import Literal
 
 from explorer.errors import ExplorerError
-from explorer.vocab.labels import CHEXPERT_FINDINGS, POSITIVE, UNCERTAIN
+from explorer.vocab.labels import CHEXPERT_FINDINGS, KNOWN_FINDINGS, POSITIVE, UNCERTAIN
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +220,12 @@ MESH_RULES: tuple[tuple[str, tuple[str, ...], tuple[str, ...] | None], ...] = (
     ("Medical Device", ("Support Devices",), None),
     ("Stents", ("Support Devices",), None),
     ("Sutures", ("Support Devices",), None),
+    ("Emphysema", ("Emphysema",), None),
+    ("Pulmonary Emphysema", ("Emphysema",), None),
+    ("Bullous Emphysema", ("Emphysema",), None),
+    ("Pulmonary Fibrosis", ("Fibrosis",), None),
+    ("Hernia, Hiatal", ("Hernia",), None),
+    ("Hernia, Diaphragmatic", ("Hernia",), None),
 )
 _RULES_BY_HEAD: dict[str, list[tuple[tuple[str, ...], tuple[str, ...] | None]]] = {}
 for _head, _findings, _condition in MESH_RULES:
@@ -232,13 +243,13 @@ def _matches(qualifiers: list[str], condition: tuple[str, ...] | None) -> bool:
 
 
 def mesh_findings(terms: Sequence[str]) -> frozenset[str]:
-    """The CheXpert findings that a list of MeSH major terms asserts.
+    """The known findings (CheXpert and the extra NIH ones) that MeSH major terms assert.
 
     Args:
         terms: MeSH major terms as in :attr:`IUReport.mesh` ("Pleural Effusion/right/small").
 
     Returns:
-        The CheXpert names present (possibly empty).
+        The finding names present (possibly empty).
     """
     out: set[str] = set()
     for term in terms:
@@ -250,12 +261,13 @@ def mesh_findings(terms: Sequence[str]) -> frozenset[str]:
 
 
 def mesh_labels(report: IUReport) -> dict[str, int | None]:
-    """A report's MeSH terms as CheXpert labels: ``1`` where MeSH asserts a finding, else None.
+    """A report's MeSH terms as labels over the known findings: ``1`` where MeSH asserts a
+    finding, else None.
 
     MeSH never states absence, so there are no ``0`` or ``-1`` values.
     """
     present = mesh_findings(report.mesh)
-    return {f: (POSITIVE if f in present else None) for f in CHEXPERT_FINDINGS}
+    return {f: (POSITIVE if f in present else None) for f in KNOWN_FINDINGS}
 
 
 def is_indexed(report: IUReport) -> bool:
@@ -278,7 +290,7 @@ class FindingScore:
     """Labeler positive vs MeSH positive for one finding.
 
     Attributes:
-        finding: The CheXpert name.
+        finding: The finding's name.
         precision: Of the reports the labeler calls positive, the share MeSH indexes.
         recall: Of the reports MeSH indexes, the share the labeler calls positive.
         f1: Harmonic mean of precision and recall (0 when both are 0).
@@ -302,7 +314,7 @@ class Disagreement:
 
     Attributes:
         report_id: The IU id ("CXR123").
-        finding: The CheXpert finding.
+        finding: The finding.
         kind: ``"labeler only"`` (labeler positive, not in MeSH) or ``"MeSH only"``.
         labeler_value: The labeler's value (``1``, ``-1``, ``0`` or ``None``).
         mesh: The report's MeSH major terms.
@@ -326,10 +338,10 @@ class Validation:
     """The labeler scored against MeSH on the IU reports.
 
     Attributes:
-        scores: One :class:`FindingScore` per CheXpert finding (CheXpert order), with
-            uncertain labels counted as :attr:`uncertain` says.
+        scores: One :class:`FindingScore` per known finding (CheXpert order, then the extras),
+            with uncertain labels counted as :attr:`uncertain` says.
         macro_f1: Mean F1 of :attr:`scores` over :attr:`macro_findings`.
-        macro_findings: Findings with at least :data:`MIN_SUPPORT` MeSH positives.
+        macro_findings: CheXpert findings with at least :data:`MIN_SUPPORT` MeSH positives.
         disagreements: Every report x finding where the two differ (under :attr:`uncertain`).
         n_reports: Reports compared (indexed, non-empty).
         uncertain: How uncertain labels counted: ``"negative"`` or ``"positive"``.
@@ -360,7 +372,13 @@ class Validation:
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for s, o in zip(self.scores, self.other_scores, strict=True):
-            mark = "" if s.finding in self.macro_findings else " *"
+            mark = (
+                " †"
+                if s.finding not in CHEXPERT_FINDINGS
+                else ""
+                if s.finding in self.macro_findings
+                else " *"
+            )
             lines.append(
                 f"| {s.finding}{mark} | {s.precision:.3f} | {s.recall:.3f} | {s.f1:.3f} | "
                 f"{s.support} | {s.predicted} | {o.f1:.3f} |"
@@ -371,7 +389,8 @@ class Validation:
             f"positives: **{self.macro_f1:.3f}** (uncertain counted as {self.uncertain}; "
             f"{self.other_macro_f1:.3f} with uncertain counted as {other}). "
             f"{self.n_reports} indexed IU reports; labeler positive vs MeSH positive; "
-            f"* = fewer than {MIN_SUPPORT} MeSH positives, not in the macro F1.",
+            f"* = fewer than {MIN_SUPPORT} MeSH positives, not in the macro F1; "
+            "† = an extra NIH finding, not in the macro F1.",
         ]
         return "\n".join(lines)
 
@@ -444,7 +463,7 @@ def validate(
     other = "positive" if uncertain == "negative" else "negative"
     scores: dict[str, list[FindingScore]] = {uncertain: [], other: []}
     disagreements: list[Disagreement] = []
-    for j, finding in enumerate(CHEXPERT_FINDINGS):
+    for j, finding in enumerate(KNOWN_FINDINGS):
         gold = [finding in present for present in truth]
         for policy in (uncertain, other):
             said = [res.values[j] in counted[policy] for res in results]
@@ -467,7 +486,11 @@ def validate(
                         text=report.text,
                     )
                 )
-    macro = tuple(s.finding for s in scores[uncertain] if s.support >= MIN_SUPPORT)
+    macro = tuple(
+        s.finding
+        for s in scores[uncertain]
+        if s.support >= MIN_SUPPORT and s.finding in CHEXPERT_FINDINGS
+    )
     result = Validation(
         scores=tuple(scores[uncertain]),
         macro_f1=_macro(scores[uncertain], macro),

@@ -38,6 +38,7 @@ from explorer.vocab.labels import (
     UNCERTAIN,
     canonical_finding,
     finding_vocab,
+    known_finding,
 )
 
 #: The sentence for a normal study (No Finding positive).
@@ -58,7 +59,7 @@ NEGATED_PHRASINGS = ("No {p}.", "There {be} no {p}.", "No evidence of {p}.")
 
 def _phrase(finding: str) -> tuple[str, str]:
     """The finding's phrase and its verb ("is" / "are")."""
-    if canonical_finding(finding) is None:
+    if known_finding(finding) is None:
         return finding.replace("_", " ").lower(), "is"
     vocab = finding_vocab(finding)
     return vocab.phrase, "are" if vocab.plural else "is"
@@ -113,15 +114,15 @@ def omit_finding(text: str, finding: str) -> str:
 
     Args:
         text: Report text.
-        finding: A CheXpert name (its terms in ``prompts.json`` say what mentions it) or a
-            phrase matched literally.
+        finding: A CheXpert or extra NIH name (its terms in ``prompts.json`` say what mentions
+            it) or a phrase matched literally.
 
     Returns:
         The remaining sentences joined by single spaces.
     """
     from explorer.vocab.negation import mentions, split_sentences
 
-    terms = (finding,) if canonical_finding(finding) else (finding, _phrase(finding)[0])
+    terms = (finding,) if known_finding(finding) else (finding, _phrase(finding)[0])
     return " ".join(s for s in split_sentences(text) if not mentions(s, terms))
 
 

@@ -41,13 +41,13 @@ import numpy as np
 
 from explorer.training.data import TextView
 from explorer.training.loop import digest
-from explorer.vocab.labels import CHEXPERT_FINDINGS, EXTRA_FINDINGS, LABEL_VALUE, POSITIVE
+from explorer.vocab.labels import KNOWN_FINDINGS, LABEL_VALUE, POSITIVE
 from explorer.vocab.soft_labels import clinical_similarity, label_vector
 
 log = logging.getLogger(__name__)
 
 #: The findings of the real training texts and films: the 14 CheXpert names, then the extras.
-REAL_FINDINGS: tuple[str, ...] = (*CHEXPERT_FINDINGS, *EXTRA_FINDINGS)
+REAL_FINDINGS: tuple[str, ...] = KNOWN_FINDINGS
 _NO_FINDING = "No Finding"
 
 

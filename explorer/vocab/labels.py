@@ -2,7 +2,8 @@
 
 The single home of the CheXpert names and label values, shared by the app, the phantom world, the
 labeler, the soft labels and training. Each finding's phrase and the terms that say a sentence
-mentions it are read once from ``explorer/configs/prompts.json`` (its ``findings`` section).
+mentions it are read once from ``explorer/configs/prompts.json`` (its ``findings`` section),
+which also phrases the three NIH findings CheXpert has no name for (:data:`EXTRA_FINDINGS`).
 ``No Finding`` is *inverted*: its label is positive for a normal study, so its phrase denies an
 abnormality ("no acute cardiopulmonary abnormality").
 """
@@ -49,7 +50,10 @@ LABEL_NAMES = {POSITIVE: "positive", NEGATIVE: "negative", UNCERTAIN: "uncertain
 LABEL_VALUE = {POSITIVE: 1.0, NEGATIVE: -1.0, UNCERTAIN: 0.5}
 
 #: Findings NIH ChestX-ray14 labels that CheXpert has no name for; kept as findings of their own.
+#: The prompts (``prompts.json``) and the report labeler know them like the 14.
 EXTRA_FINDINGS: tuple[str, ...] = ("Emphysema", "Fibrosis", "Hernia")
+#: Every finding the vocabulary knows: the 14 CheXpert findings, then the extra NIH ones.
+KNOWN_FINDINGS: tuple[str, ...] = CHEXPERT_FINDINGS + EXTRA_FINDINGS
 
 #: The one stated mapping from NIH ChestX-ray14 label names to findings (Wang et al., CVPR 2017).
 #: Several NIH labels can land on one CheXpert finding (Nodule and Mass are both Lung Lesion): a
@@ -79,12 +83,13 @@ PROMPTS_PATH = configs_dir() / "prompts.json"
 
 
 class UnknownFindingError(ExplorerError):
-    """A name that is not one of the 14 CheXpert findings."""
+    """A name that is neither one of the 14 CheXpert findings nor an extra NIH finding."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(
-            f"'{name}' is not one of the 14 CheXpert findings; type it as free text instead."
+            f"'{name}' is not one of the 14 CheXpert findings (nor Emphysema, Fibrosis or "
+            "Hernia); type it as free text instead."
         )
 
 
@@ -112,53 +117,60 @@ def _vocab() -> dict[str, FindingVocab]:
         )
         for name, entry in data["findings"].items()
     }
-    missing = set(CHEXPERT_FINDINGS) - set(findings)
+    missing = set(KNOWN_FINDINGS) - set(findings)
     if missing:
         raise ValueError(f"prompts.json lacks findings: {sorted(missing)}")
     log.debug("loaded %d findings from %s", len(findings), PROMPTS_PATH)
     return findings
 
 
+def _named(name: str, findings: tuple[str, ...]) -> str | None:
+    key = re.sub(r"[\s_-]+", " ", name).strip().lower()
+    return next((finding for finding in findings if finding.lower() == key), None)
+
+
 def canonical_finding(name: str) -> str | None:
     """The CheXpert name ``name`` stands for (case, underscores and hyphens ignored), or None."""
-    key = re.sub(r"[\s_-]+", " ", name).strip().lower()
-    for finding in CHEXPERT_FINDINGS:
-        if finding.lower() == key:
-            return finding
-    return None
+    return _named(name, CHEXPERT_FINDINGS)
+
+
+def known_finding(name: str) -> str | None:
+    """The CheXpert or extra NIH finding ``name`` stands for (as :func:`canonical_finding`,
+    over :data:`KNOWN_FINDINGS`), or None."""
+    return _named(name, KNOWN_FINDINGS)
 
 
 def finding_vocab(name: str) -> FindingVocab:
-    """The vocabulary entry of a CheXpert finding.
+    """The vocabulary entry of a CheXpert or extra NIH finding.
 
     Args:
-        name: A CheXpert name; case, underscores and hyphens are ignored ("pleural_effusion").
+        name: A finding name; case, underscores and hyphens are ignored ("pleural_effusion").
 
     Raises:
-        UnknownFindingError: If ``name`` is not a CheXpert finding.
+        UnknownFindingError: If ``name`` is not a known finding.
     """
-    canonical = canonical_finding(name)
+    canonical = known_finding(name)
     if canonical is None:
         raise UnknownFindingError(name)
     return _vocab()[canonical]
 
 
 def finding_phrase(name: str) -> str:
-    """The natural phrase for a CheXpert finding, as it reads when the label is positive.
+    """The natural phrase for a known finding, as it reads when the label is positive.
 
     Examples: "Pleural Effusion" -> "pleural effusion", "Support Devices" -> "support
     devices", "No Finding" -> "no acute cardiopulmonary abnormality".
 
     Args:
-        name: A CheXpert name (case, underscores and hyphens are ignored).
+        name: A CheXpert or extra NIH name (case, underscores and hyphens are ignored).
 
     Raises:
-        UnknownFindingError: If ``name`` is not a CheXpert finding.
+        UnknownFindingError: If ``name`` is not a known finding.
     """
     vocab = finding_vocab(name)
     return f"no {vocab.phrase}" if vocab.inverted else vocab.phrase
 
 
 def finding_terms(name: str) -> tuple[str, ...]:
-    """The regular expressions that say a sentence mentions a CheXpert finding."""
+    """The regular expressions that say a sentence mentions a known finding."""
     return finding_vocab(name).terms

@@ -49,7 +49,7 @@ from typing import Literal
 
 from explorer.errors import ExplorerError
 from explorer.vocab.cues import alternation, cue_vocabulary
-from explorer.vocab.labels import canonical_finding, finding_vocab
+from explorer.vocab.labels import finding_vocab, known_finding
 
 log = logging.getLogger(__name__)
 
@@ -1006,7 +1006,7 @@ def _term_regex(finding_terms: Iterable[str] | None) -> re.Pattern[str] | None:
         return None
     patterns: list[str] = []
     for term in finding_terms:
-        canonical = canonical_finding(term)
+        canonical = known_finding(term)
         if canonical is not None:
             vocab = finding_vocab(canonical)
             patterns.extend(vocab.terms or (re.escape(vocab.phrase),))

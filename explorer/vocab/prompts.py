@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from explorer.vocab.cues import alternation, cue_vocabulary
-from explorer.vocab.labels import PROMPTS_PATH, canonical_finding, finding_vocab
+from explorer.vocab.labels import PROMPTS_PATH, finding_vocab, known_finding
 from explorer.vocab.negation import is_plural, negate, polarity, strip_noun_phrase
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def prompt_pair(
     text = finding_or_free_text.strip()
     if not text:
         raise ValueError("a finding name or phrase is needed")
-    canonical = canonical_finding(text)
+    canonical = known_finding(text)
     if canonical is not None:
         vocab = finding_vocab(canonical)
         be = "are" if vocab.plural else "is"
