@@ -57,7 +57,6 @@ CHECKS = ("header", "decode", "exists")
 NAMINGS = ("auto", "chexpert", "nih")
 
 
-
 class ManifestError(ExplorerError):
     """A table that cannot be read at all (no file, damaged, no file column, no label column)."""
 
