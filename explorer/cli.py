@@ -167,6 +167,12 @@ def _attribute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stride", type=int, default=None, help="occlusion stride in model pixels (default S/16)"
     )
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="attention rollout: how many of the last attention layers (default all)",
+    )
     p.add_argument("--opacity", type=float, default=0.6)
     p.add_argument("--out", required=True, help="PNG file for the overlay")
     p.add_argument("--json", action="store_true", help="print the result's numbers as JSON")
@@ -182,7 +188,13 @@ def _attribute(args: argparse.Namespace) -> int:
 
     from PIL import Image
 
-    from explorer.attribution import AttributionOptionsError, attribute_image, method_info
+    from explorer.attribution import (
+        AttributionOptionsError,
+        attribute_image,
+        attribute_text,
+        method_info,
+    )
+    from explorer.attribution.options import TEXT_METHOD_OF
     from explorer.imaging import load_radiograph
     from explorer.models import load_model
     from explorer.plots import overlay
@@ -191,31 +203,44 @@ def _attribute(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     takes = {f.name for f in fields(method_info(args.method).options)}  # the method's options
     given = {"steps": args.steps, "baseline": args.baseline}
-    given |= {"window": args.window, "stride": args.stride}
+    given |= {"window": args.window, "stride": args.stride, "layers": args.layers}
     unused = [
         f"--{k}" for k, v in given.items() if k != "steps" and v is not None and k not in takes
     ]
     if unused:
         raise ExplorerError(f"{', '.join(unused)} does not apply to --method {args.method}")
     options = {k: v for k, v in given.items() if k in takes}
+    text_method = TEXT_METHOD_OF.get(args.method)
+    info: dict = {"model": model.name, "method": args.method, "prompt": args.prompt}
     try:
+        if text_method is not None:  # the words' own attention, whether or not the image has one
+            words = attribute_text(model, pixels, args.prompt, method=text_method)
+            info["similarity"] = words.score
+            info["words"] = [[w, round(v, 6)] for w, v in words.words()]
+            info["text_params"] = _plain(words.params)
         attr = attribute_image(model, pixels, args.prompt, args.method, **options)
-    except AttributionOptionsError:
-        raise  # already a sentence (a window larger than the model's input, say)
+    except AttributionOptionsError as err:
+        if text_method is None or model.attention_stack("image") is not None:
+            raise  # already a sentence (a window larger than the model's input, say)
+        info |= {"image_map": None, "why": str(err)}  # no image attention: the words stand
+        _emit(info, args.json, "\n".join(f"{k}: {v}" for k, v in info.items()))
+        return 0
     except ValueError as err:
         raise ExplorerError(f"cannot attribute: {err}") from err
     Image.fromarray(overlay(pixels, attr.attribution, args.opacity, attr.signed)).save(args.out)
-    info = {
-        "model": model.name,
-        "method": attr.method,
-        "prompt": attr.prompt,
+    info |= {
         "similarity": attr.score,
-        "params": {k: v for k, v in attr.params.items() if isinstance(v, (int, float, str, bool))},
+        "params": _plain(attr.params),
         "ig_completeness_gap": attr.relative_delta,
         "out": args.out,
     }
     _emit(info, args.json, "\n".join(f"{k}: {v}" for k, v in info.items()))
     return 0
+
+
+def _plain(params: dict) -> dict:
+    """The JSON-ready part of a result's parameters (numbers, words, flags)."""
+    return {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool))}
 
 
 # --- train ----------------------------------------------------------------------------------

@@ -38,6 +38,27 @@ def app_url():
         demo.close()
 
 
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    """A fake offline Hugging Face cache holding a tiny replica of every registered hub repo."""
+    pytest.importorskip("open_clip")
+    pytest.importorskip("sentencepiece")
+    from explorer.models.replicas import write_hub_cache
+
+    return write_hub_cache(tmp_path_factory.mktemp("hf-cache"))
+
+
+@pytest.fixture(scope="module")
+def hub_registry(hub_cache):
+    """A registry of the hub models' replicas, loaded offline from :func:`hub_cache` (the
+    offline settings last for the test module)."""
+    from explorer.models import ModelRegistry
+    from explorer.models.replicas import FAMILIES, offline_hub, replica_specs
+
+    with offline_hub(hub_cache):
+        yield ModelRegistry(replica_specs(), max_loaded=len(FAMILIES))
+
+
 def default_model_ready() -> bool:
     """Whether the embedded default model loads here (its files are shipped in assets/)."""
     from explorer.models import default_registry

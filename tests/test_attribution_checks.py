@@ -9,8 +9,8 @@ import torch
 from explorer.attribution.checks import (
     _spearman,
     deletion_insertion,
-    image_tower_parameters,
     randomised_copy,
+    tower_parameters,
     trust_report,
 )
 from explorer.imaging import load_radiograph
@@ -33,7 +33,7 @@ def phantom():
 
 
 def test_the_image_tower_is_found_by_its_gradient_and_only_it_is_scrambled(tiny):
-    names = image_tower_parameters(tiny)
+    names = tower_parameters(tiny)
     assert names and not any("text" in n for n in names)
     before = {n: p.detach().clone() for n, p in tiny.module.named_parameters()}
     clone, count = randomised_copy(tiny, share=0.5, seed=0)

@@ -61,14 +61,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def hub_cache(tmp_path_factory):
-    return write_hub_cache(tmp_path_factory.mktemp("hf-cache"))
-
-
-@pytest.fixture(scope="module")
-def registry(hub_cache):
-    with offline_hub(hub_cache):
-        yield ModelRegistry(replica_specs(), max_loaded=len(FAMILIES))
+def registry(hub_registry):
+    return hub_registry
 
 
 @pytest.fixture(scope="module")

@@ -209,6 +209,21 @@ def test_radiograph_augment_moves_a_little_and_never_flips():
     assert np.array_equal(out, again)
 
 
+def test_a_run_resumes_only_on_the_same_report_labels(real_set):
+    """A labeler change relabels the pool: the checkpoints of the old labels must not resume."""
+    from explorer.training.trainer import TrainConfig, run_fingerprint
+
+    cfg = TrainConfig(name="x", data="real")
+    relabelled = ReportPool(
+        real_set.pool.texts,
+        tuple(d | {"Hernia": 1} for d in real_set.pool.labels),
+        real_set.pool.claims,
+    )
+    other = RealTraining(real_set.films, relabelled, real_set.matches)
+    assert run_fingerprint(cfg, real_set) == run_fingerprint(cfg, real_set)
+    assert run_fingerprint(cfg, other) != run_fingerprint(cfg, real_set)
+
+
 def test_the_held_out_test_set_cannot_be_trained_on():
     with pytest.raises(ValueError, match="never be trained on"):
         training_manifest("nih-test")

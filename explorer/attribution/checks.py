@@ -113,18 +113,22 @@ class TrustReport:
         return f"**Can this map be trusted?** {verdict}: {rand}; {curves}."
 
 
-def image_tower_parameters(model: VisionLanguageModel) -> list[str]:
-    """Names of the parameters the image embedding depends on, in the order they are applied.
+def tower_parameters(model: VisionLanguageModel, side: str = "image") -> list[str]:
+    """Names of the parameters the ``"image"`` (or ``"text"``) embedding depends on, in the
+    order they are applied.
 
-    Found by one backward pass from the image embedding, so it works for any backend (it
-    includes the image projection, and no text-tower parameter).
+    Found by one backward pass from the embedding, so it works for any backend (it includes
+    the tower's projection, and no parameter of the other tower).
     """
     module = model.module
-    size = model.preprocess_cfg.image_size
-    x = model.preprocess(np.random.default_rng(0).random((size, size), dtype=np.float32))
     module.zero_grad(set_to_none=True)
     with torch.enable_grad():
-        embedding = model.encode_image(x, normalize=True)
+        if side == "text":
+            embedding = model.encode_text(model.tokenize(["there is a pleural effusion"]))
+        else:
+            size = model.preprocess_cfg.image_size
+            pixels = np.random.default_rng(0).random((size, size), dtype=np.float32)
+            embedding = model.encode_image(model.preprocess(pixels), normalize=True)
         embedding.sum().backward()
     names = [n for n, p in module.named_parameters() if p.grad is not None]
     module.zero_grad(set_to_none=True)
@@ -132,15 +136,15 @@ def image_tower_parameters(model: VisionLanguageModel) -> list[str]:
 
 
 def randomised_copy(
-    model: VisionLanguageModel, share: float = RANDOMISED_SHARE, seed: int = 0
+    model: VisionLanguageModel, share: float = RANDOMISED_SHARE, seed: int = 0, side: str = "image"
 ) -> tuple[VisionLanguageModel, int]:
-    """A deep copy of ``model`` whose top ``share`` of image-tower tensors are random.
+    """A deep copy of ``model`` whose top ``share`` of ``side``-tower tensors are random.
 
     Each randomised tensor keeps its own mean and standard deviation (a 1-element tensor, or a
     constant one, gets noise of its magnitude), so activations stay in range and only what was
     learned is lost. The original model is not touched (other requests may be using it).
     """
-    names = image_tower_parameters(model)
+    names = tower_parameters(model, side)
     top = names[len(names) - max(1, round(len(names) * share)) :]
     clone = copy.deepcopy(model)
     params = dict(clone.module.named_parameters())
@@ -154,6 +158,21 @@ def randomised_copy(
             noise = torch.randn(p.shape, generator=gen) * std + float(flat.mean())
             p.copy_(noise.to(p.dtype).to(p.device))
     return clone, len(top)
+
+
+def word_randomisation_rho(
+    model: VisionLanguageModel, pixels: np.ndarray, prompt: str, method: str, seed: int = 0
+) -> float:
+    """The randomisation check of a text method (``"layer_ig"`` or ``"text_attention"``):
+    Spearman correlation of the prompt's token scores before and after randomising the top
+    half of the *text* tower."""
+    from explorer.attribution.text import attribute_text
+
+    scrambled, _ = randomised_copy(model, seed=seed, side="text")
+    before = attribute_text(model, pixels, prompt, method=method)
+    after = attribute_text(scrambled, pixels, prompt, method=method)
+    real = ~np.asarray(before.special)
+    return _spearman(np.asarray(before.scores)[real], np.asarray(after.scores)[real])
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

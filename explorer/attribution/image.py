@@ -1,4 +1,5 @@
-"""Image attributions: which pixels drive an image-text similarity (IG, Grad-CAM, occlusion).
+"""Image attributions: which pixels drive an image-text similarity (IG, Grad-CAM, occlusion,
+attention rollout).
 
 Maps are taken against the grayscale image at the model's input size
 (:func:`model_input`, :func:`explorer.models.preprocess.to_model_grid`) and mapped back onto the
@@ -36,6 +37,7 @@ from explorer.attribution.options import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     DEFAULT_STEPS,
     IG_INTEGRATION,
+    AttentionOptions,
     AttributionOptionsError,
     Baseline,
     GradCAMOptions,
@@ -58,7 +60,7 @@ class ImageAttribution:
     """A saliency map for one image and one prompt.
 
     Attributes:
-        method: ``"ig"``, ``"gradcam"`` or ``"occlusion"``.
+        method: ``"ig"``, ``"gradcam"``, ``"occlusion"`` or ``"attention"``.
         prompt: The text whose similarity with the image is explained.
         attribution: Read-only float32 ``[H, W]`` map at the shape of the image the caller
             passed, resampled bilinearly from ``model_attribution`` (values per model pixel;
@@ -68,7 +70,8 @@ class ImageAttribution:
         baseline_score: The similarity for the integrated-gradients baseline image (IG only).
         params: What produced the map: ``steps``, ``internal_batch_size``, ``baseline``
             (a description), ``window``/``stride`` (occlusion, model-input pixels), ``layer``
-            (Grad-CAM), ``input_size``, ``scaled``.
+            (Grad-CAM), ``rule``/``layers``/``pooled``/``patches`` (attention rollout),
+            ``input_size``, ``scaled``.
         signed: Whether the map has meaningful negative values (IG, occlusion).
         convergence_delta: IG only: ``model_attribution.sum() - (score - baseline_score)``.
         model_attribution: Read-only float32 ``[S, S]`` map at the model's input size.
@@ -400,10 +403,18 @@ def _run_occlusion(call: _Call, opts: OcclusionOptions) -> RunResult:
     return attr[0, 0], params, None, None
 
 
+def _run_attention(call: _Call, opts: AttentionOptions) -> RunResult:
+    from explorer.attribution.attention import image_rollout
+
+    model_map, params = image_rollout(call.model, call.forward, call.x, opts)
+    return model_map, params, None, None
+
+
 _RUNNERS: dict[str, Callable[[_Call, Any], RunResult]] = {
     "ig": _run_ig,
     "gradcam": _run_gradcam,
     "occlusion": _run_occlusion,
+    "attention": _run_attention,
 }
 
 
@@ -422,6 +433,7 @@ def attribute_image(
     baseline: Baseline | None = None,
     window: int | None = None,
     stride: int | None = None,
+    layers: int | None = None,
     scaled: bool = False,
     progress: Progress | None = None,
 ) -> ImageAttribution:
@@ -435,9 +447,10 @@ def attribute_image(
         model: A loaded adapter.
         pixels: Grayscale ``[H, W]`` image with values in [0, 1].
         prompt: The text (its embedding is computed once, without gradients).
-        method: ``"ig"``, ``"gradcam"`` or ``"occlusion"``.
-        options: :class:`IGOptions`, :class:`GradCAMOptions` or :class:`OcclusionOptions`
-            of ``method``.
+        method: ``"ig"``, ``"gradcam"``, ``"occlusion"`` or ``"attention"`` (transformer
+            image towers only).
+        options: :class:`IGOptions`, :class:`GradCAMOptions`, :class:`OcclusionOptions` or
+            :class:`AttentionOptions` of ``method``.
         steps: IG integration points (default 128).
         internal_batch_size: Images per forward pass (IG points, occluded images; 16).
         baseline: What IG integrates from and occlusion paints: ``"black"`` (zeros),
@@ -446,6 +459,7 @@ def attribute_image(
             method's default (:data:`DEFAULT_BASELINES`). Grad-CAM has none.
         window: Occlusion window side in model-input pixels (default ``S // 8``).
         stride: Occlusion stride in model-input pixels (default ``S // 16``).
+        layers: Attention rollout: how many of the last attention layers (default all).
         scaled: Explain ``logit_scale * cosine`` instead of the cosine.
         progress: Optional ``callable(fraction, message)`` called as work advances.
 
@@ -467,6 +481,7 @@ def attribute_image(
             baseline=baseline,
             window=window,
             stride=stride,
+            layers=layers,
         )
     else:
         given = [
@@ -477,6 +492,7 @@ def attribute_image(
                 ("baseline", baseline),
                 ("window", window),
                 ("stride", stride),
+                ("layers", layers),
             )
             if value is not None
         ]

@@ -159,7 +159,22 @@ class TokenIGOptions:
             check_count("Token attributions'", "baseline_token_id", self.baseline_token_id, 0)
 
 
-Options = IGOptions | OcclusionOptions | GradCAMOptions | TokenIGOptions
+@dataclass(frozen=True)
+class AttentionOptions:
+    """Gradient-weighted attention rollout (Chefer et al., 2021) on a transformer tower.
+
+    Attributes:
+        layers: How many of the tower's last attention layers are rolled out; None = all.
+    """
+
+    layers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            check_count("Attention rollout's", "layers", self.layers)
+
+
+Options = IGOptions | OcclusionOptions | GradCAMOptions | TokenIGOptions | AttentionOptions
 
 
 @dataclass(frozen=True)
@@ -201,6 +216,15 @@ def describe_params(params: dict) -> str:
     if "grid" in params:
         rows, cols = params["grid"]
         parts.append(f"a {rows} x {cols} grid of the last image layer")
+    if "patches" in params:
+        rows, cols = params["patches"]
+        parts.append(f"a {rows} x {cols} grid of image patches")
+    if "layers" in params:
+        parts.append(
+            f"{params['layers']} attention layers rolled out from the "
+            f"{_POOLED_WORDS.get(params.get('pooled', ''), 'pooled')} token, heads weighted by "
+            "their gradients"
+        )
     if "window" in params:
         parts.append(
             f"a {params['window']}-pixel square painted over the image, moved "
@@ -212,6 +236,14 @@ def describe_params(params: dict) -> str:
         parts.append(f"baseline: {params['baseline']}")
     return "; ".join(parts)
 
+
+#: The token an attention map is read from, in words (:data:`explorer.models.base.POOLINGS`).
+_POOLED_WORDS = {
+    "first": "class",
+    "last": "last",
+    "last_real": "end-of-text",
+    "mean": "average",
+}
 
 #: Every method, in the order pickers show them.
 METHODS: dict[str, Method] = {
@@ -235,6 +267,14 @@ METHODS: dict[str, Method] = {
         ),
         Method("occlusion", "Occlusion", OcclusionOptions, "image", ("forward passes only",), True),
         Method(
+            "attention",
+            "Attention rollout",
+            AttentionOptions,
+            "image",
+            ("a transformer image tower", "attention probabilities and their gradients"),
+            False,
+        ),
+        Method(
             "layer_ig",
             "Token attributions",
             TokenIGOptions,
@@ -242,8 +282,19 @@ METHODS: dict[str, Method] = {
             ("model.token_embedding_layer", "gradients to the token embeddings"),
             True,
         ),
+        Method(
+            "text_attention",
+            "Word attention rollout",
+            AttentionOptions,
+            "text",
+            ("a transformer text tower", "attention probabilities and their gradients"),
+            False,
+        ),
     )
 }
+#: The text method shown beside each image method (the words' own attention beside an
+#: attention map, token integrated gradients beside the others).
+TEXT_METHOD_OF: dict[str, str] = {"attention": "text_attention"}
 
 #: Image attribution methods understood by ``attribute_image``.
 IMAGE_METHODS: tuple[str, ...] = tuple(n for n, m in METHODS.items() if m.explains == "image")
@@ -301,6 +352,7 @@ def image_options(
     baseline: Baseline | None = None,
     window: int | None = None,
     stride: int | None = None,
+    layers: int | None = None,
 ) -> Options:
     """The options of image method ``name`` from ``attribute_image``'s keyword arguments.
 
@@ -315,6 +367,7 @@ def image_options(
         "baseline": baseline,
         "window": window,
         "stride": stride,
+        "layers": layers,
     }
     chosen = {}
     for f in fields(entry.options):
@@ -340,6 +393,8 @@ __all__ = [
     "OcclusionOptions",
     "Options",
     "TokenIGOptions",
+    "AttentionOptions",
+    "TEXT_METHOD_OF",
     "check_baseline",
     "check_count",
     "image_method",

@@ -1,5 +1,6 @@
 """Text attributions: which words drive an image-text similarity (integrated gradients on the
-token embeddings, Captum's LayerIntegratedGradients)."""
+token embeddings, Captum's LayerIntegratedGradients; or the text tower's gradient-weighted
+attention rollout, :mod:`explorer.attribution.attention`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from explorer.attribution.core import (
 from explorer.attribution.options import (
     IG_INTEGRATION,
     METHODS,
+    AttentionOptions,
     AttributionOptionsError,
     TokenIGOptions,
 )
@@ -41,16 +43,20 @@ class TokenAttribution:
         prompt: The explained text.
         tokens: Readable tokens as returned by ``model.token_strings`` (padding removed,
             special tokens such as ``[CLS]``/``<start_of_text>`` kept).
-        scores: One attribution per token, aligned with ``tokens``; they sum (up to
-            ``convergence_delta``) to ``score - baseline_score``.
-        special: Aligned flags, True for special tokens. Special tokens are kept unchanged in
-            the baseline, so their score is exactly 0.
-        method: ``"layer_ig"`` (integrated gradients on the token embeddings).
+        scores: One attribution per token, aligned with ``tokens``. Integrated gradients: they
+            sum (up to ``convergence_delta``) to ``score - baseline_score``. Attention rollout:
+            non-negative relevances that rank the tokens and add up to nothing in particular.
+        special: Aligned flags, True for special tokens. Integrated gradients keep special
+            tokens unchanged in the baseline, so their score is exactly 0.
+        method: ``"layer_ig"`` (integrated gradients on the token embeddings) or
+            ``"text_attention"`` (the text tower's attention rollout).
         params: ``steps``, ``internal_batch_size``, ``baseline_token_id``, ``special_tokens``
-            (how special positions were found), ``scaled``.
+            (how special positions were found), ``scaled``; for attention ``rule``,
+            ``layers``, ``pooled``.
         score: Similarity of the image with the prompt.
-        baseline_score: Similarity of the image with the baseline token sequence.
-        convergence_delta: ``sum(scores) - (score - baseline_score)``.
+        baseline_score: Similarity of the image with the baseline token sequence (None for
+            attention, which has no baseline).
+        convergence_delta: ``sum(scores) - (score - baseline_score)`` (None for attention).
     """
 
     prompt: str
@@ -60,12 +66,15 @@ class TokenAttribution:
     method: str
     params: dict[str, Any]
     score: float
-    baseline_score: float
-    convergence_delta: float
+    baseline_score: float | None
+    convergence_delta: float | None
 
     @property
-    def relative_delta(self) -> float:
-        """``|convergence_delta| / |score - baseline_score|`` (see ImageAttribution)."""
+    def relative_delta(self) -> float | None:
+        """``|convergence_delta| / |score - baseline_score|`` (see ImageAttribution); None for
+        attention."""
+        if self.convergence_delta is None or self.baseline_score is None:
+            return None
         return relative(self.convergence_delta, self.score - self.baseline_score)
 
     def words(self) -> tuple[tuple[str, float], ...]:
@@ -186,12 +195,64 @@ def _token_options(
     return options
 
 
+def _attend_text(
+    model: VisionLanguageModel,
+    pixels: np.ndarray,
+    prompt: str,
+    options: AttentionOptions | None,
+    scaled: bool,
+    progress: Progress | None,
+) -> TokenAttribution:
+    """:func:`attribute_text` with ``method="text_attention"``."""
+    from explorer.attribution.attention import text_rollout
+
+    if options is not None and not isinstance(options, AttentionOptions):
+        raise AttributionOptionsError(
+            f"Word attention rollout takes AttentionOptions, got {type(options).__name__}."
+        )
+    opts = options or AttentionOptions()
+    check_prompt(prompt)
+    with attribution_mode(model):
+        with torch.no_grad():
+            image = model.encode_image(model.preprocess(as_image(pixels)), normalize=True)
+        scale = float(model.logit_scale) if scaled else 1.0
+        tokens = model.tokenize([prompt])
+        if progress is not None:
+            progress(0.0, "Word attention rollout: starting")
+        score, row, params = text_rollout(model, tokens, image, scale, opts)
+        check_finite(row, "attention relevances")
+        mask = tokens["attention_mask"][0]
+        special, rule, _ = _special_positions(model, tokens["input_ids"][0], mask)
+        real = mask.bool()
+        strings = model.token_strings(tokens)[0]
+        scores = row[real].cpu().tolist()
+        flags = special[real].cpu().tolist()
+        if len(strings) != len(scores):
+            raise AttributionError(
+                "The model's token strings do not line up with its token ids; no attribution."
+            )
+    if progress is not None:
+        progress(1.0, "Word attention rollout: done")
+    return TokenAttribution(
+        prompt=prompt,
+        tokens=tuple(strings),
+        scores=tuple(float(s) for s in scores),
+        special=tuple(bool(f) for f in flags),
+        method="text_attention",
+        params=params | {"special_tokens": rule, "scaled": bool(scaled)},
+        score=score,
+        baseline_score=None,
+        convergence_delta=None,
+    )
+
+
 def attribute_text(
     model: VisionLanguageModel,
     pixels: np.ndarray,
     prompt: str,
     *,
-    options: TokenIGOptions | None = None,
+    method: str = "layer_ig",
+    options: TokenIGOptions | AttentionOptions | None = None,
     steps: int | None = None,
     internal_batch_size: int | None = None,
     baseline_token_id: int | None = None,
@@ -216,12 +277,17 @@ def attribute_text(
     position), the default baseline uses the unknown-token id, or else id 0, so that the
     baseline does not move the pooled position.
 
+    With ``method="text_attention"`` the scores are instead the text tower's gradient-weighted
+    attention rollout from its pooled token (:mod:`explorer.attribution.attention`; options
+    :class:`AttentionOptions`, the keyword arguments below do not apply).
+
     Args:
         model: A loaded adapter.
         pixels: Grayscale ``[H, W]`` image in [0, 1] (embedded once, without gradients).
         prompt: The text to explain.
-        options: :class:`TokenIGOptions`; or give its fields as the keyword arguments below
-            (None = the default), not both.
+        method: ``"layer_ig"`` (default) or ``"text_attention"``.
+        options: :class:`TokenIGOptions` (or :class:`AttentionOptions` for attention); or give
+            its fields as the keyword arguments below (None = the default), not both.
         steps: Integration points (default 128).
         internal_batch_size: Interpolated sequences per forward pass (default 16).
         baseline_token_id: Overrides the baseline token.
@@ -238,6 +304,16 @@ def attribute_text(
     """
     from captum.attr import LayerIntegratedGradients
 
+    if method == "text_attention":
+        if steps is not None or internal_batch_size is not None or baseline_token_id is not None:
+            raise AttributionOptionsError(
+                "Word attention rollout has no steps, batch or baseline token to choose."
+            )
+        return _attend_text(model, pixels, prompt, options, scaled, progress)  # type: ignore[arg-type]
+    if method != "layer_ig":
+        raise AttributionOptionsError(
+            f"The text attribution method must be layer_ig or text_attention, got {method!r}."
+        )
     opts = _token_options(options, steps, internal_batch_size, baseline_token_id)
     steps, internal_batch_size = opts.steps, opts.internal_batch_size
     baseline_token_id = opts.baseline_token_id

@@ -2,16 +2,18 @@
 
 An adapter wraps one loaded dual encoder behind a small surface, in the spirit of open_clip:
 ``preprocess`` -> ``encode_image``; ``tokenize`` -> ``encode_text``; plus what attribution
-needs (a token-embedding layer, a spatial image layer and a way to read its output as a grid).
+needs (a token-embedding layer, a spatial image layer and a way to read its output as a grid,
+and, for transformer towers, where their attention probabilities can be read).
 Preprocessing itself (forward and inverse) lives in :mod:`explorer.models.preprocess`.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +62,67 @@ class SpatialLayer:
         if side * side != n:
             raise ValueError(f"cannot reshape {n} patch tokens into a square grid")
         return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+
+
+#: Which token a transformer tower's embedding is read from (:attr:`AttentionStack.pooled`).
+POOLINGS = ("first", "last", "last_real", "mean")
+
+
+@dataclass(frozen=True)
+class AttentionStack:
+    """Where a transformer tower's attention probabilities can be read (for attention maps).
+
+    Attributes:
+        modules: One module per transformer block, in depth order, that a forward hook reads
+            the block's attention probabilities ``[B, heads, N, N]`` from.
+        read: ``"output"``: the module returns ``(output, probabilities)`` (transformers'
+            attention modules computed eagerly); ``"input"``: the probabilities are the
+            module's first input (timm's ``attn_drop``).
+        pooled: The token the tower's embedding is read from: ``"first"`` (a class token),
+            ``"last"`` (the last position, padding included: SigLIP's text), ``"last_real"``
+            (the last unpadded token: CLIP's end-of-text) or ``"mean"`` (every token, as an
+            attention-pooling head reads them: SigLIP's image).
+        prefix_tokens: Leading tokens that are not image patches (class, registers).
+    """
+
+    modules: tuple[nn.Module, ...]
+    read: str
+    pooled: str
+    prefix_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.read not in ("output", "input"):
+            raise ValueError(f"read must be 'output' or 'input', not {self.read!r}")
+        if self.pooled not in POOLINGS:
+            raise ValueError(f"pooled must be one of {POOLINGS}, not {self.pooled!r}")
+
+
+@contextlib.contextmanager
+def eager_attention(module: nn.Module) -> Iterator[None]:
+    """Within the block, attention in ``module`` is computed step by step, so that its
+    probabilities exist as tensors a hook can read: transformers configs use ``"eager"``
+    attention and timm attention layers are not fused. Restored afterwards.
+    """
+    changed: list[tuple[object, str, object]] = []
+    seen: set[int] = set()
+    for sub in module.modules():
+        config = getattr(sub, "config", None)
+        if (
+            config is not None
+            and id(config) not in seen
+            and getattr(config, "_attn_implementation", "eager") != "eager"
+        ):
+            seen.add(id(config))
+            changed.append((config, "_attn_implementation", config._attn_implementation))
+        if getattr(sub, "fused_attn", False) is True:
+            changed.append((sub, "fused_attn", True))
+    try:
+        for owner, name, _ in changed:
+            setattr(owner, name, False if name == "fused_attn" else "eager")
+        yield
+    finally:
+        for owner, name, value in reversed(changed):
+            setattr(owner, name, value)
 
 
 #: Held by an attribution for its whole call and by :meth:`VisionLanguageModel.embed_texts` /
@@ -154,6 +217,19 @@ class VisionLanguageModel(abc.ABC):
     @abc.abstractmethod
     def spatial_layer(self) -> SpatialLayer:
         """The image tower's last spatial layer (for GradCAM-style maps)."""
+
+    def attention_stack(self, side: str) -> AttentionStack | None:
+        """The attention layers of the ``"image"`` or ``"text"`` tower, or None where that
+        tower is not a transformer whose attention this adapter can read (a ConvNeXt image
+        tower, say). Read under :func:`eager_attention`."""
+        return None
+
+    def attention_unavailable(self, side: str) -> str:
+        """Why :meth:`attention_stack` is None for ``side``, in a sentence."""
+        return (
+            f"{self.name}'s {side} tower is not a transformer whose attention can be read, so "
+            "it has no attention map; choose another method."
+        )
 
     # --- scores ---------------------------------------------------------------------------
     @property

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from explorer.models.base import (
+    AttentionStack,
     SpatialLayer,
     TokenBatch,
     VisionLanguageModel,
@@ -135,6 +136,34 @@ class TransformersModel(VisionLanguageModel):
         prefix = 0 if self._type.startswith("siglip") else 1
         return SpatialLayer(layers[-1], "vit", prefix)
 
+    def attention_stack(self, side: str) -> AttentionStack | None:
+        """transformers attention modules (``self_attn``, BERT's ``attention.self``) return
+        ``(output, probabilities)`` when computed eagerly. Text: CLIP pools its end-of-text
+        token, SigLIP its last position, a BERT tower (the embedded models) its ``[CLS]``.
+        Image: CLIP and ViT pool their class token, SigLIP all patches (attention pooling);
+        a convolutional tower has no attention."""
+        siglip = self._type.startswith("siglip")
+        if side == "text":
+            pooled = "last" if siglip else "last_real" if self._type == "clip" else "first"
+            blocks = _transformer_blocks(self._model.text_model)
+            return AttentionStack(_attention_modules(blocks), "output", pooled)
+        vision = self._model.vision_model
+        if getattr(getattr(vision, "encoder", None), "stages", None) is not None:
+            return None
+        blocks = _transformer_blocks(vision)
+        return AttentionStack(
+            _attention_modules(blocks), "output", "mean" if siglip else "first", 0 if siglip else 1
+        )
+
+    def attention_unavailable(self, side: str) -> str:
+        if side == "image":
+            return (
+                f"{self.name}'s image tower is convolutional (no attention to read), so it has "
+                "no attention map; Grad-CAM or occlusion show where it looks. Its text tower's "
+                "attention is shown beside the words."
+            )
+        return super().attention_unavailable(side)
+
     @property
     def logit_scale(self) -> float:
         return float(self._model.logit_scale.exp().item())
@@ -183,6 +212,23 @@ def _plain_size(size: object) -> object:
     if callable(to_dict):
         return {k: v for k, v in to_dict().items() if v is not None}
     raise TypeError(f"cannot read an image size from {type(size).__name__}")
+
+
+#: The names transformers gives a block's attention module (CLIP, SigLIP: ``self_attn``; BERT
+#: and its kin: ``attention.self``).
+_ATTENTION_NAMES = ("self_attn", "attention.self")
+
+
+def _attention_modules(blocks: nn.ModuleList) -> tuple[nn.Module, ...]:
+    """Each block's attention module (the one that returns the probabilities)."""
+    found = []
+    for block in blocks:
+        named = dict(block.named_modules())
+        module = next((named[n] for n in _ATTENTION_NAMES if n in named), None)
+        if module is None:
+            raise NotImplementedError(f"no attention module in {type(block).__name__}")
+        found.append(module)
+    return tuple(found)
 
 
 def _transformer_blocks(module: nn.Module) -> nn.ModuleList:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from explorer.models.base import (
+    AttentionStack,
     SpatialLayer,
     TokenBatch,
     VisionLanguageModel,
@@ -179,6 +180,36 @@ class OpenClipModel(VisionLanguageModel):
         if hasattr(visual, "layer4"):
             return SpatialLayer(visual.layer4, "conv")
         raise NotImplementedError(f"no spatial layer known for {type(visual).__name__}")
+
+    def attention_stack(self, side: str) -> AttentionStack | None:
+        """Image: a timm ViT trunk (BiomedCLIP), whose unfused attention passes its
+        probabilities through ``attn_drop``; pooled by its class token, or by all patches for
+        an average or attention-pooled trunk. Text: a transformers tower inside open_clip's
+        ``HFTextEncoder`` (BiomedCLIP's PubMedBERT), pooled by ``[CLS]`` unless the encoder
+        averages. open_clip's own towers call ``nn.MultiheadAttention`` without keeping the
+        probabilities: None."""
+        from explorer.models.hf_backend import _attention_modules, _transformer_blocks
+
+        if side == "text":
+            text = getattr(self._model, "text", None)
+            if text is None or not self._masks_padding:
+                return None
+            pooled = "mean" if "Mean" in type(getattr(text, "pooler", None)).__name__ else "first"
+            blocks = _transformer_blocks(text.transformer)
+            return AttentionStack(_attention_modules(blocks), "output", pooled)
+        trunk = getattr(self._model.visual, "trunk", None)
+        if trunk is None or not hasattr(trunk, "blocks"):
+            return None
+        modules = tuple(getattr(getattr(b, "attn", None), "attn_drop", None) for b in trunk.blocks)
+        if any(m is None for m in modules):
+            return None
+        token = getattr(trunk, "global_pool", "token") == "token"
+        return AttentionStack(
+            modules,
+            "input",
+            "first" if token else "mean",
+            int(getattr(trunk, "num_prefix_tokens", 1)),
+        )
 
     @property
     def logit_scale(self) -> float:

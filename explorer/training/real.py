@@ -30,6 +30,7 @@ normal film's report. The negated twin is the hard negative of the negation-awar
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -144,6 +145,12 @@ class ReportPool:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A short hash of the texts and their labels: a run resumes only on the same pool (the
+        labeler's reading of the reports changes what every text view claims)."""
+        return digest([self.texts, [sorted(d.items()) for d in self.labels]])
 
 
 def iu_report_pool(cache_dir: Path | None = None) -> ReportPool:

@@ -345,11 +345,12 @@ _NOT_IN_FINGERPRINT = frozenset(
 
 def run_fingerprint(cfg: TrainConfig, data=None) -> str:
     """A short hash of the config and its data (the phantom renderer's version, or the real
-    films' fingerprint): which checkpoints a run may resume."""
+    films' fingerprint and the report pool's: its texts and their labels): which checkpoints
+    a run may resume."""
     settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
     if cfg.data == "phantom":
         return digest([settings, render_version()])
-    return digest([settings, _data_key(cfg, data)])
+    return digest([settings, _data_key(cfg, data), data.pool.fingerprint])
 
 
 def _data_key(cfg: TrainConfig, data) -> str | None:

@@ -19,6 +19,7 @@ from explorer.attribution import (
     describe_params,
     uses_baseline,
 )
+from explorer.attribution.options import TEXT_METHOD_OF
 from explorer.errors import ExplorerError
 from explorer.ui.common import (
     MAX_PROMPT_CHARS,
@@ -45,7 +46,9 @@ ATTRIBUTION_HELP = (
     "model's score, not as an outline of the lesion. The *baseline* is the image IG starts "
     "from and the paint occlusion hides regions with: black, the image's mean grey, or a blur "
     "of the image (keeps the anatomy, wipes out small signs). Maps change with it; comparing "
-    "them is a lesson in itself."
+    "them is a lesson in itself. *attention* reads a transformer's own attention "
+    "(gradient-weighted rollout, Chefer et al. 2021) over the image patches and, beside it, over "
+    "the words; a model with a convolutional image tower (the embedded ones) has words only."
 )
 #: The method the tab opens on (the README says why: occlusion reads best on the phantoms).
 OPENING_METHOD = "occlusion"
@@ -102,7 +105,7 @@ def explain(
     whose top image layers are scrambled, and deletion / insertion curves).
     """
     from explorer.attribution import attribute_pair, attribute_text
-    from explorer.plots import mask_outline, overlay, token_highlights, with_colour_bar
+    from explorer.plots import mask_outline, overlay, with_colour_bar
     from explorer.ui.findings_view import check_domain
     from explorer.vocab.prompts import prompt_pair
 
@@ -114,25 +117,48 @@ def explain(
     alpha = number_in(opacity, "Overlay opacity", 0, 1, 0.6)
     model, notice = load_model(model_name)
     say = reporter(progress, request)
+    text_method = TEXT_METHOD_OF.get(method, "layer_ig")
+    # Attention needs a transformer image tower; without one the words' attention stands alone.
+    no_map = (
+        model.attention_unavailable("image")
+        if method == "attention" and model.attention_stack("image") is None
+        else None
+    )
     try:
         pair = prompt_pair(finding.strip(), "there_is")
-        first, second, diff = attribute_pair(
-            model,
-            pixels,
-            pair.affirmed,
-            pair.negated,
-            method,
-            progress=lambda f, m: say(0.8 * f, m),
-            baseline=baseline or None,
-        )
-        tokens_a = attribute_text(
-            model, pixels, pair.affirmed, progress=lambda f, m: say(0.8 + 0.05 * f, f"words: {m}")
-        )
-        tokens_n = attribute_text(
-            model, pixels, pair.negated, progress=lambda f, m: say(0.85 + 0.05 * f, f"words: {m}")
+        if no_map is None:
+            first, second, diff = attribute_pair(
+                model,
+                pixels,
+                pair.affirmed,
+                pair.negated,
+                method,
+                progress=lambda f, m: say(0.8 * f, m),
+                baseline=baseline or None,
+            )
+        tokens_a, tokens_n = (
+            attribute_text(
+                model,
+                pixels,
+                text,
+                method=text_method,
+                progress=lambda f, m, at=at: say(at + 0.05 * f, f"words: {m}"),
+            )
+            for text, at in ((pair.affirmed, 0.8), (pair.negated, 0.85))
         )
         guard = check_domain(model, pixels)
         trust = None
+        if no_map is not None:
+            return (
+                None,
+                None,
+                None,
+                *(_highlights(t) for t in (tokens_a, tokens_n)),
+                f"**{model.name}**, **{METHODS[method].display}**: {no_map}  \n"
+                f"words: {describe_params(tokens_a.params)}."
+                + (f"  \n⚠️ {notice}" if notice else ""),
+                guard,
+            )
         if check_trust:
             from explorer.attribution.checks import trust_report
 
@@ -176,13 +202,19 @@ def explain(
         images[0],
         images[1],
         images[2],
-        *(
-            token_highlights([w for w, _ in words], [v for _, v in words])
-            for words in (tokens_a.words(), tokens_n.words())
-        ),
+        _highlights(tokens_a),
+        _highlights(tokens_n),
         info,
         guard,
     )
+
+
+def _highlights(tokens) -> list:
+    """A token attribution's words as the highlighted-text value."""
+    from explorer.plots import token_highlights
+
+    words = tokens.words()
+    return token_highlights([w for w, _ in words], [v for _, v in words])
 
 
 def build_tab(upload: gr.File, model_names: list[str], default_model: str | None) -> gr.Dropdown:
