@@ -39,6 +39,18 @@ def test_settings_from_environment():
         ServeSettings.from_env({"EXPLORER_CONCURRENCY": "0"})
 
 
+def test_torch_threads_follow_the_cpus_this_process_may_use(tmp_path):
+    cgroup = tmp_path / "cpu.max"
+    mine = len(os.sched_getaffinity(0))
+    cgroup.write_text("max 100000\n")
+    assert serving.machine_cpus(cgroup) == mine  # no quota: the affinity
+    cgroup.write_text("150000 100000\n")
+    assert serving.machine_cpus(cgroup) == min(mine, 1)  # 1.5 CPUs of quota: one thread
+    assert serving.machine_cpus(tmp_path / "absent") == mine
+    assert ServeSettings.from_env({"EXPLORER_TORCH_THREADS": "3"}).threads == 3
+    assert ServeSettings.from_env({}).threads == serving.machine_cpus()
+
+
 @pytest.fixture
 def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

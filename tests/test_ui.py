@@ -103,6 +103,27 @@ def test_attribution_methods_on_phantom_example(client, method):
 
 
 @needs_default
+def test_attention_on_a_convolutional_model_gives_the_words_and_says_why(client):
+    from explorer.paths import examples_dir
+
+    path = examples_dir() / "phantom-left-effusion.png"
+    a, n, d, tok_a, tok_n, info, banner = client.predict(
+        handle_file(str(path)),
+        "phantom-negaware",
+        "Pleural Effusion",
+        "attention",
+        0.6,
+        True,
+        api_name="/attribute",
+    )
+    assert a is None and n is None and d is None  # no image map: the tower is a ConvNeXt
+    assert "Attention rollout" in info and "convolutional" in info
+    assert "attention layers rolled out from the class token" in info
+    words = [item["token"] for item in (tok_n["value"] if isinstance(tok_n, dict) else tok_n)]
+    assert "no" in words and "effusion" in words
+
+
+@needs_default
 @pytest.mark.slow
 def test_attribution_baseline_is_used_and_stated(client):
     from explorer.paths import examples_dir

@@ -283,7 +283,25 @@ def format_table(results: Sequence[BenchmarkResult]) -> str:
 
 # --- pointing game ------------------------------------------------------------------------------
 
-POINTING_METHODS = ("ig", "gradcam", "occlusion")
+POINTING_METHODS = ("ig", "gradcam", "occlusion", "attention")
+#: Text methods whose randomisation check the pointing game also reports.
+WORD_METHODS = ("layer_ig", "text_attention")
+
+
+def methods_for(
+    model: VisionLanguageModel, methods: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
+    """The image methods ``model`` can run, and why each other one cannot (attention needs a
+    transformer image tower)."""
+    usable, unavailable = [], {}
+    for method in methods:
+        if method == "attention" and model.attention_stack("image") is None:
+            unavailable[method] = model.attention_unavailable("image")
+        else:
+            usable.append(method)
+    return usable, unavailable
+
+
 #: A finding counts as localised when its mask covers less than this share of the image.
 LOCALISED_MAX_AREA = 0.3
 
@@ -317,6 +335,11 @@ class PointingResult:
     #: ``insertion``, ``insertion_random``.
     trust: dict[str, dict[str, float]] = field(default_factory=dict)
     trust_n: int = 0
+    #: Text method -> mean Spearman correlation of the affirmed prompt's word scores before and
+    #: after randomising the top half of the text tower (same findings as ``trust``).
+    word_randomisation: dict[str, float] = field(default_factory=dict)
+    #: Method -> why the model cannot run it (attention on a convolutional image tower).
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -335,9 +358,11 @@ def run_pointing_game(
     with relevance mass and rank accuracy on every localised finding and the trust checks
     (randomisation, deletion / insertion) on the first ``trust_samples`` of them."""
     from explorer.attribution import attribute_image
-    from explorer.attribution.checks import trust_report
+    from explorer.attribution.checks import trust_report, word_randomisation_rho
     from explorer.vocab.prompts import prompt_pair
 
+    methods, unavailable = methods_for(model, methods)
+    words: dict[str, list[float]] = {m: [] for m in WORD_METHODS}
     data = build_phantom_set(images, HELDOUT_SEED, size, keep_masks=True)
     hits: dict[str, dict[str, list[bool]]] = {m: {} for m in methods}
     seen: dict[str, list[bool]] = {m: [] for m in methods}  # hits where the model affirms
@@ -361,6 +386,10 @@ def run_pointing_game(
                 texts[finding] = model.embed_texts([pair.affirmed, pair.negated]).float()
             affirms = bool(pair_probability(texts[finding] @ image, model.logit_scale) >= 0.5)
             affirmed += affirms
+            if count <= trust_samples:
+                for method in WORD_METHODS:
+                    rho = word_randomisation_rho(model, pixels, pair.affirmed, method)
+                    words[method].append(rho)
             for method in methods:
                 kwargs = {"steps": steps} if method == "ig" else {}
                 attr = attribute_image(model, pixels, pair.affirmed, method, **kwargs)
@@ -396,6 +425,8 @@ def run_pointing_game(
         relevance_rank={m: mean_or_nan([v for v in rank[m] if v == v]) for m in methods},
         trust={m: _mean_trust(checks[m]) for m in methods},
         trust_n=min(count, trust_samples),
+        word_randomisation={m: mean_or_nan(v) for m, v in words.items()},
+        unavailable=unavailable,
     )
 
 
@@ -423,8 +454,9 @@ def format_pointing(results: Sequence[PointingResult]) -> str:
     nan = float("nan")
 
     def row(name: str, values: Sequence[float]) -> str:
-        return f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
+        return f"| {name} | " + " | ".join("n/a" if v != v else f"{v:.3f}" for v in values) + " |"
 
+    methods += [m for r in results for m in r.unavailable if m not in methods]
     rows = [row(m, [r.hits.get(m, nan) for r in results]) for m in methods]
     rows.append(
         "| localised findings (of which the model affirms) | "
@@ -437,6 +469,9 @@ def format_pointing(results: Sequence[PointingResult]) -> str:
         for key in TRUST_FIGURES:
             label = f"{m}, {key.replace('_', ' ')} (first {results[0].trust_n} findings)"
             rows.append(row(label, [r.trust.get(m, {}).get(key, nan) for r in results]))
+    for m in WORD_METHODS:
+        label = f"words, {m}, randomisation rho (first {results[0].trust_n} findings)"
+        rows.append(row(label, [r.word_randomisation.get(m, nan) for r in results]))
     for m in methods:
         rows.append(
             row(f"{m}, findings the model affirms", [r.hits_affirmed.get(m, nan) for r in results])

@@ -41,6 +41,7 @@ from explorer.data.manifest import Manifest, ManifestRow
 from explorer.eval.benchmark import (
     POINTING_METHODS,
     hard_negative_scores,
+    methods_for,
     zero_shot_probabilities,
 )
 from explorer.eval.metrics import (
@@ -158,6 +159,8 @@ class ManifestBenchmarkResult:
         pointing_params: Method -> the options its maps were made with.
         relevance_mass: Method -> mean share of the map's positive mass inside the box.
         relevance_rank: Method -> mean share of the map's top box-size pixels inside the box.
+        pointing_unavailable: Method -> why the model cannot run it (attention on a
+            convolutional image tower).
         patients: Distinct patients (the bootstrap's unit).
         min_cases: Fewest positives and negatives a finding needed for its AUC.
         resamples: Bootstrap resamples.
@@ -190,6 +193,7 @@ class ManifestBenchmarkResult:
     pointing_params: dict[str, dict] = field(default_factory=dict)
     relevance_mass: dict[str, float] = field(default_factory=dict)
     relevance_rank: dict[str, float] = field(default_factory=dict)
+    pointing_unavailable: dict[str, str] = field(default_factory=dict)
     patients: int = 0
     min_cases: int = MIN_CASES
     resamples: int = RESAMPLES
@@ -362,7 +366,8 @@ def run_manifest_benchmark(
         return (float(ci[0, j]), float(ci[1, j]))
 
     log.info("%s: bootstrap done (%.1f s)", model.name, time.perf_counter() - start)
-    hits, per, params, boxes, mass, rank = _pointing(model, rows, pointing_methods)
+    usable, unavailable = methods_for(model, pointing_methods)
+    hits, per, params, boxes, mass, rank = _pointing(model, rows, usable)
     result = ManifestBenchmarkResult(
         model=model.name,
         manifest=manifest.name,
@@ -387,6 +392,7 @@ def run_manifest_benchmark(
         pointing_params=params,
         relevance_mass={m: mean_or_nan([v for v in vs if v == v]) for m, vs in mass.items()},
         relevance_rank={m: mean_or_nan([v for v in vs if v == v]) for m, vs in rank.items()},
+        pointing_unavailable=unavailable,
         patients=len(set(manifest.patients())),
         min_cases=min_cases,
         resamples=resamples,
@@ -461,6 +467,8 @@ def format_manifest_table(results: Sequence[ManifestBenchmarkResult]) -> str:
     sep = "|---|" + "---|" * len(results)
 
     def fig(v: float, ci: tuple[float, float] | None = None) -> str:
+        if v != v:
+            return "n/a"
         if ci is None:
             return f"{v:.3f}"
         return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -494,7 +502,9 @@ def format_manifest_table(results: Sequence[ManifestBenchmarkResult]) -> str:
         + " | ".join(fig(r.task_b, r.task_b_ci) for r in results)
         + " |",
     ]
-    methods = list(dict.fromkeys(m for r in results for m in r.pointing))
+    methods = list(
+        dict.fromkeys(m for r in results for m in (*r.pointing, *r.pointing_unavailable))
+    )
     for m in methods:
         lines.append(
             f"| pointing game, {m} ({first.pointing_n} boxes, peak inside the box) | "

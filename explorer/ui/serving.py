@@ -26,6 +26,9 @@ variable                   meaning                                              
 ``EXPLORER_PER_CLIENT``    model-heavy runs one page (session) may start in 10 s   3
                            per event; more are refused at once, so one client's
                            flood cannot hold everyone's queue (0: no shares)
+``EXPLORER_TORCH_THREADS`` threads torch computes with (0: the CPUs this process   0
+                           may use: its affinity, capped by a container's CPU
+                           quota, which ``os.cpu_count()`` ignores)
 ``EXPLORER_HEALTH_DETAIL`` ``1``: the health report adds per-endpoint counters     off
                            (operators, the load test); a public Space shows only
                            status, memory and loaded models
@@ -76,6 +79,7 @@ class ServeSettings:
     max_upload_mb: int = 100
     queue_size: int = 64
     per_client: int = 3
+    torch_threads: int = 0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ServeSettings:
@@ -103,7 +107,13 @@ class ServeSettings:
             max_upload_mb=number("EXPLORER_MAX_UPLOAD_MB", cls.max_upload_mb, 1),
             queue_size=number("EXPLORER_QUEUE_SIZE", cls.queue_size, 1),
             per_client=number("EXPLORER_PER_CLIENT", cls.per_client, 0),
+            torch_threads=number("EXPLORER_TORCH_THREADS", cls.torch_threads, 0),
         )
+
+    @property
+    def threads(self) -> int:
+        """The torch thread count to serve with (:attr:`torch_threads`, or the machine's)."""
+        return self.torch_threads or machine_cpus()
 
     @property
     def delete_cache(self) -> tuple[int, int]:
@@ -242,9 +252,30 @@ def start_purger(settings: ServeSettings) -> threading.Thread:
     return thread
 
 
+def machine_cpus(cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a
+    container or a Space sees the host's cores in ``os.cpu_count()``, and torch would start a
+    thread for each)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = cgroup.read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
 def launch(demo: Any, settings: ServeSettings, **kwargs: Any) -> Any:
-    """Queue (with the concurrency limit and a bounded size), start the scratch purge, limit
-    each client's model-heavy runs and the upload size, and serve ``demo``."""
+    """Set torch's threads, queue (with the concurrency limit and a bounded size), start the
+    scratch purge, limit each client's model-heavy runs and the upload size, and serve
+    ``demo``."""
+    import torch
+
+    torch.set_num_threads(settings.threads)
     start_purger(settings)
     FAIR.runs = settings.per_client
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
