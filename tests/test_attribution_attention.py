@@ -18,6 +18,19 @@ from explorer.models.replicas import FAMILIES, offline_hub
 
 HUB_NAMES = tuple(FAMILIES)
 PROMPT = "there is a small pleural effusion"
+#: A prompt has a handful of words, so one prompt's rank correlation swings from -0.8 to 1 with
+#: the seed; the check is read over several (as the benchmark does over its findings).
+PROMPTS = (
+    PROMPT,
+    "there is no pneumothorax",
+    "the heart is enlarged",
+    "there is a large right pleural effusion with atelectasis",
+    "no acute cardiopulmonary abnormality",
+)
+
+
+def _word_rho(model, image, method="text_attention") -> float:
+    return float(np.mean([word_randomisation_rho(model, image, p, method) for p in PROMPTS]))
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -75,8 +88,7 @@ def test_attention_passes_the_randomisation_check_on_hub_replicas(
     model = _load(hub_registry, hub_cache, name)
     report = trust_report(model, image, PROMPT, "attention")
     assert report.randomisation_rho < RANDOMISATION_PASS, report.sentence()
-    rho = word_randomisation_rho(model, image, PROMPT, "text_attention")
-    assert rho < RANDOMISATION_PASS
+    assert _word_rho(model, image) < RANDOMISATION_PASS
 
 
 def test_eager_attention_is_restored(hub_registry, hub_cache):
@@ -100,8 +112,7 @@ def test_embedded_model_has_word_attention_but_no_image_attention(embedded, imag
 
 
 def test_embedded_word_attention_explains_the_model(embedded, image):
-    rho = word_randomisation_rho(embedded, image, PROMPT, "text_attention")
-    assert rho < RANDOMISATION_PASS
+    assert _word_rho(embedded, image) < RANDOMISATION_PASS
 
 
 def test_cli_attention_on_the_embedded_model_gives_the_words(tmp_path, capsys):

@@ -488,4 +488,7 @@ def format_pointing(results: Sequence[PointingResult]) -> str:
             + " | ".join(f"{r.gradcam_ceiling:.3f}" for r in results)
             + " |"
         )
-    return "\n".join([head, sep, *rows])
+    why = {
+        f"n/a, {m} on {r.model}: {reason}" for r in results for m, reason in r.unavailable.items()
+    }
+    return "\n".join([head, sep, *rows, *(["", *sorted(why)] if why else [])])
