@@ -784,13 +784,29 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
         help="corpus whose map is built from scratch (repeatable; default: iu; 'none' skips)",
     )
     p.add_argument("--no-app", action="store_true", help="skip the app's cold start and memory")
+    p.add_argument(
+        "--hub",
+        action="append",
+        metavar="FAMILY",
+        help="instead: the hub models rebuilt at full size with random weights (repeatable; "
+        "'all' = every registered hub family)",
+    )
+    p.add_argument(
+        "--hub-size", choices=("full", "tiny"), default="full", help="replica size for --hub"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 @command("bench", "speed bench: latency, peer pipeline, attribution, maps, app", _bench_args)
 def _bench(args: argparse.Namespace) -> int:
-    from explorer.ops.speed import run_bench
+    from explorer.ops.speed import BenchReport, bench_hub, machine, run_bench
 
+    say = lambda msg: sys.stderr.write(f"bench: {msg}\n")  # noqa: E731
+    if args.hub:
+        families = None if "all" in args.hub else args.hub
+        report = BenchReport(machine(), tuple(bench_hub(families, args.hub_size, say=say)))
+        _emit(report.as_dict(), args.json, report.to_markdown())
+        return 0
     maps = [m for m in (args.maps or ["iu"]) if m != "none"]
     report = run_bench(
         args.model,
@@ -801,7 +817,7 @@ def _bench(args: argparse.Namespace) -> int:
         single_reports=args.single_reports,
         map_corpora=maps,
         app=not args.no_app,
-        say=lambda msg: sys.stderr.write(f"bench: {msg}\n"),
+        say=say,
     )
     _emit(report.as_dict(), args.json, report.to_markdown())
     return 0

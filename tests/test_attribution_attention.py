@@ -32,6 +32,7 @@ PROMPTS = (
 def _word_rho(model, image, method="text_attention") -> float:
     return float(np.mean([word_randomisation_rho(model, image, p, method) for p in PROMPTS]))
 
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -72,3 +72,24 @@ def test_table_names_misses():
     ).to_markdown()
     assert "| peer | pipeline / ours | m | 2.00 x | >= 3 | **no** |" in table
     assert "| app | cold start | m | n/a |" in table and table.startswith("Machine: test machine")
+
+
+def test_hub_section_on_a_tiny_replica():
+    """Every row of the hub section is measured through the registry, offline; the targets
+    apply to BiomedCLIP only, and the completeness target to every family."""
+    pytest.importorskip("open_clip")
+    from explorer.ops import speed
+
+    rows = speed.bench_hub(["biomedclip"], "tiny", methods=("gradcam", "attention"), map_sample=8)
+    measures = [r.measure for r in rows]
+    assert measures[:4] == [
+        "first findings answer",
+        "findings answer, warm",
+        "Attribution click, gradcam",
+        "Attribution click, attention",
+    ]
+    assert all(r.value is not None and r.value >= 0 for r in rows)
+    first = rows[0]
+    assert first.section == "hub (tiny size)" and first.target == "< 5 s" and first.met is not None
+    gap = next(r for r in rows if r.measure == "token IG completeness gap")
+    assert gap.met and gap.unit == "%"

@@ -18,6 +18,14 @@
    Targets: IU build < 60 s on CPU, reopen < 2 s.
 5. **Cold start** of ``app.py`` to the first page and to the first findings answer, and the
    app's **peak resident memory** with the default model and the IU map loaded.
+6. **Hub models at full size** (``--hub``): each registered hub family rebuilt at its real
+   size with random weights (:mod:`explorer.models.replicas`; timings do not depend on weight
+   values) and loaded offline through the registry as on the Space: the first findings answer
+   (load + first query), one Attribution click per method (both prompts' maps and both prompts'
+   word weights, as the tab computes them), token-IG completeness, the IU map's text embedding
+   (timed on a slice, extrapolated to the 3,955 reports) and the process's peak memory. Targets
+   (issue 26, for BiomedCLIP): first answer < 5 s, a Grad-CAM click < 10 s, an occlusion or IG
+   click < 30 s, the IU map's text < 150 s, completeness gap < 1 % on every family.
 """
 
 from __future__ import annotations
@@ -413,6 +421,123 @@ def bench_app(image: Path | None = None, with_map: bool = True):
 
 
 # --- the run ------------------------------------------------------------------------------------
+
+
+# --- 6. hub models at full size -------------------------------------------------------------
+
+#: Targets of the hub section for BiomedCLIP (the Space's opening model): measure -> seconds.
+HUB_TARGETS = {
+    "first findings answer": 5.0,
+    "Attribution click, gradcam": 10.0,
+    "Attribution click, occlusion": 30.0,
+    "Attribution click, ig": 30.0,
+    "IU map text embedding": 150.0,
+}
+#: Largest token-IG completeness gap accepted on any family.
+COMPLETENESS_TARGET = 0.01
+
+
+def attribution_click(model, image: np.ndarray, finding: str, method: str) -> float:
+    """Seconds of what one Attribution click computes: both prompts' maps and word weights."""
+    from explorer.attribution import attribute_pair, attribute_text
+    from explorer.attribution.options import TEXT_METHOD_OF
+    from explorer.vocab.prompts import prompt_pair
+
+    pair = prompt_pair(finding, "there_is")
+    t0 = time.perf_counter()
+    attribute_pair(model, image, pair.affirmed, pair.negated, method)
+    for text in (pair.affirmed, pair.negated):
+        attribute_text(model, image, text, method=TEXT_METHOD_OF.get(method, "layer_ig"))
+    return time.perf_counter() - t0
+
+
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+
+
+def bench_hub(
+    families: Sequence[str] | None = None,
+    size: str = "full",
+    methods: Sequence[str] = ("gradcam", "occlusion", "ig", "attention"),
+    map_sample: int = 256,
+    say: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
+    """The hub section (see the module docstring) for ``families`` (default: every one)."""
+    from explorer.attribution import attribute_text
+    from explorer.models import ModelRegistry
+    from explorer.models.replicas import FAMILIES, offline_hub, replica_specs, write_hub_cache
+    from explorer.reports.corpus import iu_corpus
+    from explorer.scoring import score_findings
+
+    say = say or (lambda msg: None)
+    image = bench_images(1)[0]
+    reports = list(iu_corpus().texts)
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory() as cache:
+        for name in families or tuple(FAMILIES):
+            say(f"{name}: building the {size} replica")
+            write_hub_cache(Path(cache), models=[name], size=size)
+            with offline_hub(Path(cache)):
+                reg = ModelRegistry(replica_specs(size, [name]), max_loaded=1)
+                t0 = time.perf_counter()
+                model = reg.load(name, "cpu")
+                score_findings(model, image)
+                first = time.perf_counter() - t0
+
+            def row(
+                measure: str, value: float, unit: str = "s", note: str = "", name: str = name
+            ) -> BenchRow:
+                target = HUB_TARGETS.get(measure) if name == "biomedclip" else None
+                return BenchRow(
+                    f"hub ({size} size)",
+                    measure,
+                    name,
+                    value,
+                    unit,
+                    f"< {target:g} s" if target else "",
+                    (value < target) if target else None,
+                    note,
+                )
+
+            rows.append(row("first findings answer", first, note="load + first query"))
+            rows.append(row("findings answer, warm", _seconds(score_findings, model, image)))
+            for method in methods:
+                say(f"{name}: Attribution click, {method}")
+                rows.append(
+                    row(
+                        f"Attribution click, {method}",
+                        attribution_click(model, image, "Pleural Effusion", method),
+                    )
+                )
+            words = attribute_text(model, image, "there is a small left pleural effusion")
+            gap = float(words.relative_delta)
+            rows.append(
+                BenchRow(
+                    f"hub ({size} size)",
+                    "token IG completeness gap",
+                    name,
+                    100 * gap,
+                    "%",
+                    f"< {100 * COMPLETENESS_TARGET:g} %",
+                    gap < COMPLETENESS_TARGET,
+                )
+            )
+            say(f"{name}: IU map text ({map_sample} reports)")
+            part = _seconds(model.embed_texts, reports[:map_sample])
+            rows.append(
+                row(
+                    "IU map text embedding",
+                    part * len(reports) / map_sample,
+                    note=f"{map_sample} reports in {part:.1f} s, extrapolated to {len(reports):,}",
+                )
+            )
+            rows.append(
+                row("peak memory so far", _peak_rss_gb(), "GB", "the process's maximum RSS")
+            )
+            del model, reg
+    return rows
 
 
 def run_bench(
