@@ -92,6 +92,11 @@ def _param_grads(model):
 @pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_image_maps_contract(registry, image, name, method):
     model = registry.load(name, "cpu")
+    if method == "attention" and model.attention_stack("image") is None:
+        # open_clip's own ViT and any ConvNeXt keep no attention probabilities: said so
+        with pytest.raises(AttributionOptionsError, match="no attention map"):
+            attribute_image(model, image, PROMPT, method)
+        return
     steps = IG_STEPS.get(name, DEFAULT_IG_STEPS)
     result = attribute_image(model, image, PROMPT, method, steps=steps, internal_batch_size=64)
     size = model.preprocess_cfg.image_size
@@ -114,8 +119,39 @@ def test_image_maps_contract(registry, image, name, method):
         assert not result.signed and result.baseline_score is None
         assert result.attribution.min() >= 0.0
         assert result.params["layer_kind"] == ("conv" if name == CONV_NAME else "vit")
+    elif method == "attention":
+        assert not result.signed and result.attribution.min() >= 0.0
+        assert result.params["layers"] >= 1
+        assert result.params["pooled"] == ("mean" if "siglip" in name else "first")
     else:
         assert result.params["window"] == size // 8 and result.params["stride"] == size // 16
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_occlusion_of_a_pair_is_one_pass_with_the_same_maps(registry, image, name):
+    model = registry.load(name, "cpu")
+    calls = []
+    original = model.encode_image
+
+    def counted(pixel_values, normalize=True):
+        calls.append(len(pixel_values))
+        return original(pixel_values, normalize)
+
+    model.encode_image = counted
+    try:
+        first, second, diff = attribute_pair(
+            model, image, PROMPT, "there is no effusion", "occlusion"
+        )
+        paired = sum(calls)
+        calls.clear()
+        alone = attribute_image(model, image, "there is no effusion", "occlusion")
+        single = sum(calls)
+    finally:
+        del model.encode_image
+    assert paired <= single + 2  # both maps from one set of occluded images (+ the scores)
+    np.testing.assert_allclose(second.model_attribution, alone.model_attribution, atol=1e-5)
+    np.testing.assert_allclose(diff, first.attribution - second.attribution)
+    assert second.prompt == "there is no effusion" and second.params == alone.params
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -218,8 +254,11 @@ def test_attribution_leaves_the_model_as_found(registry, image, name):
     text_before = model.embed_texts([PROMPT]).clone()
     flags = [p.requires_grad for p in model.module.parameters()]
     for method in IMAGE_METHODS:
-        attribute_image(model, image, PROMPT, method, steps=8)
+        if method != "attention" or model.attention_stack("image") is not None:
+            attribute_image(model, image, PROMPT, method, steps=8)
     attribute_text(model, image, PROMPT, steps=8)
+    if model.attention_stack("text") is not None:
+        attribute_text(model, image, PROMPT, method="text_attention")
     assert not _param_grads(model)
     assert [p.requires_grad for p in model.module.parameters()] == flags
     assert not model.module.training
@@ -511,10 +550,10 @@ def test_train_mode_is_restored_and_nans_are_refused():
 
 
 def test_registry_states_each_method_once():
-    assert IMAGE_METHODS == ("ig", "gradcam", "occlusion")
+    assert IMAGE_METHODS == ("ig", "gradcam", "occlusion", "attention")
     assert BASELINES == ("black", "mean", "blur")
     assert DEFAULT_BASELINES == {"ig": "black", "occlusion": "black"}
-    assert [uses_baseline(m) for m in IMAGE_METHODS] == [True, False, True]
+    assert [uses_baseline(m) for m in IMAGE_METHODS] == [True, False, True, False]
     assert not uses_baseline("layer_ig")  # a token id, not an image baseline
     # a method takes a baseline exactly when its options have one, and only then has a default
     for name, entry in METHODS.items():

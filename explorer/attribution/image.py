@@ -114,27 +114,32 @@ def model_input(model: VisionLanguageModel, pixels: np.ndarray) -> torch.Tensor:
 def image_similarity_forward(
     model: VisionLanguageModel, text_embedding: torch.Tensor, scale: float = 1.0
 ) -> ForwardFunc:
-    """A Captum ``forward_func``: ``[B, 1, S, S]`` gray images in [0, 1] -> ``[B]`` similarities.
+    """A Captum ``forward_func``: ``[B, 1, S, S]`` gray images in [0, 1] -> ``[B]`` similarities
+    (``[B, K]`` for ``K`` texts: one image pass serves every text).
 
     Args:
         model: The adapter.
-        text_embedding: ``[1, D]`` (or ``[D]``) L2-normalised text embedding, computed once.
+        text_embedding: ``[1, D]`` (or ``[D]``) L2-normalised text embedding, computed once; or
+            ``[K, D]`` for ``K`` texts.
         scale: Multiplier of the cosine (1, or ``model.logit_scale``).
     """
     pre = model.preprocess_cfg
-    text = text_embedding.reshape(1, -1).detach().to(model.device)
+    text = text_embedding.reshape(-1, text_embedding.shape[-1]).detach().to(model.device)
+    single = text.shape[0] == 1
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         # The rest of the model's preprocessing: the input is already at the model's size.
         image = model.encode_image(normalize(x, pre), normalize=True)
-        return (image * text).sum(dim=-1) * scale
+        scores = image @ text.T * scale
+        return scores[:, 0] if single else scores
 
     return forward
 
 
-def _text_embedding(model: VisionLanguageModel, prompt: str) -> torch.Tensor:
+def _text_embedding(model: VisionLanguageModel, prompt: str | list[str]) -> torch.Tensor:
     with torch.no_grad():
-        return model.encode_text(model.tokenize([prompt]), normalize=True)
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+        return model.encode_text(model.tokenize(texts), normalize=True)
 
 
 # --- generic Captum helpers (usable with any forward function) ----------------------------
@@ -196,7 +201,8 @@ def occlusion(
     is the mean drop ``f(x) - f(occluded)`` over the windows covering it.
 
     Args:
-        forward_func: ``[B, C, H, W] -> [B]``.
+        forward_func: ``[B, C, H, W] -> [B]``, or ``[B, K]`` for ``K`` outputs (one pass over
+            the windows gives a map of each: the result is then ``[K, C, H, W]``).
         x: The input, batch of one.
         window: Side of the square window in pixels (at most ``min(H, W)``).
         stride: Step between windows in pixels (1 to ``window``).
@@ -340,8 +346,12 @@ def _baseline_image(
 
 # --- one runner per method -------------------------------------------------------------------
 
-#: What a runner returns: the ``[S, S]`` map, its parameters, the baseline score and the delta.
+#: What a runner returns: the ``[S, S]`` map, its parameters, the baseline score and the delta
+#: (a :data:`_BATCHED` runner: ``[K, S, S]`` maps, one per text of the forward function).
 RunResult = tuple[torch.Tensor, dict[str, Any], float | None, float | None]
+#: Methods whose one run explains several prompts at once (occlusion: each occluded image is
+#: embedded once and compared with every prompt).
+_BATCHED = frozenset({"occlusion"})
 
 
 @dataclass(frozen=True)
@@ -400,7 +410,7 @@ def _run_occlusion(call: _Call, opts: OcclusionOptions) -> RunResult:
         "baseline": description,
         "internal_batch_size": int(opts.batch),
     }
-    return attr[0, 0], params, None, None
+    return attr[:, 0], params, None, None
 
 
 def _run_attention(call: _Call, opts: AttentionOptions) -> RunResult:
@@ -472,82 +482,127 @@ def attribute_image(
         ValueError: A bad prompt, or an image that is not 2-D.
         AttributionError: The model produced NaN or infinite values.
     """
+    options = _options(
+        method, options, steps, internal_batch_size, baseline, window, stride, layers
+    )
+    return _attribute_prompts(model, pixels, [prompt], method, options, scaled, progress)[0]
+
+
+def _options(
+    method: str,
+    options: Options | None,
+    steps: int | None = None,
+    internal_batch_size: int | None = None,
+    baseline: Baseline | None = None,
+    window: int | None = None,
+    stride: int | None = None,
+    layers: int | None = None,
+) -> Options:
+    """The method's options, from ``options`` or from the keyword arguments (not both)."""
     entry = image_method(method)
+    keywords = {
+        "steps": steps,
+        "internal_batch_size": internal_batch_size,
+        "baseline": baseline,
+        "window": window,
+        "stride": stride,
+        "layers": layers,
+    }
     if options is None:
-        options = image_options(
-            method,
-            steps=steps,
-            internal_batch_size=internal_batch_size,
-            baseline=baseline,
-            window=window,
-            stride=stride,
-            layers=layers,
+        return image_options(method, **keywords)
+    given = [name for name, value in keywords.items() if value is not None]
+    if given:
+        raise AttributionOptionsError(
+            f"Give the {entry.display} options either as options= or as keyword "
+            f"arguments, not both ({', '.join(given)} given as well)."
         )
-    else:
-        given = [
-            name
-            for name, value in (
-                ("steps", steps),
-                ("internal_batch_size", internal_batch_size),
-                ("baseline", baseline),
-                ("window", window),
-                ("stride", stride),
-                ("layers", layers),
-            )
-            if value is not None
-        ]
-        if given:
-            raise AttributionOptionsError(
-                f"Give the {entry.display} options either as options= or as keyword "
-                f"arguments, not both ({', '.join(given)} given as well)."
-            )
-        if not isinstance(options, entry.options):
-            raise AttributionOptionsError(
-                f"{entry.display} takes {entry.options.__name__}, got {type(options).__name__}."
-            )
-    check_prompt(prompt)
+    if not isinstance(options, entry.options):
+        raise AttributionOptionsError(
+            f"{entry.display} takes {entry.options.__name__}, got {type(options).__name__}."
+        )
+    return options
+
+
+def _attribute_prompts(
+    model: VisionLanguageModel,
+    pixels: np.ndarray,
+    prompts: list[str],
+    method: str,
+    options: Options,
+    scaled: bool,
+    progress: Progress | None,
+) -> list[ImageAttribution]:
+    """One map per prompt. A :data:`_BATCHED` method explains every prompt in one run (the
+    image passes are shared); the others run once per prompt, each on its own share of the
+    ``progress`` range."""
+    entry = image_method(method)
+    for prompt in prompts:
+        check_prompt(prompt)
     shape = tuple(np.shape(pixels))
     start = time.perf_counter()
     with attribution_mode(model):
         x = model_input(model, pixels)
-        size = int(x.shape[-1])
         scale = float(model.logit_scale) if scaled else 1.0
-        forward = image_similarity_forward(model, _text_embedding(model, prompt), scale)
+        texts = _text_embedding(model, prompts)
         with torch.no_grad():
-            score = float(forward(x)[0])
-        check_finite(score, "similarity")
-        params: dict[str, Any] = {"input_size": size, "scaled": bool(scaled)}
+            scores = [
+                float(v) for v in image_similarity_forward(model, texts, scale)(x).reshape(-1)
+            ]
+        check_finite(torch.tensor(scores), "similarity")
+        common: dict[str, Any] = {"input_size": int(x.shape[-1]), "scaled": bool(scaled)}
         if progress is not None:
             progress(0.0, f"{method}: starting")
-        call = _Call(model, forward, x, shape, progress)
-        model_map, extra, baseline_score, delta = _RUNNERS[method](call, options)
-        params |= extra
-    model_np = model_map.detach().float().cpu().numpy()
-    check_finite(model_np, f"{method} map")
-    image_np = to_image_space(model_np, model.preprocess_cfg, shape)
-    check_finite(image_np, f"{method} map")
-    if delta is not None:
-        check_finite(delta, "convergence delta")
+        runner = _RUNNERS[method]
+        if method in _BATCHED:
+            call = _Call(model, image_similarity_forward(model, texts, scale), x, shape, progress)
+            maps, extra, base, delta = runner(call, options)
+            runs = [(maps[k], extra, base, delta) for k in range(len(prompts))]
+        else:
+            runs = []
+            for k in range(len(prompts)):
+                part = _share(progress, k, len(prompts))
+                forward = image_similarity_forward(model, texts[k : k + 1], scale)
+                runs.append(runner(_Call(model, forward, x, shape, part), options))
+    results = []
+    for prompt, score, (model_map, extra, baseline_score, delta) in zip(
+        prompts, scores, runs, strict=True
+    ):
+        model_np = model_map.detach().float().cpu().numpy()
+        check_finite(model_np, f"{method} map")
+        image_np = to_image_space(model_np, model.preprocess_cfg, shape)
+        check_finite(image_np, f"{method} map")
+        if delta is not None:
+            check_finite(delta, "convergence delta")
+        results.append(
+            ImageAttribution(
+                method=method,
+                prompt=prompt,
+                attribution=frozen(image_np),
+                score=score,
+                baseline_score=baseline_score,
+                params=common | extra,
+                signed=entry.signed,
+                convergence_delta=delta,
+                model_attribution=frozen(model_np),
+            )
+        )
     if progress is not None:
         progress(1.0, f"{method}: done")
     log.debug(
-        "%s attribution of %r on %s: %.2f s",
+        "%s attribution of %d prompt(s) on %s: %.2f s",
         method,
-        prompt,
+        len(prompts),
         model.name,
         time.perf_counter() - start,
     )
-    return ImageAttribution(
-        method=method,
-        prompt=prompt,
-        attribution=frozen(image_np),
-        score=score,
-        baseline_score=baseline_score,
-        params=params,
-        signed=entry.signed,
-        convergence_delta=delta,
-        model_attribution=frozen(model_np),
-    )
+    return results
+
+
+def _share(progress: Progress | None, k: int, n: int) -> Progress | None:
+    """Run ``k`` of ``n``'s part of a ``progress`` range."""
+    if progress is None:
+        return None
+    return lambda frac, msg: progress((k + frac) / n, msg)
 
 
 def attribute_pair(
@@ -556,22 +611,23 @@ def attribute_pair(
     affirmed: str,
     negated: str,
     method: str = "ig",
+    *,
+    options: Options | None = None,
+    scaled: bool = False,
+    progress: Progress | None = None,
     **kw: Any,
 ) -> tuple[ImageAttribution, ImageAttribution, np.ndarray]:
     """Maps for an affirmed and a negated prompt, and their difference (affirmed - negated).
 
     With IG and the same baseline the difference is itself the IG map of
-    ``sim(affirmed) - sim(negated)`` (completeness holds for it too). Keyword arguments go to
-    :func:`attribute_image`; a ``progress`` callback sees one continuous 0-1 range.
+    ``sim(affirmed) - sim(negated)`` (completeness holds for it too). Occlusion computes both
+    maps in one pass over the occluded images (half the image passes of two calls). The other
+    keyword arguments are :func:`attribute_image`'s options; a ``progress`` callback sees one
+    continuous 0-1 range.
     """
-    progress = kw.pop("progress", None)
-
-    def part(offset: float) -> Progress | None:
-        if progress is None:
-            return None
-        return lambda frac, msg: progress(offset + 0.5 * frac, msg)
-
-    first = attribute_image(model, pixels, affirmed, method, progress=part(0.0), **kw)
-    second = attribute_image(model, pixels, negated, method, progress=part(0.5), **kw)
+    options = _options(method, options, **kw)
+    first, second = _attribute_prompts(
+        model, pixels, [affirmed, negated], method, options, scaled, progress
+    )
     diff = (first.attribution - second.attribution).astype(np.float32)
     return first, second, diff

@@ -143,17 +143,18 @@ class TransformersModel(VisionLanguageModel):
         Image: CLIP and ViT pool their class token, SigLIP all patches (attention pooling);
         a convolutional tower has no attention."""
         siglip = self._type.startswith("siglip")
-        if side == "text":
-            pooled = "last" if siglip else "last_real" if self._type == "clip" else "first"
-            blocks = _transformer_blocks(self._model.text_model)
-            return AttentionStack(_attention_modules(blocks), "output", pooled)
-        vision = self._model.vision_model
-        if getattr(getattr(vision, "encoder", None), "stages", None) is not None:
+        try:
+            if side == "text":
+                pooled = "last" if siglip else "last_real" if self._type == "clip" else "first"
+                blocks = _transformer_blocks(self._model.text_model)
+                return AttentionStack(_attention_modules(blocks), "output", pooled)
+            vision = self._model.vision_model
+            if getattr(getattr(vision, "encoder", None), "stages", None) is not None:
+                return None
+            modules = _attention_modules(_transformer_blocks(vision))
+        except NotImplementedError:  # an architecture whose attention this adapter cannot find
             return None
-        blocks = _transformer_blocks(vision)
-        return AttentionStack(
-            _attention_modules(blocks), "output", "mean" if siglip else "first", 0 if siglip else 1
-        )
+        return AttentionStack(modules, "output", "mean" if siglip else "first", 0 if siglip else 1)
 
     def attention_unavailable(self, side: str) -> str:
         if side == "image":
@@ -215,8 +216,8 @@ def _plain_size(size: object) -> object:
 
 
 #: The names transformers gives a block's attention module (CLIP, SigLIP: ``self_attn``; BERT
-#: and its kin: ``attention.self``).
-_ATTENTION_NAMES = ("self_attn", "attention.self")
+#: and its kin: ``attention.self``; ViT: ``attention.attention``).
+_ATTENTION_NAMES = ("self_attn", "attention.self", "attention.attention")
 
 
 def _attention_modules(blocks: nn.ModuleList) -> tuple[nn.Module, ...]:
