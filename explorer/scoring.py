@@ -59,6 +59,8 @@ class FindingScore:
         custom: The finding was typed by the user rather than one of the 14 CheXpert labels.
         own_negation: The negated prompts are the user's own sentence (``negations``), not the
             templates' or the engine's.
+        truncated: A prompt of this finding (typed text or the user's negation) is longer than
+            the model's text tower reads, so it was cut before it was embedded.
     """
 
     finding: str
@@ -72,6 +74,7 @@ class FindingScore:
     negation_blind: bool
     custom: bool = False
     own_negation: bool = False
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class FindingsResult:
                 "negated prompts": " | ".join(s.negated),
                 "custom": s.custom,
                 "your negation": s.own_negation,
+                "cut to the model's length": s.truncated,
             }
             for s in self.scores
         ]
@@ -287,6 +291,11 @@ def score_findings(
     probs = pair_probability(sims, scale)
     text_cos = (block[:, 0] * block[:, 1]).sum(-1)
     per_pair = torch.stack([sims[:, 0], sims[:, 1], probs, text_cos], dim=1).numpy()
+    # Typed text and the user's negations may be longer than the text tower reads; the 14
+    # findings' template prompts are short (not tokenised again on every query).
+    typed = [f for f in pairs if f not in findings or own_negation(negations, f)]
+    typed_texts = [t for f in typed for p in pairs[f] for t in (p.affirmed, p.negated)]
+    cut_texts = {t for t, c in zip(typed_texts, model.truncated(typed_texts), strict=True) if c}
     scores, k = [], 0
     for finding, ps in pairs.items():
         n = len(ps)
@@ -305,6 +314,7 @@ def score_findings(
                 negation_blind=abs(p - 0.5) < blind_margin or tc >= blind_text_cosine,
                 custom=finding not in findings,
                 own_negation=bool(own_negation(negations, finding)),
+                truncated=any(x.affirmed in cut_texts or x.negated in cut_texts for x in ps),
             )
         )
     used = tuple(dict.fromkeys(p.template_id for ps in pairs.values() for p in ps))

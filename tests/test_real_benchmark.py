@@ -205,6 +205,22 @@ def test_given_reports_run_through_the_benchmark(tiny):
     assert np.isnan(out.mean_auc)
 
 
+def test_task_texts_cut_by_the_model_are_counted_and_said(tiny):
+    long = "Moderate right pleural effusion. " + "Stable appearance of the chest. " * 60
+    rows = [
+        ManifestRow(f"r{k}", ASSETS / REAL[k % 2], {"Pleural Effusion": 1}, report=long)
+        for k in range(2)
+    ]
+    out = run_manifest_benchmark(
+        tiny, Manifest("long", tuple(rows)), resamples=10, pointing_methods=()
+    )
+    assert out.text_limit == tiny.max_text_tokens
+    assert out.task_texts_truncated == 6  # true, negated and omitted of both rows
+    assert f"reads at most {tiny.max_text_tokens} tokens: 6 task texts" in format_manifest_table(
+        [out]
+    )
+
+
 def test_written_report_follows_its_rules():
     labels = {
         "No Finding": 0,

@@ -72,6 +72,16 @@ def test_custom_finding_and_user_negation(model, xray):
         score_findings(model, xray, findings=[], custom=["  "], templates=["there_is"])
 
 
+def test_typed_text_longer_than_the_model_reads_is_flagged(model, xray):
+    limit = model.max_text_tokens
+    long = "a small right apical pneumothorax " + "with pleural thickening " * limit
+    result = score_findings(model, xray, findings=["Pleural Effusion"], custom=[long.strip()])
+    assert result.score(long.strip()).truncated
+    assert not result.score("Pleural Effusion").truncated
+    frame = result.to_frame().set_index("finding")
+    assert frame.loc[long.strip(), "cut to the model's length"]
+
+
 def test_negation_blind_flag_follows_thresholds(model, xray):
     strict = score_findings(model, xray, templates=["there_is"], blind_margin=0.5)
     assert all(s.negation_blind for s in strict.scores)  # every |p - 0.5| < 0.5

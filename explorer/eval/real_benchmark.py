@@ -161,6 +161,9 @@ class ManifestBenchmarkResult:
         relevance_rank: Method -> mean share of the map's top box-size pixels inside the box.
         pointing_unavailable: Method -> why the model cannot run it (attention on a
             convolutional image tower).
+        task_texts_truncated: Task A/B texts (true, negated, omitted) longer than the model's
+            text limit, so cut before they were embedded (the cut part was never read).
+        text_limit: That limit in tokens (None when the model does not say).
         patients: Distinct patients (the bootstrap's unit).
         min_cases: Fewest positives and negatives a finding needed for its AUC.
         resamples: Bootstrap resamples.
@@ -194,6 +197,8 @@ class ManifestBenchmarkResult:
     relevance_mass: dict[str, float] = field(default_factory=dict)
     relevance_rank: dict[str, float] = field(default_factory=dict)
     pointing_unavailable: dict[str, str] = field(default_factory=dict)
+    task_texts_truncated: int = 0
+    text_limit: int | None = None
     patients: int = 0
     min_cases: int = MIN_CASES
     resamples: int = RESAMPLES
@@ -321,6 +326,8 @@ def run_manifest_benchmark(
 
     # tasks A and B
     texts = [row_texts(r, seed) for r in rows]
+    task_texts = [x for t in texts for x in (t.true, t.negated, t.omitted) if x]
+    cut = int(sum(model.truncated(task_texts)))  # reports longer than the text tower reads
     t_true = embed_texts_once(model, [t.true for t in texts])
     tasks = hard_negative_scores(
         model, img, t_true, [t.negated for t in texts], [t.omitted for t in texts]
@@ -393,6 +400,8 @@ def run_manifest_benchmark(
         relevance_mass={m: mean_or_nan([v for v in vs if v == v]) for m, vs in mass.items()},
         relevance_rank={m: mean_or_nan([v for v in vs if v == v]) for m, vs in rank.items()},
         pointing_unavailable=unavailable,
+        task_texts_truncated=cut,
+        text_limit=model.max_text_tokens,
         patients=len(set(manifest.patients())),
         min_cases=min_cases,
         resamples=resamples,
@@ -526,6 +535,13 @@ def format_manifest_table(results: Sequence[ManifestBenchmarkResult]) -> str:
             f"\n\nLeft out (fewer than {first.min_cases} positive or negative films): "
             + ", ".join(f"{f} ({first.cases[f][0]}+ / {first.cases[f][1]}-)" for f in left_out)
         )
+    for r in results:
+        if r.task_texts_truncated:
+            text += (
+                f"\n\n{r.model} reads at most {r.text_limit} tokens: {r.task_texts_truncated} "
+                "task texts were cut before they were embedded (a negated finding past the cut "
+                "is invisible to it)."
+            )
     return text
 
 

@@ -203,7 +203,7 @@ class VisionLanguageModel(abc.ABC):
     def truncated(self, texts: Sequence[str]) -> list[bool]:
         """Whether :meth:`tokenize` cuts each text (so that callers can say so)."""
         limit = self.max_text_tokens
-        if limit is None:
+        if limit is None or not texts:
             return [False] * len(texts)
         return [n > limit for n in self.count_tokens(texts)]
 

@@ -167,6 +167,13 @@ def score_image(
             banner = check_domain(model, features=features)
         except ExplorerError as err:
             raise user_error(err) from None
+        cut = [s.finding for s in result.scores if s.truncated]
+        if cut:
+            notices.append(
+                f"{model.name} reads at most {model.max_text_tokens} tokens of a sentence: the "
+                f"prompts of {', '.join(repr(c) for c in cut)} were cut to that length, so "
+                "the words past it were not read. Shorten them."
+            )
         frame = result.to_frame()
         figure = findings_figure(result, order=order)  # the second model in the first's order
         order = order or findings_order(result)
