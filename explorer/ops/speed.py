@@ -438,16 +438,23 @@ COMPLETENESS_TARGET = 0.01
 
 
 def attribution_click(model, image: np.ndarray, finding: str, method: str) -> float:
-    """Seconds of what one Attribution click computes: both prompts' maps and word weights."""
+    """Seconds of what one Attribution click computes: both prompts' maps and word weights,
+    within the model's budget on this device (:mod:`explorer.attribution.budget`, measured on
+    the first click and included in its time)."""
     from explorer.attribution import attribute_pair, attribute_text
+    from explorer.attribution.budget import attribution_budget
     from explorer.attribution.options import TEXT_METHOD_OF
     from explorer.vocab.prompts import prompt_pair
 
     pair = prompt_pair(finding, "there_is")
+    text_method = TEXT_METHOD_OF.get(method, "layer_ig")
     t0 = time.perf_counter()
-    attribute_pair(model, image, pair.affirmed, pair.negated, method)
+    budget = attribution_budget(model)
+    attribute_pair(
+        model, image, pair.affirmed, pair.negated, method, **budget.image_options(method)
+    )
     for text in (pair.affirmed, pair.negated):
-        attribute_text(model, image, text, method=TEXT_METHOD_OF.get(method, "layer_ig"))
+        attribute_text(model, image, text, method=text_method, **budget.text_options(text_method))
     return time.perf_counter() - t0
 
 
@@ -511,6 +518,20 @@ def bench_hub(
                         attribution_click(model, image, "Pleural Effusion", method),
                     )
                 )
+            from explorer.attribution.budget import attribution_budget
+
+            b = attribution_budget(model)
+            rows.append(
+                row(
+                    "attribution budget",
+                    b.image_pass_s,
+                    note=(
+                        f"one image pass (the value); IG {b.ig_steps} points x {b.ig_batch} per "
+                        f"pass, occlusion stride {b.occlusion_stride}, token IG {b.token_steps} "
+                        "points"
+                    ),
+                )
+            )
             words = attribute_text(model, image, "there is a small left pleural effusion")
             gap = float(words.relative_delta)
             rows.append(

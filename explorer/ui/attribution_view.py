@@ -105,6 +105,7 @@ def explain(
     whose top image layers are scrambled, and deletion / insertion curves).
     """
     from explorer.attribution import attribute_pair, attribute_text
+    from explorer.attribution.budget import attribution_budget
     from explorer.plots import mask_outline, overlay, with_colour_bar
     from explorer.ui.findings_view import check_domain
     from explorer.vocab.prompts import prompt_pair
@@ -126,6 +127,11 @@ def explain(
     )
     try:
         pair = prompt_pair(finding.strip(), "there_is")
+        say(0.0, "Measuring what this model affords here (once per model)")
+        budget = attribution_budget(model)
+        chosen = budget.image_options(method)
+        if baseline and uses_baseline(method):
+            chosen["baseline"] = baseline
         if no_map is None:
             first, second, diff = attribute_pair(
                 model,
@@ -134,7 +140,7 @@ def explain(
                 pair.negated,
                 method,
                 progress=lambda f, m: say(0.8 * f, m),
-                baseline=baseline or None,
+                **chosen,
             )
         tokens_a, tokens_n = (
             attribute_text(
@@ -143,6 +149,7 @@ def explain(
                 text,
                 method=text_method,
                 progress=lambda f, m, at=at: say(at + 0.05 * f, f"words: {m}"),
+                **budget.text_options(text_method),
             )
             for text, at in ((pair.affirmed, 0.8), (pair.negated, 0.85))
         )
@@ -163,9 +170,7 @@ def explain(
             from explorer.attribution.checks import trust_report
 
             say(0.9, "Can the map be trusted? (the method on a scrambled model)")
-            trust = trust_report(
-                model, pixels, pair.affirmed, method, attribution=first, baseline=baseline or None
-            )
+            trust = trust_report(model, pixels, pair.affirmed, method, attribution=first, **chosen)
     except ExplorerError as err:
         raise user_error(err) from None
     images = [
@@ -187,9 +192,11 @@ def explain(
         if first.relative_delta is not None
         else ""
     )
+    spent = budget.sentence(method)
     info = (
         f"**{model.name}**, **{METHODS[method].display}** ({params}){delta}.  \n"
-        f"similarity: “{pair.affirmed}” {first.score:.4f} · “{pair.negated}” {second.score:.4f}"
+        + (f"{spent}  \n" if spent else "")
+        + f"similarity: “{pair.affirmed}” {first.score:.4f} · “{pair.negated}” {second.score:.4f}"
         + (f"  \n{trust.sentence()}" if trust else "")
         + (f"  \n⚠️ {notice}" if notice else "")
         + (
