@@ -319,40 +319,6 @@ def test_a_client_over_its_share_is_refused_at_once_and_others_are_not(monkeypat
     assert all(off.admit("attribute", "flood") == 0 for _ in range(10))
 
 
-def test_a_client_may_have_one_run_waiting_and_the_rest_never_enter_the_queue(monkeypatch):
-    clock = [1000.0]
-    monkeypatch.setattr(serving.time, "monotonic", lambda: clock[0])
-    fair = serving.Fairness(waiting=1, waiting_ttl_s=600.0)
-    assert fair.submit("attribute", "flood")  # queued
-    assert not any(fair.submit("attribute", "flood") for _ in range(59))  # the rest of a wave
-    assert fair.submit("attribute", "someone else") and fair.submit("batch", "flood")
-    assert fair.submit("attribute", None)  # no session: not limited
-    fair.dequeued("attribute", "flood")  # its run reached the handler
-    assert fair.submit("attribute", "flood")  # one may wait again
-    clock[0] += 601  # a queued run that never started (its page cancelled it) stops counting
-    assert fair.submit("attribute", "flood")
-    assert all(serving.Fairness(runs=0).submit("attribute", "x") for _ in range(5))  # shares off
-
-
-def test_the_queue_share_is_gradios_validator_with_the_session(monkeypatch):
-    """The validator receives the request Gradio passes by annotation and refuses a second
-    waiting run with a sentence on the first input."""
-    import inspect
-
-    import gradio as gr
-
-    fair = serving.Fairness()
-    check = fair.validator("attribute", 3)
-    params = list(inspect.signature(check).parameters.values())
-    assert [p.name for p in params] == ["value_0", "value_1", "value_2", "request"]
-    assert gr.utils.get_type_hints(check)["request"] is gr.Request
-    request = types.SimpleNamespace(session_hash="page-1")
-    assert all(v["is_valid"] for v in check("a", "b", "c", request))
-    refused = check("a", "b", "c", request)
-    assert not refused[0]["is_valid"] and "already has a run" in refused[0]["message"]
-    assert all(v["is_valid"] for v in refused[1:]) and len(refused) == 3
-
-
 def test_stop_signal_removes_own_folders_before_interrupting(tmp_path, monkeypatch):
     own = tmp_path / "cxr-explorer-own"
     (own / "hash").mkdir(parents=True)

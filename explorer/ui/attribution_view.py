@@ -30,7 +30,7 @@ from explorer.ui.common import (
     upload_pixels,
     user_error,
 )
-from explorer.ui.serving import CONCURRENCY, FAIR, endpoint
+from explorer.ui.serving import CONCURRENCY, endpoint
 
 ATTRIBUTION_HELP = (
     "Which pixels and which words drive the similarity? Red marks evidence *for* the prompt, "
@@ -271,13 +271,11 @@ def build_tab(upload: gr.File, model_names: list[str], default_model: str | None
     method.change(baseline_control, method, baseline, api_name=False, queue=False)
     outputs = [map_a, map_n, map_d, tok_a, tok_n, info, guard]
     clear_error_marks(upload.change, outputs)
-    inputs = [upload, model, finding, method, opacity, show_mask, baseline, check_trust]
     explain_btn.click(
         explain,
-        inputs=inputs,
+        inputs=[upload, model, finding, method, opacity, show_mask, baseline, check_trust],
         outputs=outputs,
         api_name="attribute",
         concurrency_limit=CONCURRENCY["attribute"],
-        validator=FAIR.validator("attribute", len(inputs)),
     )
     return finding

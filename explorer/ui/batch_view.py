@@ -23,7 +23,7 @@ from explorer.ui.common import (
     table_rows,
     user_error,
 )
-from explorer.ui.serving import FAIR, endpoint, scratch_file
+from explorer.ui.serving import endpoint, scratch_file
 
 SOURCES = (
     "Phantoms with known labels",
@@ -259,15 +259,13 @@ def build_tab(
     outputs = [status, problems, metrics, calib, cases, flips_table, cases_csv, state]
     for changed in (source.change, zip_file.change, labels_file.change):
         clear_error_marks(changed, outputs)
-    inputs = [source, zip_file, labels_file, phantoms, model, compare, threshold, errors_only]
     run.click(
         run_batch,
-        inputs=inputs,
+        inputs=[source, zip_file, labels_file, phantoms, model, compare, threshold, errors_only],
         outputs=outputs,
         show_progress_on=metrics,  # one progress bar, not one per output
         api_name="batch",
         concurrency_limit=1,
-        validator=FAIR.validator("batch", len(inputs)),
     )
     opened = cases.select(
         open_case,

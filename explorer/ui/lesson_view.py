@@ -6,7 +6,7 @@ import gradio as gr
 
 from explorer.errors import ExplorerError
 from explorer.ui.common import load_model, reporter, user_error
-from explorer.ui.serving import FAIR, endpoint, scratch_file
+from explorer.ui.serving import endpoint, scratch_file
 
 LESSON_HELP = (
     "A ready lesson for a teaching session, computed here and offline: why negation is hard for "
@@ -69,5 +69,4 @@ def build_tab(model_names: list[str], default_model: str | None) -> None:
         show_progress_on=fig1,  # the steps' progress in one place, not a counter per output
         api_name="lesson",
         concurrency_limit=1,
-        validator=FAIR.validator("lesson", 2),
     )

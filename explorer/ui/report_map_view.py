@@ -31,7 +31,7 @@ from explorer.ui.common import (
     upload_pixels,
     user_error,
 )
-from explorer.ui.serving import FAIR, endpoint, scratch_dir, scratch_root, static_copy
+from explorer.ui.serving import endpoint, scratch_dir, scratch_root, static_copy
 from explorer.vocab.labels import LABEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -473,15 +473,13 @@ def build_tab(
         trigger_mode="always_last",  # the last choice wins, even while one is being measured
         api_name=False,
     )
-    inputs = [corpus, table_file, text_column, model, colour]
     opened = open_btn.click(
         open_map,
-        inputs=inputs,
+        inputs=[corpus, table_file, text_column, model, colour],
         outputs=[scatter, summary, clusters, key],
         show_progress_on=scatter,
         api_name="map_open",
         concurrency_limit=1,
-        validator=FAIR.validator("map_open", len(inputs)),
     )
     opened.then(cluster_choices, inputs=clusters, outputs=pick, api_name=False)
     colour.change(recolour, inputs=[key, colour], outputs=scatter, api_name="map_colour")

@@ -47,7 +47,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
-import inspect
 import logging
 import os
 import shutil
@@ -382,83 +381,18 @@ class Fairness:
     must then wait ``window_s`` from its last refused request, so its surplus jobs leave the
     queue in milliseconds and other people's runs go next. A person who looks at each map
     before the next click never meets these rules.
-
-    And before any of that, at submission (Gradio's ``validator``, :meth:`validator`): a client
-    may have at most ``waiting`` runs of an event queued and not started. Further requests never
-    enter the queue, so a flood of 60 requests leaves one in it rather than 59 to be dequeued
-    and refused one by one ahead of other people's runs. A queued run that never starts (its
-    page cancelled it) stops counting after ``waiting_ttl_s``.
     """
 
     def __init__(
-        self,
-        runs: int = 3,
-        window_s: float = 10.0,
-        rest: float = 0.5,
-        max_rest_s: float = 2.0,
-        waiting: int = 1,
-        waiting_ttl_s: float = 600.0,
+        self, runs: int = 3, window_s: float = 10.0, rest: float = 0.5, max_rest_s: float = 2.0
     ) -> None:
         self.runs = runs
         self.window_s = window_s
         self.rest = rest
         self.max_rest_s = max_rest_s
-        self.waiting = waiting
-        self.waiting_ttl_s = waiting_ttl_s
         self._starts: dict[tuple[str, str], list[float]] = {}
         self._free_at: dict[tuple[str, str], float] = {}
-        self._queued: dict[tuple[str, str], list[float]] = {}
         self._lock = threading.Lock()
-
-    def submit(self, name: str, client: str | None) -> bool:
-        """At submission: whether ``client`` may queue one more run of ``name`` (counted)."""
-        if not client or self.runs <= 0:
-            return True
-        now = time.monotonic()
-        key = (name, client)
-        with self._lock:
-            for old in [k for k, v in self._queued.items() if now - v[-1] >= self.waiting_ttl_s]:
-                del self._queued[old]
-            queued = [t for t in self._queued.get(key, []) if now - t < self.waiting_ttl_s]
-            if len(queued) >= self.waiting:
-                self._queued[key] = queued
-                return False
-            self._queued[key] = [*queued, now]
-            return True
-
-    def dequeued(self, name: str, client: str | None) -> None:
-        """A queued run of ``client`` reached its handler: it no longer waits."""
-        if client:
-            with self._lock:
-                queued = self._queued.get((name, client), [])[1:]
-                if queued:
-                    self._queued[(name, client)] = queued
-                else:
-                    self._queued.pop((name, client), None)
-
-    def validator(self, name: str, inputs: int) -> Callable[..., list[dict]]:
-        """A Gradio ``validator=`` for an event of ``inputs`` inputs applying :meth:`submit`."""
-        import gradio as gr
-
-        def check(*values: Any, **named: Any) -> list[dict]:
-            if self.submit(name, _client_of(values, named)):
-                return [gr.validate(True, "")] * inputs
-            GAUGE.refused(name)
-            message = (
-                "This page already has a run of this waiting in the queue; it will start "
-                "soon. Ask again once it has finished."
-            )
-            return [gr.validate(False, message)] + [gr.validate(True, "")] * (inputs - 1)
-
-        # Gradio reads the signature: one parameter per input, then the request it passes to
-        # a parameter annotated gr.Request.
-        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-        check.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [inspect.Parameter(f"value_{i}", kind) for i in range(inputs)]
-            + [inspect.Parameter("request", kind, annotation=gr.Request, default=None)]
-        )
-        check.__annotations__ = {"request": gr.Request}  # (not a string: gradio resolves it)
-        return check
 
     def admit(self, name: str, client: str | None) -> float:
         """0 if ``client`` may start a run of ``name`` now (counted), else seconds to wait."""
@@ -539,7 +473,6 @@ def endpoint(
         @functools.wraps(fn)
         def counted(*args: Any, **kwargs: Any) -> Any:
             client = _client_of(args, kwargs) if fair else None
-            FAIR.dequeued(name, client)
             wait = FAIR.admit(name, client)
             if wait:
                 import gradio as gr  # (not at import: this module is loaded before gradio)
