@@ -20,6 +20,7 @@ bench can import this module cheaply.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -198,7 +199,9 @@ def perfect_grid_map(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 
 def nearest_rank(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile by nearest rank: the sorted sample at index ``int(q * n)`` (clamped).
+    """The ``q`` quantile by nearest rank: the smallest sample that at least ``q`` of the
+    samples do not exceed (the ``ceil(q * n)``-th smallest; of 20 samples the p95 is the 19th,
+    of 6 the 6th).
 
     Raises:
         ValueError: ``values`` is empty.
@@ -206,7 +209,8 @@ def nearest_rank(values: Sequence[float], q: float) -> float:
     if not len(values):
         raise ValueError("a percentile needs at least one value")
     xs = sorted(values)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
+    rank = math.ceil(round(q * len(xs), 9))  # (rounded: 0.95 * 20 is 19.000000000000004)
+    return xs[min(len(xs), max(1, rank)) - 1]
 
 
 def p95(values: Sequence[float]) -> float:
