@@ -46,7 +46,7 @@ from explorer.attribution.options import (
     Options,
     check_count,
     image_method,
-    image_options,
+    resolve_image_options,
 )
 from explorer.models.base import VisionLanguageModel
 from explorer.models.preprocess import normalize, to_image_space, to_model_grid
@@ -482,45 +482,17 @@ def attribute_image(
         ValueError: A bad prompt, or an image that is not 2-D.
         AttributionError: The model produced NaN or infinite values.
     """
-    options = _options(
-        method, options, steps, internal_batch_size, baseline, window, stride, layers
+    options = resolve_image_options(
+        method,
+        options,
+        steps=steps,
+        internal_batch_size=internal_batch_size,
+        baseline=baseline,
+        window=window,
+        stride=stride,
+        layers=layers,
     )
     return _attribute_prompts(model, pixels, [prompt], method, options, scaled, progress)[0]
-
-
-def _options(
-    method: str,
-    options: Options | None,
-    steps: int | None = None,
-    internal_batch_size: int | None = None,
-    baseline: Baseline | None = None,
-    window: int | None = None,
-    stride: int | None = None,
-    layers: int | None = None,
-) -> Options:
-    """The method's options, from ``options`` or from the keyword arguments (not both)."""
-    entry = image_method(method)
-    keywords = {
-        "steps": steps,
-        "internal_batch_size": internal_batch_size,
-        "baseline": baseline,
-        "window": window,
-        "stride": stride,
-        "layers": layers,
-    }
-    if options is None:
-        return image_options(method, **keywords)
-    given = [name for name, value in keywords.items() if value is not None]
-    if given:
-        raise AttributionOptionsError(
-            f"Give the {entry.display} options either as options= or as keyword "
-            f"arguments, not both ({', '.join(given)} given as well)."
-        )
-    if not isinstance(options, entry.options):
-        raise AttributionOptionsError(
-            f"{entry.display} takes {entry.options.__name__}, got {type(options).__name__}."
-        )
-    return options
 
 
 def _attribute_prompts(
@@ -625,7 +597,7 @@ def attribute_pair(
     keyword arguments are :func:`attribute_image`'s options; a ``progress`` callback sees one
     continuous 0-1 range.
     """
-    options = _options(method, options, **kw)
+    options = resolve_image_options(method, options, **kw)
     first, second = _attribute_prompts(
         model, pixels, [affirmed, negated], method, options, scaled, progress
     )

@@ -377,6 +377,29 @@ def image_options(
     return entry.options(**chosen)
 
 
+def resolve_image_options(name: str, options: Options | None = None, **keywords: Any) -> Options:
+    """The options of image method ``name``: ``options`` (checked to be the method's), or
+    else those :func:`image_options` makes of ``keywords``; both at once is an error.
+
+    Raises:
+        AttributionOptionsError: Options of another method, or options given twice.
+    """
+    entry = image_method(name)
+    if options is None:
+        return image_options(name, **keywords)
+    given = [key for key, value in keywords.items() if value is not None]
+    if given:
+        raise AttributionOptionsError(
+            f"Give the {entry.display} options either as options= or as keyword "
+            f"arguments, not both ({', '.join(given)} given as well)."
+        )
+    if not isinstance(options, entry.options):
+        raise AttributionOptionsError(
+            f"{entry.display} takes {entry.options.__name__}, got {type(options).__name__}."
+        )
+    return options
+
+
 __all__ = [
     "BASELINES",
     "DEFAULT_BASELINES",
@@ -399,6 +422,7 @@ __all__ = [
     "check_count",
     "image_method",
     "image_options",
+    "resolve_image_options",
     "method_info",
     "uses_baseline",
 ]
