@@ -20,6 +20,7 @@ from explorer.models.replicas import (
     BIOMEDBERT_REPO,
     BIOMEDCLIP_REPO,
     FAMILIES,
+    MEDSIGLIP_REPO,
     SIGLIP_REPO,
     fake_commit,
     offline_hub,
@@ -47,6 +48,13 @@ LAYOUT = {
         "preprocessor_config.json",
     },
     SIGLIP_REPO: {
+        "config.json",
+        "model.safetensors",
+        "spiece.model",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+    },
+    MEDSIGLIP_REPO: {
         "config.json",
         "model.safetensors",
         "spiece.model",

@@ -33,6 +33,7 @@ BIOMEDBERT_REPO = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
 CLIP_REPO = "openai/clip-vit-base-patch32"
 PUBMEDCLIP_REPO = "flaviagiammarino/pubmed-clip-vit-base-patch32"
 SIGLIP_REPO = "google/siglip-base-patch16-224"
+MEDSIGLIP_REPO = "google/medsiglip-448"
 
 #: The timm trunk of the tiny BiomedCLIP replica: timm's own small test ViT (patch 16, one
 #: class token, 160 px input), since open_clip passes no size arguments to timm.
@@ -321,28 +322,48 @@ def build_clip_replica(
     return directory
 
 
-def build_siglip_replica(directory: Path, size: str = "tiny", seed: int = 0) -> Path:
+def build_siglip_replica(
+    directory: Path, size: str = "tiny", seed: int = 0, medsiglip: bool = False
+) -> Path:
     """``google/siglip-base-patch16-224``: a transformers ``SiglipModel`` folder with a
     SentencePiece tokenizer (``spiece.model``) and its image-processor file.
 
     Full size is transformers' default SigLIP config (base, patch 16, 224 px, 64 positions,
     32,000 ids); tiny keeps the input, the patches and the positions at width 32, depth 2.
+
+    ``medsiglip``: ``google/medsiglip-448`` as its card describes it (a 400M-parameter vision
+    encoder and a 400M-parameter text encoder, 448 x 448 images, up to 64 text tokens): the
+    SigLIP "so400m" shape (width 1152, 27 layers, 16 heads, MLP 4304, patch 14) at 448 px. Its
+    hub config could not be read here, so this is the card's model, not a copy of its file;
+    tiny keeps 448 px and patch 14 at width 32, depth 2.
     """
     from transformers import SiglipConfig, SiglipModel
 
     _check_size(size)
     torch.manual_seed(seed)
     directory = Path(directory)
-    if size == "full":
+    px, patch = (448, 14) if medsiglip else (224, 16)
+    if size == "full" and medsiglip:
+        so400m = {
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+        }
+        config = SiglipConfig(
+            text_config={**so400m, "max_position_embeddings": 64},
+            vision_config={**so400m, "image_size": px, "patch_size": patch},
+        )
+    elif size == "full":
         config = SiglipConfig()
     else:
         config = SiglipConfig(
             text_config=_tiny_text(vocab_size=512, max_position_embeddings=64),
-            vision_config=_tiny_text(image_size=224, patch_size=16),
+            vision_config=_tiny_text(image_size=px, patch_size=patch),
         )
     SiglipModel(config).save_pretrained(directory)
     write_sentencepiece_tokenizer(directory)
-    _write_image_processor(directory, "siglip", 224)
+    _write_image_processor(directory, "siglip", px)
     return directory
 
 
@@ -454,6 +475,7 @@ FAMILIES: dict[str, Family] = {
     "pubmedclip": Family("pubmedclip", (PUBMEDCLIP_REPO,)),
     "clip-vit-b32": Family("clip-vit-b32", (CLIP_REPO,)),
     "siglip-base": Family("siglip-base", (SIGLIP_REPO,)),
+    "medsiglip": Family("medsiglip", (MEDSIGLIP_REPO,), image_size_tiny=448),
 }
 
 
@@ -478,6 +500,8 @@ def build_repo(
         return build_clip_replica(directory, size=size, seed=seed)
     if repo == SIGLIP_REPO:
         return build_siglip_replica(directory, size=size, seed=seed)
+    if repo == MEDSIGLIP_REPO:
+        return build_siglip_replica(directory, size=size, seed=seed, medsiglip=True)
     raise ValueError(f"no replica builder for the hub repo {repo!r}")
 
 
@@ -580,6 +604,7 @@ __all__ = [
     "CLIP_REPO",
     "FAMILIES",
     "PUBMEDCLIP_REPO",
+    "MEDSIGLIP_REPO",
     "SIGLIP_REPO",
     "SIZES",
     "Family",
