@@ -194,6 +194,7 @@ def _attribute(args: argparse.Namespace) -> int:
         attribute_text,
         method_info,
     )
+    from explorer.attribution.attention import why_no_image_map
     from explorer.attribution.options import TEXT_METHOD_OF
     from explorer.imaging import load_radiograph
     from explorer.models import load_model
@@ -218,13 +219,14 @@ def _attribute(args: argparse.Namespace) -> int:
             info["similarity"] = words.score
             info["words"] = [[w, round(v, 6)] for w, v in words.words()]
             info["text_params"] = _plain(words.params)
+        why = why_no_image_map(model, args.method)
+        if why is not None:  # no image attention: the words stand
+            info |= {"image_map": None, "why": why}
+            _emit(info, args.json, "\n".join(f"{k}: {v}" for k, v in info.items()))
+            return 0
         attr = attribute_image(model, pixels, args.prompt, args.method, **options)
-    except AttributionOptionsError as err:
-        if text_method is None or model.attention_stack("image") is not None:
-            raise  # already a sentence (a window larger than the model's input, say)
-        info |= {"image_map": None, "why": str(err)}  # no image attention: the words stand
-        _emit(info, args.json, "\n".join(f"{k}: {v}" for k, v in info.items()))
-        return 0
+    except AttributionOptionsError:
+        raise  # already a sentence (a window larger than the model's input, say)
     except ValueError as err:
         raise ExplorerError(f"cannot attribute: {err}") from err
     Image.fromarray(overlay(pixels, attr.attribution, args.opacity, attr.signed)).save(args.out)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -45,6 +45,14 @@ def stack_of(model: VisionLanguageModel, side: str) -> AttentionStack:
     if stack is None:
         raise AttributionOptionsError(model.attention_unavailable(side))
     return stack
+
+
+def why_no_image_map(model: VisionLanguageModel, method: str) -> str | None:
+    """Why ``model`` cannot make an image map with ``method``, in a sentence, or None if it can
+    (only attention needs something of the model: a transformer image tower)."""
+    if method == "attention" and model.attention_stack("image") is None:
+        return model.attention_unavailable("image")
+    return None
 
 
 @contextlib.contextmanager
@@ -106,16 +114,25 @@ def pooled_row(
     return (relevance - eye)[real].mean(dim=0)
 
 
-def _check(probs: list[torch.Tensor], stack: AttentionStack, model: VisionLanguageModel) -> None:
-    if len(probs) != len(stack.modules):
-        raise AttributionOptionsError(
-            f"{model.name} ran {len(probs)} of its {len(stack.modules)} attention layers in one "
-            "pass; no attention map."
-        )
-
-
-def _params(stack: AttentionStack, layers: int) -> dict[str, Any]:
-    return {"rule": RULE, "layers": layers, "pooled": stack.pooled}
+def _relevance(
+    model: VisionLanguageModel,
+    stack: AttentionStack,
+    score_of: Callable[[], torch.Tensor],
+    opts: AttentionOptions,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Run ``score_of()`` (one scalar similarity) with ``stack``'s probabilities captured, and
+    roll them out: the detached score, the ``[N, N]`` relevance and the map's parameters."""
+    with captured(model, stack) as probs, torch.inference_mode(False), torch.enable_grad():
+        score = score_of()
+        if len(probs) != len(stack.modules):
+            raise AttributionOptionsError(
+                f"{model.name} ran {len(probs)} of its {len(stack.modules)} attention layers "
+                "in one pass; no attention map."
+            )
+        grads = torch.autograd.grad(score, probs)
+    layers = len(probs) if opts.layers is None else min(opts.layers, len(probs))
+    params = {"rule": RULE, "layers": layers, "pooled": stack.pooled}
+    return score.detach(), rollout(probs, list(grads), layers), params
 
 
 def image_rollout(
@@ -124,12 +141,9 @@ def image_rollout(
     """The ``[S, S]`` attention map of ``forward(x)[0]`` (``x``: ``[1, 1, S, S]``) and its
     parameters."""
     stack = stack_of(model, "image")
-    with captured(model, stack) as probs, torch.inference_mode(False), torch.enable_grad():
-        score = forward(x.detach().clone().requires_grad_(True))[0]
-        _check(probs, stack, model)
-        grads = torch.autograd.grad(score, probs)
-    layers = len(probs) if opts.layers is None else min(opts.layers, len(probs))
-    row = pooled_row(rollout(probs, list(grads), layers), stack.pooled)
+    probe = x.detach().clone().requires_grad_(True)
+    _, relevance, params = _relevance(model, stack, lambda: forward(probe)[0], opts)
+    row = pooled_row(relevance, stack.pooled)
     patches = row[stack.prefix_tokens :]
     side = math.isqrt(patches.numel())
     if side * side != patches.numel():
@@ -140,7 +154,7 @@ def image_rollout(
     grid = patches.reshape(1, 1, side, side)
     size = int(x.shape[-1])
     model_map = F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)
-    return model_map[0, 0].detach(), _params(stack, layers) | {"patches": (side, side)}
+    return model_map[0, 0].detach(), params | {"patches": (side, side)}
 
 
 def text_rollout(
@@ -157,18 +171,25 @@ def text_rollout(
     def needs_grad(_module, _inputs, output):
         return output.requires_grad_(True) if not output.requires_grad else output
 
+    def score_of() -> torch.Tensor:
+        return (model.encode_text(tokens, normalize=True) * image).sum() * scale
+
     handle = model.token_embedding_layer.register_forward_hook(needs_grad)
     try:
-        with captured(model, stack) as probs, torch.inference_mode(False), torch.enable_grad():
-            score = (model.encode_text(tokens, normalize=True) * image).sum() * scale
-            _check(probs, stack, model)
-            grads = torch.autograd.grad(score, probs)
+        score, relevance, params = _relevance(model, stack, score_of, opts)
     finally:
         handle.remove()
-    layers = len(probs) if opts.layers is None else min(opts.layers, len(probs))
-    relevance = rollout(probs, list(grads), layers)
     row = pooled_row(relevance, stack.pooled, tokens["attention_mask"][0])
-    return float(score.detach()), row.detach(), _params(stack, layers)
+    return float(score), row.detach(), params
 
 
-__all__ = ["RULE", "captured", "image_rollout", "pooled_row", "rollout", "stack_of", "text_rollout"]
+__all__ = [
+    "RULE",
+    "captured",
+    "image_rollout",
+    "pooled_row",
+    "rollout",
+    "stack_of",
+    "text_rollout",
+    "why_no_image_map",
+]

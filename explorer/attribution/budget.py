@@ -34,6 +34,7 @@ import torch
 from explorer.attribution.options import (
     DEFAULT_INTERNAL_BATCH_SIZE,
     DEFAULT_STEPS,
+    TEXT_METHOD_OF,
     OcclusionOptions,
 )
 from explorer.models.base import VisionLanguageModel
@@ -93,33 +94,40 @@ class Budget:
         return {"steps": self.token_steps} if method == "layer_ig" else {}
 
     @property
+    def _default_stride(self) -> int:
+        return OcclusionOptions().resolved(self.image_size)[1]
+
+    @property
+    def _reduced(self) -> dict[str, bool]:
+        """Per part (``ig``, ``occlusion``, ``words``): whether it runs with less than its
+        default here."""
+        return {
+            "ig": self.ig_steps < DEFAULT_STEPS or self.ig_batch < DEFAULT_INTERNAL_BATCH_SIZE,
+            "occlusion": self.occlusion_stride > self._default_stride,
+            "words": self.token_steps < DEFAULT_STEPS,
+        }
+
+    @property
     def reduced(self) -> bool:
         """Whether any method runs with less than its default here."""
-        window, stride = OcclusionOptions().resolved(self.image_size)
-        return (
-            self.ig_steps < DEFAULT_STEPS
-            or self.ig_batch < DEFAULT_INTERNAL_BATCH_SIZE
-            or self.occlusion_stride > stride
-            or self.token_steps < DEFAULT_STEPS
-        )
+        return any(self._reduced.values())
 
     def sentence(self, method: str) -> str:
         """What the budget changed for ``method``, in words ("" when nothing)."""
+        reduced = self._reduced
         cost = f"one image pass takes {self.image_pass_s:.2f} s on {self.device}"
-        if method == "ig" and (
-            self.ig_steps < DEFAULT_STEPS or self.ig_batch < DEFAULT_INTERNAL_BATCH_SIZE
-        ):
+        if method == "ig" and reduced["ig"]:
             return (
                 f"Budget: {self.ig_steps} integration points ({DEFAULT_STEPS} by default), "
                 f"{self.ig_batch} per pass, because {cost}."
             )
-        default = OcclusionOptions().resolved(self.image_size)[1]
-        if method == "occlusion" and self.occlusion_stride > default:
+        if method == "occlusion" and reduced["occlusion"]:
             return (
                 f"Budget: the occlusion window moves {self.occlusion_stride} pixels at a time "
-                f"({default} by default), because {cost}."
+                f"({self._default_stride} by default), because {cost}."
             )
-        if self.token_steps < DEFAULT_STEPS and method in ("ig", "gradcam", "occlusion"):
+        # the methods whose words are token integrated gradients (attention has its own)
+        if reduced["words"] and TEXT_METHOD_OF.get(method, "layer_ig") == "layer_ig":
             return (
                 f"Budget: the word weights use {self.token_steps} integration points "
                 f"({DEFAULT_STEPS} by default), because one text pass takes "

@@ -195,6 +195,28 @@ def _token_options(
     return options
 
 
+def _real_tokens(
+    model: VisionLanguageModel,
+    tokens: dict[str, torch.Tensor],
+    per_position: torch.Tensor,
+    special: torch.Tensor,
+) -> tuple[tuple[str, ...], tuple[float, ...], tuple[bool, ...]]:
+    """The readable tokens of one text (padding left out) with their scores and special flags.
+
+    Raises:
+        AttributionError: The adapter's token strings do not line up with its ids.
+    """
+    real = tokens["attention_mask"][0].bool()
+    strings = model.token_strings(tokens)[0]
+    scores = per_position[real].cpu().tolist()
+    if len(strings) != len(scores):
+        raise AttributionError(
+            "The model's token strings do not line up with its token ids; no attribution."
+        )
+    flags = special[real].cpu().tolist()
+    return tuple(strings), tuple(float(s) for s in scores), tuple(bool(f) for f in flags)
+
+
 def _attend_text(
     model: VisionLanguageModel,
     pixels: np.ndarray,
@@ -223,21 +245,14 @@ def _attend_text(
         check_finite(row, "attention relevances")
         mask = tokens["attention_mask"][0]
         special, rule, _ = _special_positions(model, tokens["input_ids"][0], mask)
-        real = mask.bool()
-        strings = model.token_strings(tokens)[0]
-        scores = row[real].cpu().tolist()
-        flags = special[real].cpu().tolist()
-        if len(strings) != len(scores):
-            raise AttributionError(
-                "The model's token strings do not line up with its token ids; no attribution."
-            )
+        strings, scores, flags = _real_tokens(model, tokens, row, special)
     if progress is not None:
         progress(1.0, "Word attention rollout: done")
     return TokenAttribution(
         prompt=prompt,
-        tokens=tuple(strings),
-        scores=tuple(float(s) for s in scores),
-        special=tuple(bool(f) for f in flags),
+        tokens=strings,
+        scores=scores,
+        special=flags,
         method="text_attention",
         params=params | {"special_tokens": rule, "scaled": bool(scaled)},
         score=score,
@@ -362,14 +377,7 @@ def attribute_text(
         check_finite(per_position, "token attributions")
         delta_value = float(delta.reshape(-1)[0])
         check_finite(delta_value, "convergence delta")
-        real = mask[0].bool()
-        strings = model.token_strings(tokens)[0]
-        scores = per_position[real].cpu().tolist()
-        flags = special[real].cpu().tolist()
-        if len(strings) != len(scores):
-            raise AttributionError(
-                "The model's token strings do not line up with its token ids; no attribution."
-            )
+        strings, scores, flags = _real_tokens(model, tokens, per_position, special)
     if progress is not None:
         progress(1.0, "Token attributions: done")
     log.debug(
@@ -377,9 +385,9 @@ def attribute_text(
     )
     return TokenAttribution(
         prompt=prompt,
-        tokens=tuple(strings),
-        scores=tuple(float(s) for s in scores),
-        special=tuple(bool(f) for f in flags),
+        tokens=strings,
+        scores=scores,
+        special=flags,
         method="layer_ig",
         params={
             "steps": int(steps),

@@ -293,12 +293,15 @@ def methods_for(
 ) -> tuple[list[str], dict[str, str]]:
     """The image methods ``model`` can run, and why each other one cannot (attention needs a
     transformer image tower)."""
+    from explorer.attribution.attention import why_no_image_map
+
     usable, unavailable = [], {}
     for method in methods:
-        if method == "attention" and model.attention_stack("image") is None:
-            unavailable[method] = model.attention_unavailable("image")
-        else:
+        why = why_no_image_map(model, method)
+        if why is None:
             usable.append(method)
+        else:
+            unavailable[method] = why
     return usable, unavailable
 
 

@@ -459,10 +459,11 @@ def attribution_click(model, image: np.ndarray, finding: str, method: str) -> fl
     return time.perf_counter() - t0
 
 
-def _peak_rss_gb() -> float:
-    import resource
+def _peak_gb() -> float:
+    """This process's peak resident memory in GB (the health report's reading)."""
+    from explorer.ui.serving import memory_mb
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
+    return memory_mb()["peak_rss_mb"] / 1024
 
 
 def bench_hub(
@@ -565,9 +566,7 @@ def bench_hub(
                     f"{part:.1f} s, as the map embeds them, extrapolated to {len(reports):,}",
                 )
             )
-            rows.append(
-                row("peak memory so far", _peak_rss_gb(), "GB", "the process's maximum RSS")
-            )
+            rows.append(row("peak memory so far", _peak_gb(), "GB", "the process's maximum RSS"))
             del model, reg
     return rows
 

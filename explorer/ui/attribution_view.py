@@ -105,6 +105,7 @@ def explain(
     whose top image layers are scrambled, and deletion / insertion curves).
     """
     from explorer.attribution import attribute_pair, attribute_text
+    from explorer.attribution.attention import why_no_image_map
     from explorer.attribution.budget import attribution_budget
     from explorer.plots import mask_outline, overlay, with_colour_bar
     from explorer.ui.findings_view import check_domain
@@ -120,11 +121,7 @@ def explain(
     say = reporter(progress, request)
     text_method = TEXT_METHOD_OF.get(method, "layer_ig")
     # Attention needs a transformer image tower; without one the words' attention stands alone.
-    no_map = (
-        model.attention_unavailable("image")
-        if method == "attention" and model.attention_stack("image") is None
-        else None
-    )
+    no_map = why_no_image_map(model, method)
     try:
         pair = prompt_pair(finding.strip(), "there_is")
         say(0.0, "Measuring what this model affords here (once per model)")
