@@ -258,11 +258,19 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 
 @command(
-    "train", "train a dual encoder on phantoms or real films (works under torchrun)", _train_args
+    "train",
+    "train a dual encoder on phantoms or real films (works under torchrun), or a cell pool",
+    _train_args,
 )
 def _train(args: argparse.Namespace) -> int:
+    from explorer.training.cells import CellPoolTraining, is_cell_pool_config, train_cell_pool
     from explorer.training.trainer import TrainConfig, train
 
+    if is_cell_pool_config(args.config):
+        pool_cfg = CellPoolTraining.from_file(args.config, steps=args.steps, out_dir=args.out)
+        out = train_cell_pool(pool_cfg, progress=not args.no_progress)
+        sys.stdout.write(f"saved {pool_cfg.name} to {out}\n")
+        return 0
     cfg = TrainConfig.from_file(args.config, steps=args.steps, out_dir=args.out)
     out = train(cfg, progress=not args.no_progress)
     sys.stdout.write(f"saved {cfg.name} to {out}\n")

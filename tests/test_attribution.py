@@ -32,20 +32,24 @@ from explorer.attribution import (
     to_image_space,
     uses_baseline,
 )
+from explorer.attribution.attention import why_no_image_map
 from explorer.eval.metrics import pointing_hit
 from explorer.models import ModelRegistry, ModelSpec, Preprocess
 from explorer.models.base import SpatialLayer, VisionLanguageModel
 from explorer.models.tiny import (
     TINY_BUILDERS,
+    TINY_CELL_POOL_NAME,
     TINY_CONVNEXT_NAME,
     TINY_PREPROCESS,
     build_tiny_specs,
+    tiny_cell_pool_spec,
     tiny_convnext_spec,
 )
 from explorer.phantom import FindingSpec, render_phantom
 
 CONV_NAME = TINY_CONVNEXT_NAME
-NAMES = (*TINY_BUILDERS, CONV_NAME)
+POOL_NAME = TINY_CELL_POOL_NAME
+NAMES = (*TINY_BUILDERS, CONV_NAME, POOL_NAME)
 PROMPT = "there is a large left pleural effusion"
 #: IG completeness: |sum(attr) - (f(x) - f(b))| <= REL * |f(x) - f(b)| + ABS.
 REL_TOL, ABS_TOL = 0.05, 1e-4
@@ -53,7 +57,7 @@ REL_TOL, ABS_TOL = 0.05, 1e-4
 #: tiny towers have sharp bumps: tiny-clip's residual is ~2% of f(x) - f(b) at 64 points and
 #: ~1e-4 at 128; the tiny ConvNeXt's pooled features nearly cancel near alpha = 0.75, where
 #: its final LayerNorm (eps 1e-12) turns the similarity into a narrow spike that needs ~512.
-IG_STEPS = {CONV_NAME: 512}
+IG_STEPS = {CONV_NAME: 512, POOL_NAME: 512}
 DEFAULT_IG_STEPS = 128
 
 
@@ -64,7 +68,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    specs = (*build_tiny_specs(root), tiny_convnext_spec(root))
+    specs = (*build_tiny_specs(root), tiny_convnext_spec(root), tiny_cell_pool_spec(root))
     return ModelRegistry(specs, max_loaded=len(specs))
 
 
@@ -92,10 +96,14 @@ def _param_grads(model):
 @pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_image_maps_contract(registry, image, name, method):
     model = registry.load(name, "cpu")
-    if method == "attention" and model.attention_stack("image") is None:
-        # open_clip's own ViT and any ConvNeXt keep no attention probabilities: said so
-        with pytest.raises(AttributionOptionsError, match="no attention map"):
+    why = why_no_image_map(model, method)
+    if why is not None:
+        # open_clip's own ViT and any ConvNeXt keep no attention probabilities; only a
+        # cell-pooled model has cell shares: said so, in the sentence the app shows
+        assert method == "attention" or (method == "cells" and name != POOL_NAME)
+        with pytest.raises(AttributionOptionsError, match="no attention map|no cell shares"):
             attribute_image(model, image, PROMPT, method)
+        assert why in (model.attention_unavailable("image"), model.cells_unavailable())
         return
     steps = IG_STEPS.get(name, DEFAULT_IG_STEPS)
     result = attribute_image(model, image, PROMPT, method, steps=steps, internal_batch_size=64)
@@ -118,11 +126,15 @@ def test_image_maps_contract(registry, image, name, method):
     elif method == "gradcam":
         assert not result.signed and result.baseline_score is None
         assert result.attribution.min() >= 0.0
-        assert result.params["layer_kind"] == ("conv" if name == CONV_NAME else "vit")
+        assert result.params["layer_kind"] == ("conv" if name in (CONV_NAME, POOL_NAME) else "vit")
     elif method == "attention":
         assert not result.signed and result.attribution.min() >= 0.0
         assert result.params["layers"] >= 1
         assert result.params["pooled"] == ("mean" if "siglip" in name else "first")
+    elif method == "cells":
+        # the shares add up to the similarity exactly (spread over each cell's pixels)
+        assert result.signed and result.params["cells"] == (16, 16)
+        assert result.model_attribution.sum() == pytest.approx(result.score, rel=1e-4, abs=1e-6)
     else:
         assert result.params["window"] == size // 8 and result.params["stride"] == size // 16
 

@@ -28,11 +28,14 @@ from explorer.models.preprocess import (
 from explorer.models.spec import default_model_name, local_path
 from explorer.models.tiny import TINY_BUILDERS, TINY_IMAGE_SIZE, TINY_PREPROCESS, build_tiny_specs
 from explorer.paths import assets_dir, configs_dir
+from explorer.training.cells import is_cell_pool_config
 
 TINY_NAMES = tuple(TINY_BUILDERS)
 ASSETS = assets_dir()
 #: The phantom models' training configs (the source of truth of their preprocessing).
-TRAIN_CONFIGS = sorted((configs_dir() / "train").glob("*.json"))
+TRAIN_CONFIGS = sorted(
+    p for p in (configs_dir() / "train").glob("*.json") if not is_cell_pool_config(p)
+)
 PROMPTS = ["there is pleural effusion", "there is no pleural effusion", "heart size is normal"]
 
 

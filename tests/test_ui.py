@@ -124,6 +124,25 @@ def test_attention_on_a_convolutional_model_gives_the_words_and_says_why(client)
 
 
 @needs_default
+def test_cell_shares_on_the_cell_pooled_model_and_why_not_elsewhere(client):
+    from explorer.paths import examples_dir
+
+    path = handle_file(str(examples_dir() / "phantom-left-effusion.png"))
+    a, n, d, _, tok_n, info, _ = client.predict(
+        path, "phantom-cells", "Pleural Effusion", "cells", 0.6, True, api_name="/attribute"
+    )
+    assert a and n and d  # the cell-pooled model's own split of its similarity
+    assert "Cell shares" in info and "split exactly over a 10 x 10 grid" in info
+    words = [item["token"] for item in (tok_n["value"] if isinstance(tok_n, dict) else tok_n)]
+    assert "effusion" in words
+    a, n, d, *_, info, _ = client.predict(
+        path, "phantom-negaware", "Pleural Effusion", "cells", 0.6, True, api_name="/attribute"
+    )
+    assert a is None and n is None and d is None  # pooled before it meets the text: words only
+    assert "no cell shares" in info
+
+
+@needs_default
 @pytest.mark.slow
 def test_attribution_baseline_is_used_and_stated(client):
     from explorer.paths import examples_dir

@@ -27,6 +27,11 @@ Methods (the registry :data:`METHODS`, each with its options dataclass):
     * ``"occlusion"`` (:class:`OcclusionOptions`) - :class:`captum.attr.Occlusion` with a
       square window repainted from a baseline image (signed: positive where hiding the region
       lowers the similarity).
+    * ``"attention"`` (:class:`AttentionOptions`) - gradient-weighted attention rollout on a
+      transformer image tower (:mod:`~explorer.attribution.attention`; non-negative).
+    * ``"cells"`` (:class:`CellOptions`) - a cell-pooled model's own split of the similarity
+      over its image cells (:mod:`explorer.models.cell_pool`; signed; the shares add up to
+      the similarity exactly).
     * ``"layer_ig"`` (:class:`TokenIGOptions`) - text attributions,
       :class:`captum.attr.LayerIntegratedGradients` on the token-embedding layer; see
       :func:`attribute_text` for the baseline and the handling of special tokens.
@@ -59,7 +64,9 @@ from explorer.attribution.options import (
     IG_INTEGRATION,
     IMAGE_METHODS,
     METHODS,
+    AttentionOptions,
     AttributionOptionsError,
+    CellOptions,
     GradCAMOptions,
     IGOptions,
     Method,
@@ -123,8 +130,10 @@ __all__ = [
     "IMAGE_METHODS",
     "METHODS",
     "describe_params",
+    "AttentionOptions",
     "AttributionError",
     "AttributionOptionsError",
+    "CellOptions",
     "GradCAMOptions",
     "IGOptions",
     "ImageAttribution",

@@ -49,9 +49,12 @@ def stack_of(model: VisionLanguageModel, side: str) -> AttentionStack:
 
 def why_no_image_map(model: VisionLanguageModel, method: str) -> str | None:
     """Why ``model`` cannot make an image map with ``method``, in a sentence, or None if it can
-    (only attention needs something of the model: a transformer image tower)."""
+    (attention needs a transformer image tower, cell shares a cell-pooled one; the other
+    methods take any model)."""
     if method == "attention" and model.attention_stack("image") is None:
         return model.attention_unavailable("image")
+    if method == "cells" and not model.cell_pooled:
+        return model.cells_unavailable()
     return None
 
 

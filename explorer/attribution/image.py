@@ -40,6 +40,7 @@ from explorer.attribution.options import (
     AttentionOptions,
     AttributionOptionsError,
     Baseline,
+    CellOptions,
     GradCAMOptions,
     IGOptions,
     OcclusionOptions,
@@ -351,7 +352,7 @@ def _baseline_image(
 RunResult = tuple[torch.Tensor, dict[str, Any], float | None, float | None]
 #: Methods whose one run explains several prompts at once (occlusion: each occluded image is
 #: embedded once and compared with every prompt).
-_BATCHED = frozenset({"occlusion"})
+_BATCHED = frozenset({"occlusion", "cells"})
 
 
 @dataclass(frozen=True)
@@ -364,6 +365,8 @@ class _Call:
     x: torch.Tensor
     shape: tuple
     progress: Progress | None
+    texts: torch.Tensor | None = None  # the prompts' embeddings ([K, D], batched runners)
+    scale: float = 1.0
 
 
 def _run_ig(call: _Call, opts: IGOptions) -> RunResult:
@@ -420,11 +423,28 @@ def _run_attention(call: _Call, opts: AttentionOptions) -> RunResult:
     return model_map, params, None, None
 
 
+def _run_cells(call: _Call, _opts: CellOptions) -> RunResult:
+    """Each cell's share of the similarity, spread evenly over the cell's pixels (bilinear
+    between cell centres), so the map still adds up to the similarity."""
+    if not call.model.cell_pooled:
+        raise AttributionOptionsError(call.model.cells_unavailable())
+    with torch.no_grad():
+        shares = call.model.cell_shares(normalize(call.x, call.model.preprocess_cfg), call.texts)
+    shares = shares[0].float() * call.scale  # [K, g, g]
+    size = int(call.x.shape[-1])
+    per_pixel = shares / ((size / shares.shape[-2]) * (size / shares.shape[-1]))
+    maps = F.interpolate(
+        per_pixel[:, None], size=(size, size), mode="bilinear", align_corners=False
+    )
+    return maps[:, 0], {"cells": tuple(int(v) for v in shares.shape[-2:])}, None, None
+
+
 _RUNNERS: dict[str, Callable[[_Call, Any], RunResult]] = {
     "ig": _run_ig,
     "gradcam": _run_gradcam,
     "occlusion": _run_occlusion,
     "attention": _run_attention,
+    "cells": _run_cells,
 }
 
 
@@ -526,7 +546,8 @@ def _attribute_prompts(
             progress(0.0, f"{method}: starting")
         runner = _RUNNERS[method]
         if method in _BATCHED:
-            call = _Call(model, image_similarity_forward(model, texts, scale), x, shape, progress)
+            forward = image_similarity_forward(model, texts, scale)
+            call = _Call(model, forward, x, shape, progress, texts, scale)
             maps, extra, base, delta = runner(call, options)
             runs = [(maps[k], extra, base, delta) for k in range(len(prompts))]
         else:

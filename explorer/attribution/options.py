@@ -174,7 +174,15 @@ class AttentionOptions:
             check_count("Attention rollout's", "layers", self.layers)
 
 
-Options = IGOptions | OcclusionOptions | GradCAMOptions | TokenIGOptions | AttentionOptions
+@dataclass(frozen=True)
+class CellOptions:
+    """A cell-pooled model's own split of the similarity over its image cells: nothing to
+    choose (one forward pass; :mod:`explorer.models.cell_pool`)."""
+
+
+Options = (
+    IGOptions | OcclusionOptions | GradCAMOptions | TokenIGOptions | AttentionOptions | CellOptions
+)
 
 
 @dataclass(frozen=True)
@@ -216,6 +224,12 @@ def describe_params(params: dict) -> str:
     if "grid" in params:
         rows, cols = params["grid"]
         parts.append(f"a {rows} x {cols} grid of the last image layer")
+    if "cells" in params:
+        rows, cols = params["cells"]
+        parts.append(
+            f"the similarity split exactly over a {rows} x {cols} grid of image cells "
+            "(the shares add up to it)"
+        )
     if "patches" in params:
         rows, cols = params["patches"]
         parts.append(f"a {rows} x {cols} grid of image patches")
@@ -273,6 +287,14 @@ METHODS: dict[str, Method] = {
             "image",
             ("a transformer image tower", "attention probabilities and their gradients"),
             False,
+        ),
+        Method(
+            "cells",
+            "Cell shares",
+            CellOptions,
+            "image",
+            ("a cell-pooled image tower", "its cells' embeddings and attention"),
+            True,
         ),
         Method(
             "layer_ig",
@@ -417,6 +439,7 @@ __all__ = [
     "Options",
     "TokenIGOptions",
     "AttentionOptions",
+    "CellOptions",
     "TEXT_METHOD_OF",
     "check_baseline",
     "check_count",

@@ -283,7 +283,7 @@ def format_table(results: Sequence[BenchmarkResult]) -> str:
 
 # --- pointing game ------------------------------------------------------------------------------
 
-POINTING_METHODS = ("ig", "gradcam", "occlusion", "attention")
+POINTING_METHODS = ("ig", "gradcam", "occlusion", "attention", "cells")
 #: Text methods whose randomisation check the pointing game also reports.
 WORD_METHODS = ("layer_ig", "text_attention")
 

@@ -231,6 +231,27 @@ class VisionLanguageModel(abc.ABC):
             "it has no attention map; choose another method."
         )
 
+    #: Whether the image embedding is a sum of cell embeddings whose shares of a similarity
+    #: :meth:`cell_shares` returns (:mod:`explorer.models.cell_pool`).
+    cell_pooled: bool = False
+
+    def cell_shares(self, pixel_values: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Each image cell's share of the cosine similarity with each text embedding
+        (``[B, T, g, g]``; they sum to the similarity). Only cell-pooled models have them.
+
+        Raises:
+            NotImplementedError: This model's image embedding is not a sum over cells.
+        """
+        raise NotImplementedError(self.cells_unavailable())
+
+    def cells_unavailable(self) -> str:
+        """Why this model has no cell shares, in a sentence."""
+        return (
+            f"{self.name}'s image embedding is pooled before it meets the text, so its "
+            "similarity has no cell shares; only a cell-pooled model (phantom-cells) has them. "
+            "Grad-CAM or occlusion show where this model looks."
+        )
+
     # --- scores ---------------------------------------------------------------------------
     @property
     @abc.abstractmethod

@@ -69,6 +69,13 @@ def _transformers(spec: ModelSpec, device: torch.device) -> VisionLanguageModel:
     return TransformersModel(spec, device)
 
 
+@register_backend("cell_pool", requires=("transformers", "safetensors"))
+def _cell_pool(spec: ModelSpec, device: torch.device) -> VisionLanguageModel:
+    from explorer.models.cell_pool import CellPooledModel
+
+    return CellPooledModel(spec, device)
+
+
 # --- hub reachability -----------------------------------------------------------------------
 
 HUB_HOST = "huggingface.co"

@@ -296,6 +296,29 @@ def tiny_convnext_spec(root: Path, seed: int = 0) -> ModelSpec:
     )
 
 
+TINY_CELL_POOL_NAME = "tiny-cell-pool"
+
+
+def tiny_cell_pool_spec(root: Path, seed: int = 0) -> ModelSpec:
+    """The tiny ConvNeXt dual encoder with a random cell pool on its two stages (16 x 16 cells
+    of 8 channels, an 8 x 8 grid of 16), written under ``root``; a spec for it."""
+    from explorer.models.cell_pool import CellPool, CellPoolConfig
+
+    base = tiny_convnext_spec(root, seed=seed)
+    torch.manual_seed(seed + 1)
+    folder = Path(root) / TINY_CELL_POOL_NAME
+    CellPool(CellPoolConfig(base.source, fine_width=8, coarse_width=16, dim=8)).save(folder)
+    return ModelSpec(
+        name=TINY_CELL_POOL_NAME,
+        backend="cell_pool",
+        source=str(folder.resolve()),
+        preprocess=base.preprocess,
+        description="tiny random cell-pooled ConvNeXt dual encoder for tests",
+        card="Random weights: tests only.",
+        tags=("tiny",),
+    )
+
+
 #: backend name, builder, and a short label per tiny model (32 px inputs; the ConvNeXt dual
 #: encoder above is apart: 64 px).
 TINY_BUILDERS = {

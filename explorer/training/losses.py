@@ -105,3 +105,27 @@ def negation_aware_loss(
 
 
 LOSSES = ("infonce", "soft", "negaware")
+
+
+def contrastive_loss(
+    name: str,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    negated: torch.Tensor | None,
+    has_negative: torch.Tensor,
+    logit_scale: torch.Tensor,
+    similarity: torch.Tensor,
+    mix: float = 0.5,
+    temperature: float = 0.1,
+) -> torch.Tensor:
+    """The loss named ``name`` (one of :data:`LOSSES`) on a batch; ``negated`` and
+    ``has_negative`` are read by ``"negaware"`` only, ``similarity`` by the soft ones."""
+    if name == "infonce":
+        return info_nce(image, text, logit_scale)
+    if name == "soft":
+        return soft_label_loss(image, text, logit_scale, similarity, mix, temperature)
+    if name == "negaware":
+        return negation_aware_loss(
+            image, text, negated, has_negative, logit_scale, similarity, mix, temperature
+        )
+    raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")

@@ -182,14 +182,9 @@ def batch_loss(
     )
     image_claims = data.image_claims(index)
     sim = clinical_similarity(image_claims, np.stack([v.claims for v in views])).to(device)
-    if cfg.loss == "infonce":
-        loss = losses.info_nce(img, txt, scale)
-    elif cfg.loss == "soft":
-        loss = losses.soft_label_loss(img, txt, scale, sim, cfg.soft_mix, cfg.soft_temperature)
-    else:
-        loss = losses.negation_aware_loss(
-            img, txt, negf, has_neg, scale, sim, cfg.soft_mix, cfg.soft_temperature
-        )
+    loss = losses.contrastive_loss(
+        cfg.loss, img, txt, negf, has_neg, scale, sim, cfg.soft_mix, cfg.soft_temperature
+    )
     stats = {"loss": float(loss.detach()), "logit_scale": float(scale.detach())}
     with torch.no_grad():
         stats["i2t_acc"] = float(
