@@ -351,7 +351,8 @@ def _baseline_image(
 #: (a :data:`_BATCHED` runner: ``[K, S, S]`` maps, one per text of the forward function).
 RunResult = tuple[torch.Tensor, dict[str, Any], float | None, float | None]
 #: Methods whose one run explains several prompts at once (occlusion: each occluded image is
-#: embedded once and compared with every prompt).
+#: embedded once and compared with every prompt; cell shares: one pass splits every prompt's
+#: similarity).
 _BATCHED = frozenset({"occlusion", "cells"})
 
 

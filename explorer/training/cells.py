@@ -158,14 +158,26 @@ def localisation_loss(
     return -torch.logsumexp(log_p.masked_fill(~inside, float("-inf")), dim=1).mean()
 
 
-def train_cell_pool(cfg: CellPoolTraining, progress: bool = True) -> Path:
-    """Run (or resume) the training and export the pool to ``cfg.out_dir``; returns it."""
+@dataclass(frozen=True, eq=False)
+class LockedInputs:
+    """What the pool trains against, computed once: the base model (its text tower embeds
+    each batch), its training config, the phantoms, the locked tower's grids of every phantom
+    and the base's own embeddings of them, one set of affirmed prompts per finding."""
+
+    model: VisionLanguageModel
+    base_cfg: object  # explorer.training.trainer.TrainConfig
+    data: PhantomTraining
+    fine: torch.Tensor
+    coarse: torch.Tensor
+    own: torch.Tensor
+    prompts: list[torch.Tensor]
+    scale: torch.Tensor
+    device: torch.device
+
+
+def locked_inputs(cfg: CellPoolTraining, device: torch.device) -> LockedInputs:
     from explorer.training.trainer import TrainConfig
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = default_device()
-    torch.manual_seed(cfg.seed)
     base_cfg = TrainConfig.from_file(resolve(cfg.base_config))
     model = _base_model(cfg, device)
     data = PhantomTraining(
@@ -174,19 +186,7 @@ def train_cell_pool(cfg: CellPoolTraining, progress: bool = True) -> Path:
     t0 = time.time()
     fine, coarse, own = grid_features(model, data)
     log.info("%s: grid features of %d phantoms in %.0f s", cfg.name, len(data), time.time() - t0)
-    head = model.module
-    pool = CellPool.from_pooled_head(
-        CellPoolConfig(
-            base=cfg.base,
-            fine_width=int(fine.shape[1]),
-            coarse_width=int(coarse.shape[1]),
-            dim=int(head.visual_projection.weight.shape[0]),
-        ),
-        head.vision_model.layernorm,
-        head.visual_projection,
-    ).to(device)
-    scale = torch.tensor(model.logit_scale, device=device)
-    prompt_sets = [
+    prompts = [
         F.normalize(
             embed_texts_once(
                 model, [a for a, _ in finding_prompt_pairs(f, base_cfg.prompt_templates)]
@@ -195,6 +195,77 @@ def train_cell_pool(cfg: CellPoolTraining, progress: bool = True) -> Path:
         ).to(device)
         for f in PHANTOM_FINDINGS
     ]
+    scale = torch.tensor(model.logit_scale, device=device)
+    return LockedInputs(model, base_cfg, data, fine, coarse, own, prompts, scale, device)
+
+
+def pool_batch_loss(
+    pool: CellPool,
+    inputs: LockedInputs,
+    index: np.ndarray,
+    rng: np.random.Generator,
+    cfg: CellPoolTraining,
+) -> tuple[torch.Tensor, dict]:
+    """The weighted sum of the three terms on the phantoms ``index``, and a log row's stats."""
+    base_cfg, data, device = inputs.base_cfg, inputs.data, inputs.device
+    views = data.views(index, rng, base_cfg, base_cfg.loss == "negaware")
+    texts = [v.text for v in views] + [v.negated or v.text for v in views]
+    embedded = F.normalize(embed_texts_once(inputs.model, texts, by_length=True), dim=-1)
+    txt, neg = embedded[: len(views)].to(device), embedded[len(views) :].to(device)
+    has_neg = torch.tensor([v.negated is not None for v in views], device=device)
+    fine, coarse = inputs.fine[index].to(device), inputs.coarse[index].to(device)
+    image = F.normalize(pool(fine, coarse), dim=-1)
+    claims = np.stack([v.claims for v in views])
+    sim = clinical_similarity(data.image_claims(index), claims).to(device)
+    loss = losses.contrastive_loss(
+        base_cfg.loss,
+        image,
+        txt,
+        neg,
+        has_neg,
+        inputs.scale,
+        sim,
+        base_cfg.soft_mix,
+        base_cfg.soft_temperature,
+    )
+    local = torch.zeros((), device=device)
+    if cfg.localise_weight:
+        offsets = np.full((len(index), 2), SHIFT)
+        (targets,) = cell_targets(data, index, offsets, [int(fine.shape[-1])])
+        prompts = torch.stack([p[rng.integers(len(p))] for p in inputs.prompts])
+        local = localisation_loss(pool, fine, coarse, targets.to(device), prompts)
+    keep = torch.zeros((), device=device)
+    if cfg.keep_weight:
+        keep = (1 - (image * inputs.own[index].to(device)).sum(dim=-1)).mean()
+    with torch.no_grad():
+        ok = ((image * txt).sum(-1) > (image * neg).sum(-1))[has_neg]
+    stats = {
+        "loss": round(float(loss.detach()), 4),
+        "localise": round(float(local.detach()), 4),
+        "keep": round(float(keep.detach()), 4),
+        "neg_acc": round(float(ok.float().mean()), 4) if len(ok) else None,
+    }
+    return loss + cfg.localise_weight * local + cfg.keep_weight * keep, stats
+
+
+def train_cell_pool(cfg: CellPoolTraining, progress: bool = True) -> Path:
+    """Run (or resume) the training and export the pool to ``cfg.out_dir``; returns it."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = default_device()
+    torch.manual_seed(cfg.seed)
+    inputs = locked_inputs(cfg, device)
+    head = inputs.model.module
+    pool = CellPool.from_pooled_head(
+        CellPoolConfig(
+            base=cfg.base,
+            fine_width=int(inputs.fine.shape[1]),
+            coarse_width=int(inputs.coarse.shape[1]),
+            dim=int(head.visual_projection.weight.shape[0]),
+        ),
+        head.vision_model.layernorm,
+        head.visual_projection,
+    ).to(device)
     optimizer = torch.optim.AdamW(pool.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(cfg.warmup_steps, cfg.steps)
@@ -221,38 +292,8 @@ def train_cell_pool(cfg: CellPoolTraining, progress: bool = True) -> Path:
     t1 = time.time()
     for step in range(start, cfg.steps):
         rng = np.random.default_rng([cfg.seed, step])
-        index = rng.choice(len(data), size=cfg.batch_size, replace=False)
-        views = data.views(index, rng, base_cfg, base_cfg.loss == "negaware")
-        texts = [v.text for v in views] + [v.negated or v.text for v in views]
-        embedded = F.normalize(embed_texts_once(model, texts, by_length=True), dim=-1).to(device)
-        txt, neg = embedded[: len(views)], embedded[len(views) :]
-        has_neg = torch.tensor([v.negated is not None for v in views], device=device)
-        f, c = fine[index].to(device), coarse[index].to(device)
-        image = F.normalize(pool(f, c), dim=-1)
-        sim = clinical_similarity(data.image_claims(index), np.stack([v.claims for v in views])).to(
-            device
-        )
-        loss = losses.contrastive_loss(
-            base_cfg.loss,
-            image,
-            txt,
-            neg,
-            has_neg,
-            scale,
-            sim,
-            base_cfg.soft_mix,
-            base_cfg.soft_temperature,
-        )
-        local = torch.zeros((), device=device)
-        if cfg.localise_weight:
-            offsets = np.full((len(index), 2), SHIFT)
-            (targets,) = cell_targets(data, index, offsets, [int(fine.shape[-1])])
-            prompts = torch.stack([p[rng.integers(len(p))] for p in prompt_sets])
-            local = localisation_loss(pool, f, c, targets.to(device), prompts)
-        keep = torch.zeros((), device=device)
-        if cfg.keep_weight:
-            keep = (1 - (image * own[index].to(device)).sum(dim=-1)).mean()
-        total = loss + cfg.localise_weight * local + cfg.keep_weight * keep
+        index = rng.choice(len(inputs.data), size=cfg.batch_size, replace=False)
+        total, stats = pool_batch_loss(pool, inputs, index, rng, cfg)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(pool.parameters(), cfg.grad_clip)
@@ -260,18 +301,9 @@ def train_cell_pool(cfg: CellPoolTraining, progress: bool = True) -> Path:
         scheduler.step()
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", loc=f"{float(local.detach()):.3f}")
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", loc=f"{stats['localise']:.3f}")
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            with torch.no_grad():
-                ok = ((image * txt).sum(-1) > (image * neg).sum(-1))[has_neg]
-            row = {
-                "step": step + 1,
-                "elapsed_s": round(time.time() - t1, 1),
-                "loss": round(float(loss.detach()), 4),
-                "localise": round(float(local.detach()), 4),
-                "keep": round(float(keep.detach()), 4),
-                "neg_acc": round(float(ok.float().mean()), 4) if len(ok) else None,
-            }
+            row = {"step": step + 1, "elapsed_s": round(time.time() - t1, 1), **stats}
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
@@ -309,7 +341,10 @@ __all__ = [
     "CellPoolTraining",
     "grid_features",
     "is_cell_pool_config",
+    "LockedInputs",
     "localisation_loss",
+    "locked_inputs",
+    "pool_batch_loss",
     "run_fingerprint",
     "train_cell_pool",
 ]

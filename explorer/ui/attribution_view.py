@@ -48,7 +48,13 @@ ATTRIBUTION_HELP = (
     "of the image (keeps the anatomy, wipes out small signs). Maps change with it; comparing "
     "them is a lesson in itself. *attention* reads a transformer's own attention "
     "(gradient-weighted rollout, Chefer et al. 2021) over the image patches and, beside it, over "
-    "the words; a model with a convolutional image tower (the embedded ones) has words only."
+    "the words; a model with a convolutional image tower (the embedded ones) has words only. "
+    "*cells* is not computed after the fact: *phantom-cells* sums its image embedding from "
+    "10 x 10 image cells, so its similarity splits exactly into the cells' shares, and the map "
+    "is that split. It was taught with the phantoms' lesion masks to put the shares on the "
+    "lesion: on held-out phantoms its peak lands on the lesion for about 6 in 10 findings, on "
+    "the real NIH boxes about 1 in 7, no better than the other maps. Other models have no such "
+    "split and show the words only."
 )
 #: The method the tab opens on (the README says why: occlusion reads best on the phantoms).
 OPENING_METHOD = "occlusion"
