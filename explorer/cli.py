@@ -241,8 +241,16 @@ def _attribute(args: argparse.Namespace) -> int:
 
 
 def _plain(params: dict) -> dict:
-    """The JSON-ready part of a result's parameters (numbers, words, flags)."""
-    return {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool))}
+    """The JSON-ready part of a result's parameters (numbers, words, flags, and grids of
+    numbers such as Grad-CAM's ``grid`` or the cells' ``[10, 10]`` as lists)."""
+    plain = (int, float, str, bool)
+    out = {k: v for k, v in params.items() if isinstance(v, plain)}
+    out |= {
+        k: list(v)
+        for k, v in params.items()
+        if isinstance(v, (list, tuple)) and all(isinstance(x, plain) for x in v)
+    }
+    return out
 
 
 # --- train ----------------------------------------------------------------------------------

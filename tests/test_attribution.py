@@ -266,7 +266,7 @@ def test_attribution_leaves_the_model_as_found(registry, image, name):
     text_before = model.embed_texts([PROMPT]).clone()
     flags = [p.requires_grad for p in model.module.parameters()]
     for method in IMAGE_METHODS:
-        if method != "attention" or model.attention_stack("image") is not None:
+        if why_no_image_map(model, method) is None:
             attribute_image(model, image, PROMPT, method, steps=8)
     attribute_text(model, image, PROMPT, steps=8)
     if model.attention_stack("text") is not None:
@@ -562,10 +562,10 @@ def test_train_mode_is_restored_and_nans_are_refused():
 
 
 def test_registry_states_each_method_once():
-    assert IMAGE_METHODS == ("ig", "gradcam", "occlusion", "attention")
+    assert IMAGE_METHODS == ("ig", "gradcam", "occlusion", "attention", "cells")
     assert BASELINES == ("black", "mean", "blur")
     assert DEFAULT_BASELINES == {"ig": "black", "occlusion": "black"}
-    assert [uses_baseline(m) for m in IMAGE_METHODS] == [True, False, True, False]
+    assert [uses_baseline(m) for m in IMAGE_METHODS] == [True, False, True, False, False]
     assert not uses_baseline("layer_ig")  # a token id, not an image baseline
     # a method takes a baseline exactly when its options have one, and only then has a default
     for name, entry in METHODS.items():
