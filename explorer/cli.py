@@ -194,7 +194,7 @@ def _attribute(args: argparse.Namespace) -> int:
         attribute_text,
         method_info,
     )
-    from explorer.attribution.attention import why_no_image_map
+    from explorer.attribution.image import why_no_image_map
     from explorer.attribution.options import TEXT_METHOD_OF
     from explorer.imaging import load_radiograph
     from explorer.models import load_model

@@ -32,7 +32,7 @@ from explorer.attribution import (
     to_image_space,
     uses_baseline,
 )
-from explorer.attribution.attention import why_no_image_map
+from explorer.attribution.image import why_no_image_map
 from explorer.eval.metrics import pointing_hit
 from explorer.models import ModelRegistry, ModelSpec, Preprocess
 from explorer.models.base import SpatialLayer, VisionLanguageModel

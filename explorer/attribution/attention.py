@@ -47,17 +47,6 @@ def stack_of(model: VisionLanguageModel, side: str) -> AttentionStack:
     return stack
 
 
-def why_no_image_map(model: VisionLanguageModel, method: str) -> str | None:
-    """Why ``model`` cannot make an image map with ``method``, in a sentence, or None if it can
-    (attention needs a transformer image tower, cell shares a cell-pooled one; the other
-    methods take any model)."""
-    if method == "attention" and model.attention_stack("image") is None:
-        return model.attention_unavailable("image")
-    if method == "cells" and not model.cell_pooled:
-        return model.cells_unavailable()
-    return None
-
-
 @contextlib.contextmanager
 def captured(model: VisionLanguageModel, stack: AttentionStack) -> Iterator[list[torch.Tensor]]:
     """Within the block, every forward pass appends each layer's attention probabilities
@@ -194,5 +183,4 @@ __all__ = [
     "rollout",
     "stack_of",
     "text_rollout",
-    "why_no_image_map",
 ]

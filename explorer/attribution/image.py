@@ -427,8 +427,6 @@ def _run_attention(call: _Call, opts: AttentionOptions) -> RunResult:
 def _run_cells(call: _Call, _opts: CellOptions) -> RunResult:
     """Each cell's share of the similarity, spread evenly over the cell's pixels (bilinear
     between cell centres), so the map still adds up to the similarity."""
-    if not call.model.cell_pooled:
-        raise AttributionOptionsError(call.model.cells_unavailable())
     with torch.no_grad():
         shares = call.model.cell_shares(normalize(call.x, call.model.preprocess_cfg), call.texts)
     shares = shares[0].float() * call.scale  # [K, g, g]
@@ -438,6 +436,18 @@ def _run_cells(call: _Call, _opts: CellOptions) -> RunResult:
         per_pixel[:, None], size=(size, size), mode="bilinear", align_corners=False
     )
     return maps[:, 0], {"cells": tuple(int(v) for v in shares.shape[-2:])}, None, None
+
+
+def why_no_image_map(model: VisionLanguageModel, method: str) -> str | None:
+    """Why ``model`` cannot make an image map with ``method``, in a sentence, or None if it can
+    (attention needs a transformer image tower, cell shares a cell-pooled one; the other
+    methods take any model). The tab, ``attribute`` and the benchmark ask before they run a
+    method; :func:`attribute_image` refuses with the same sentence."""
+    if method == "attention" and model.attention_stack("image") is None:
+        return model.attention_unavailable("image")
+    if method == "cells" and not model.cell_pooled:
+        return model.cells_unavailable()
+    return None
 
 
 _RUNNERS: dict[str, Callable[[_Call, Any], RunResult]] = {
@@ -499,7 +509,8 @@ def attribute_image(
 
     Raises:
         AttributionOptionsError: Unknown method, options of another method, options given
-            twice, or an option out of range (a ``ValueError`` too).
+            twice, an option out of range (a ``ValueError`` too), or a method this model has no
+            map for (:func:`why_no_image_map` says why).
         ValueError: A bad prompt, or an image that is not 2-D.
         AttributionError: The model produced NaN or infinite values.
     """
@@ -529,6 +540,9 @@ def _attribute_prompts(
     image passes are shared); the others run once per prompt, each on its own share of the
     ``progress`` range."""
     entry = image_method(method)
+    why = why_no_image_map(model, method)
+    if why is not None:
+        raise AttributionOptionsError(why)
     for prompt in prompts:
         check_prompt(prompt)
     shape = tuple(np.shape(pixels))

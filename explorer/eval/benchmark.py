@@ -292,8 +292,8 @@ def methods_for(
     model: VisionLanguageModel, methods: Sequence[str]
 ) -> tuple[list[str], dict[str, str]]:
     """The image methods ``model`` can run, and why each other one cannot (attention needs a
-    transformer image tower)."""
-    from explorer.attribution.attention import why_no_image_map
+    transformer image tower, cell shares a cell-pooled one)."""
+    from explorer.attribution.image import why_no_image_map
 
     usable, unavailable = [], {}
     for method in methods:

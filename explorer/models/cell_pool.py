@@ -135,10 +135,13 @@ class CellPool(nn.Module):
         return pool
 
 
-def stage_maps(vision: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next-to-last and last feature maps of a transformers convolutional tower."""
-    hidden = vision(pixel_values=pixel_values, output_hidden_states=True).hidden_states
-    return hidden[-2], hidden[-1]
+def stage_maps(
+    vision: nn.Module, pixel_values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The next-to-last and last feature maps of a transformers convolutional tower, and its
+    pooled output (what the dual encoder's own projection reads), from one pass."""
+    out = vision(pixel_values=pixel_values, output_hidden_states=True)
+    return out.hidden_states[-2], out.hidden_states[-1], out.pooler_output
 
 
 class CellPooledModel(TransformersModel):
@@ -168,11 +171,11 @@ class CellPooledModel(TransformersModel):
         return self._model.cell_pool
 
     def encode_image(self, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        fine, coarse = stage_maps(self._model.vision_model, pixel_values)
+        fine, coarse, _ = stage_maps(self._model.vision_model, pixel_values)
         return maybe_normalize(as_features(self.pool(fine, coarse)), normalize)
 
     def cell_shares(self, pixel_values: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        fine, coarse = stage_maps(self._model.vision_model, pixel_values)
+        fine, coarse, _ = stage_maps(self._model.vision_model, pixel_values)
         return self.pool.shares(fine, coarse, F.normalize(text, dim=-1))
 
     @property

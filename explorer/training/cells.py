@@ -122,15 +122,17 @@ def grid_features(
     model: VisionLanguageModel, data, batch: int = 128
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The locked image tower's two last feature maps for every image of ``data`` (half
-    precision, on the CPU) and the base model's own normalised image embeddings."""
+    precision, on the CPU) and the base model's own normalised image embeddings, from one
+    pass of the tower (the dual encoder projects the tower's pooled output)."""
+    head = model.module
     fine, coarse, own = [], [], []
     with torch.inference_mode():
         for lo in range(0, len(data), batch):
             x = model.preprocess(data.pixels(np.arange(lo, min(lo + batch, len(data)))))
-            f, c = stage_maps(model.module.vision_model, x)
+            f, c, pooled = stage_maps(head.vision_model, x)
             fine.append(f.half().cpu())
             coarse.append(c.half().cpu())
-            own.append(model.encode_image(x).float().cpu())
+            own.append(F.normalize(head.visual_projection(pooled), dim=-1).float().cpu())
     return torch.cat(fine), torch.cat(coarse), torch.cat(own)
 
 

@@ -111,8 +111,8 @@ def explain(
     whose top image layers are scrambled, and deletion / insertion curves).
     """
     from explorer.attribution import attribute_pair, attribute_text
-    from explorer.attribution.attention import why_no_image_map
     from explorer.attribution.budget import attribution_budget
+    from explorer.attribution.image import why_no_image_map
     from explorer.plots import mask_outline, overlay, with_colour_bar
     from explorer.ui.findings_view import check_domain
     from explorer.vocab.prompts import prompt_pair
